@@ -1,0 +1,29 @@
+"""Numba kernels, nothing else: no classes, no model logic.
+
+Three files hold the same kernels under the same names and signatures:
+
+* ``reference.py`` -- plain Python loops, slow and obviously right (the teaching oracle);
+* ``cpu.py``       -- ``@njit`` versions, fast on a CPU;
+* ``cuda.py``      -- ``numba.cuda`` versions taking and returning device arrays.
+
+Only ``retina_np.backend`` chooses between them. Every kernel accepts float32 and float64
+C-contiguous arrays and returns new arrays of the input dtype. The letter legend is the
+package's: N batch, C/F channels in/out, H/W height/width, kh/kw kernel size, Ho/Wo output size.
+
+The kernels (shapes in the comments):
+
+    conv2d_forward(x, w, b, stride, padding)              # x (N,C,H,W), w (F,C,kh,kw), b (F,) -> y (N,F,Ho,Wo)
+    conv2d_backward_input(dy, w, H, W, stride, padding)   # dy (N,F,Ho,Wo) -> dx (N,C,H,W)
+    conv2d_backward_weight(dy, x, kh, kw, stride, padding)  # -> dw (F,C,kh,kw)
+    bias_backward(dy)                                     # (N,F,Ho,Wo) -> db (F,)
+    batchnorm2d_stats(x)                                  # -> mean (C,), var (C,) biased
+    batchnorm2d_forward(x, mean, invstd, gamma, beta)     # -> y = (x-mean)*invstd*gamma+beta
+    batchnorm2d_backward(dy, x, mean, invstd, gamma)      # training mode -> dx, dgamma, dbeta
+    relu_forward(x)                                       # -> y
+    relu_backward(dy, y)                                  # -> dx = dy * (y > 0)
+    maxpool2d_forward(x, k, stride, padding)              # -> y (N,C,Ho,Wo), argmax int64 flat h*W+w
+    maxpool2d_backward(dy, argmax, H, W)                  # -> dx (N,C,H,W)
+    upsample_nearest_forward(x, Ho, Wo)                   # src = floor(dst * H / Ho) -> y
+    upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)
+    add_forward(a, b)                                     # -> a + b
+"""
