@@ -1,0 +1,158 @@
+"""Layers: thin classes over the op pairs in ``retina_np.ops``.
+
+Each ``forward`` keeps the op's cache (training mode); each ``backward`` returns the input
+gradient and ADDS parameter gradients into ``Parameter.grad``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retina_np import backend, ops
+from retina_np.nn import init
+from retina_np.nn.module import Module, Parameter
+
+
+def _accumulate(param: Parameter, grad) -> None:
+    if backend.is_device_array(param.grad):
+        backend.cuda_kernels().add_inplace_(param.grad, grad)
+    else:
+        param.grad += grad
+
+
+def _pair(v) -> int:
+    """Square kernels, strides and paddings only: (3, 3) -> 3."""
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2 or v[0] != v[1]:
+            raise ValueError(f"only square sizes are supported, got {v}")
+        return int(v[0])
+    return int(v)
+
+
+class Conv2d(Module):
+    """2-D cross-correlation with zero padding, as torch.nn.Conv2d (weight (F, C, kh, kw))."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 rng: np.random.Generator | None = None, dtype=np.float32):
+        super().__init__()
+        rng = rng if rng is not None else np.random.default_rng()
+        k = _pair(kernel_size)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = k, _pair(stride), _pair(padding)
+        shape = (out_channels, in_channels, k, k)
+        self.weight = Parameter(init.kaiming_uniform(shape, rng, dtype=dtype))
+        self.bias = (
+            Parameter(init.conv_bias_uniform(out_channels, in_channels * k * k, rng, dtype))
+            if bias else None
+        )
+        self.name = "Conv2d"
+        # The first conv of a network needs no input gradient; models switch this off there.
+        self.needs_input_grad = True
+
+    def forward(self, x):
+        b = self.bias.data if self.bias is not None else None
+        y, cache = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
+                                      name=self.name)
+        self._push(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dw, db = ops.conv2d_backward(dy, self._pop(), need_input_grad=self.needs_input_grad)
+        _accumulate(self.weight, dw)
+        if self.bias is not None:
+            _accumulate(self.bias, db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+class BatchNorm2d(Module):
+    """Batch normalisation over (N, H, W) per channel, with torch's running-statistics rules.
+
+    ``frozen=True`` always uses the running statistics and never updates them (torchvision's
+    FrozenBatchNorm2d in detection backbones); its weight and bias still get gradients.
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, frozen=False, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.frozen = num_features, eps, momentum, frozen
+        self.weight = Parameter(np.ones(num_features, dtype))
+        self.bias = Parameter(np.zeros(num_features, dtype))
+        self.register_buffer("running_mean", np.zeros(num_features, dtype))
+        self.register_buffer("running_var", np.ones(num_features, dtype))
+        self.name = "BatchNorm2d"
+
+    def forward(self, x):
+        y, cache = ops.batchnorm2d_forward(
+            x, self.weight.data, self.bias.data, self._buffers["running_mean"],
+            self._buffers["running_var"], training=self.training and not self.frozen,
+            momentum=self.momentum, eps=self.eps, name=self.name,
+        )
+        self._push(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dgamma, dbeta = ops.batchnorm2d_backward(dy, self._pop())
+        _accumulate(self.weight, dgamma)
+        _accumulate(self.bias, dbeta)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, frozen={self.frozen}"
+
+
+class ReLU(Module):
+    def forward(self, x):
+        y, cache = ops.relu_forward(x)
+        self._push(cache)
+        return y
+
+    def backward(self, dy):
+        return ops.relu_backward(dy, self._pop())
+
+
+class MaxPool2d(Module):
+    """Max pooling with -inf padding (ResNet's stem: kernel 3, stride 2, padding 1)."""
+
+    def __init__(self, kernel_size=3, stride=2, padding=1):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.name = "MaxPool2d"
+
+    def forward(self, x):
+        y, cache = ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding,
+                                         name=self.name)
+        self._push(cache)
+        return y
+
+    def backward(self, dy):
+        return ops.maxpool2d_backward(dy, self._pop())
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class Upsample(Module):
+    """Nearest-neighbour upsampling to a given output size (the FPN top-down path)."""
+
+    def forward(self, x, out_hw):
+        y, cache = ops.upsample_nearest_forward(x, tuple(out_hw))
+        self._push(cache)
+        return y
+
+    def backward(self, dy):
+        return ops.upsample_nearest_backward(dy, self._pop())
+
+
+class Add(Module):
+    """Elementwise sum of two arrays of one shape (residual and top-down connections)."""
+
+    def forward(self, a, b):
+        y, cache = ops.add_forward(a, b)
+        self._push(cache)
+        return y
+
+    def backward(self, dy):
+        return ops.add_backward(dy, self._pop())

@@ -1,0 +1,110 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from retina_np.cli import main
+from retina_np.data import ShapesDataset, export_coco
+
+
+@pytest.fixture(scope="module")
+def coco_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("coco")
+    export_coco(ShapesDataset(6, image_size=64, seed=1, max_size=32), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, coco_dir):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(coco_dir), "--config", "tiny", "--out", str(out),
+                 "--steps", "3", "--batch-size", "2", "--checkpoint-every", "0"]) == 0
+    return out
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def test_help_runs():
+    result = subprocess.run([sys.executable, "-m", "retina_np.cli", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("demo", "train", "evaluate", "detect", "convert-torchvision"):
+        assert command in result.stdout
+
+
+def test_train_evaluate_detect_end_to_end(run_dir, coco_dir, tmp_path, capsys):
+    ckpt = run_dir / "final.npz"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(coco_dir),
+                 "--out", str(tmp_path / "ev")]) == 0
+    assert "AP50" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["AP50"] >= 0
+    image = sorted((coco_dir / "images").iterdir())[0]
+    assert main(["detect", "--checkpoint", str(ckpt), str(image),
+                 "--out", str(tmp_path / "det")]) == 0
+    assert (tmp_path / "det" / "detections.json").exists()
+    assert (tmp_path / "det" / f"{image.stem}_detections.png").exists()
+
+
+def test_corrupt_image_file(coco_dir, tmp_path, run_dir, capsys):
+    bad = tmp_path / "bad"
+    (bad / "images").mkdir(parents=True)
+    for f in (coco_dir / "images").iterdir():
+        (bad / "images" / f.name).write_bytes(f.read_bytes())
+    (bad / "annotations.json").write_text((coco_dir / "annotations.json").read_text())
+    victim = sorted((bad / "images").iterdir())[2]
+    victim.write_bytes(b"not a png")
+    code = main(["evaluate", "--checkpoint", str(run_dir / "final.npz"), "--data", str(bad)])
+    assert code == 2
+    assert victim.name in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("problem", ["degenerate", "outside", "category"])
+def test_bad_annotation(coco_dir, tmp_path, capsys, problem):
+    data = json.loads((coco_dir / "annotations.json").read_text())
+    ann = data["annotations"][1]
+    if problem == "degenerate":
+        ann["bbox"][2] = 0
+    elif problem == "outside":
+        ann["bbox"][0] = 1000
+    else:
+        ann["category_id"] = 99
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(data))
+    (tmp_path / "images").symlink_to(coco_dir / "images")
+    code = main(["train", "--data", str(path), "--config", "tiny", "--out", str(tmp_path / "r"),
+                 "--steps", "1"])
+    assert code == 2
+    line = one_error_line(capsys)
+    assert "annotations.json" in line and "1" in line
+
+
+def test_missing_files(tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "x.npz"), "--data", "shapes:4"]) == 2
+    assert "x.npz" in one_error_line(capsys)
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    assert "nowhere" in one_error_line(capsys)
+
+
+def test_checkpoint_from_a_different_config(run_dir, capsys):
+    # The run has 3 classes; a 2-class COCO file does not fit it.
+    code = main(["evaluate", "--checkpoint", str(run_dir / "final.npz"), "--data", "shapes:4"])
+    assert code == 0  # same classes: fine
+    capsys.readouterr()
+    from retina_np.checkpoint import load_checkpoint, save_checkpoint
+    from retina_np.models import RetinaNet, RetinaNetConfig
+
+    ckpt = load_checkpoint(run_dir / "final.npz")
+    other = RetinaNet(RetinaNetConfig.tiny(3))
+    other.config.head_channels = 16  # the config in the file no longer matches its weights
+    bad = save_checkpoint(run_dir / "mismatch.npz", other)
+    arrays = ckpt.state_dict
+    assert arrays  # the original still loads
+    code = main(["evaluate", "--checkpoint", str(bad), "--data", "shapes:4"])
+    assert code == 2
+    assert "mismatch.npz" in one_error_line(capsys)

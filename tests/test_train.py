@@ -1,0 +1,75 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from retina_np.checkpoint import load_checkpoint
+from retina_np.data import ShapesDataset
+from retina_np.evaluate import evaluate
+from retina_np.models import RetinaNet, RetinaNetConfig
+from retina_np.train import TrainConfig, TrainingDiverged, read_log, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ShapesDataset(12, image_size=64, seed=3, min_size=12, max_size=32)
+
+
+def tiny():
+    return RetinaNet(RetinaNetConfig.tiny(3), seed=0)
+
+
+def quick_cfg(**kw):
+    base = dict(steps=8, batch_size=4, lr=0.01, warmup_steps=2, checkpoint_every=4)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_lowers_the_loss_and_evaluation_runs(tmp_path, data):
+    model = tiny()
+    records = train(model, data, tmp_path, quick_cfg(steps=30, lr=0.02), progress=False)
+    first = np.mean([r["total"] for r in records[:3]])
+    last = np.mean([r["total"] for r in records[-3:]])
+    assert last < 0.7 * first
+    assert (tmp_path / "final.npz").exists() and (tmp_path / "last.npz").exists()
+    assert len(read_log(tmp_path / "log.jsonl")) == 30
+    metrics = evaluate(model, data, batch_size=4, out_dir=tmp_path / "eval", progress=False)
+    assert 0.0 <= metrics["AP50"] <= 1.0
+    assert (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_resume_gives_identical_losses(tmp_path, data):
+    straight = train(tiny(), data, tmp_path / "a", quick_cfg(), progress=False)
+    first = train(tiny(), data, tmp_path / "b", quick_cfg(steps=4), progress=False)
+    resumed = train(tiny(), data, tmp_path / "b", quick_cfg(), resume=True, progress=False)
+    assert [r["total"] for r in first + resumed] == [r["total"] for r in straight]
+    log = [r["total"] for r in read_log(tmp_path / "b" / "log.jsonl")]
+    assert log == [r["total"] for r in straight]
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, data):
+    model = tiny()
+
+    def poison(record):
+        if record["step"] == 5:
+            model.head.regression_head.bbox_reg.weight.data[...] = np.nan
+
+    with pytest.raises(TrainingDiverged, match="step 6"):
+        train(model, data, tmp_path, quick_cfg(steps=8), progress=False, on_step=poison)
+    kept = load_checkpoint(tmp_path / "last.npz")
+    assert kept.step == 4
+    assert all(np.isfinite(v).all() for v in kept.state_dict.values())
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path, data):
+    def interrupt(record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), data, tmp_path, quick_cfg(checkpoint_every=0), progress=False,
+              on_step=interrupt)
+    assert load_checkpoint(tmp_path / "last.npz").step == 3
+    assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
+    assert math.isfinite(read_log(tmp_path / "log.jsonl")[-1]["total"])
