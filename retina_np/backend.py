@@ -20,7 +20,12 @@ class CudaUnavailableError(RuntimeError):
 
 def is_device_array(x) -> bool:
     """True for a numba.cuda device array (or any array exposing the CUDA array interface)."""
-    return hasattr(x, "__cuda_array_interface__") and not isinstance(x, np.ndarray)
+    if x is None or isinstance(x, np.ndarray):
+        return False
+    if hasattr(x, "__cuda_array_interface__"):
+        return True
+    # Arrays of the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) do not expose the interface.
+    return type(x).__name__ == "FakeCUDAArray"
 
 
 def cuda_kernels():

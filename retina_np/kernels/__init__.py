@@ -26,4 +26,8 @@ The kernels (shapes in the comments):
     upsample_nearest_forward(x, Ho, Wo)                   # src = floor(dst * H / Ho) -> y
     upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)
     add_forward(a, b)                                     # -> a + b
+
+In-place utilities for the optimizer and gradient accumulation (each returns its first
+argument): ``zeros_like(a)``, ``fill_(a, value)``, ``scale_(a, s)``, ``add_inplace_(a, b)``,
+``sgd_update_(param, grad, buf, lr, momentum, weight_decay)``.
 """

@@ -83,9 +83,8 @@ class RetinaNet(Module):
         if key not in self._anchor_cache:
             c = self.config
             feature_hws = self.feature_sizes(key)
-            # torchvision's stride: image size // feature size (not always a power of two)
-            strides = [(key[0] // fh, key[1] // fw) for fh, fw in feature_hws]
-            anchors = generate_anchors(key, feature_hws, strides, c.anchor_sizes,
+            # strides=None: image size // feature size per level, as torchvision does
+            anchors = generate_anchors(key, feature_hws, None, c.anchor_sizes,
                                        c.aspect_ratios, c.scales_per_octave)
             counts = [fh * fw * c.num_anchors for fh, fw in feature_hws]
             self._anchor_cache[key] = (anchors, counts)

@@ -19,3 +19,8 @@ def random_targets(rng, n_images, image_hw, num_classes, max_boxes=3):
         boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
         targets.append({"boxes": boxes, "labels": rng.integers(0, num_classes, m)})
     return targets
+
+
+@pytest.fixture
+def make_targets():
+    return random_targets
