@@ -1,0 +1,396 @@
+"""RetinaNet's losses, each returned together with its analytic gradient.
+
+* :func:`sigmoid_focal_loss` -- the classification loss of the paper (Lin et al. 2017);
+* :func:`smooth_l1_loss` and :func:`l1_loss` -- box regression losses;
+* :func:`retina_loss` -- the full training loss of a batch: match anchors to ground truth,
+  focal loss over every non-ignored (anchor, class), box loss over foreground anchors, each
+  image normalised by its number of foreground anchors, mean over images.
+
+Every function returns ``(loss, gradient)``: no autograd here, the derivative of each loss
+is written out in its docstring and checked against finite differences in the tests. The
+focal loss of a batch touches R * K ~ 10^7 logits, so its inner loop is a Numba kernel that
+reads the class of each anchor instead of a dense one-hot target array.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from retina_np.detection.boxes import box_iou, encode_boxes, validate_boxes
+from retina_np.detection.matcher import (
+    BETWEEN_THRESHOLDS,
+    DEFAULT_BG_IOU_THRESH,
+    DEFAULT_FG_IOU_THRESH,
+    match_anchors,
+)
+
+# Focal loss (section 3.2 / 5.1 of the paper): alpha weights the positives, gamma down-weights
+# the easy examples; alpha = 0.25 with gamma = 2 was the best pair in their Table 1a.
+DEFAULT_FOCAL_ALPHA = 0.25
+DEFAULT_FOCAL_GAMMA = 2.0
+# Smooth-L1 switches from quadratic to linear at |d| = beta; 1/9 (Detectron's sigma = 3,
+# beta = 1 / sigma^2) keeps it close to L1 for the small deltas of well-placed anchors.
+DEFAULT_SMOOTH_L1_BETA = 1.0 / 9.0
+
+# Kernel-side encoding of "no alpha weighting" (alpha=None or alpha < 0 in the API).
+_NO_ALPHA = -1.0
+
+
+# --------------------------------------------------------------------------------------
+# Sigmoid focal loss
+# --------------------------------------------------------------------------------------
+
+
+@njit(cache=True, error_model="numpy")
+def _focal_element(x, t, alpha, gamma):
+    """Focal loss and its derivative for one logit ``x`` and target ``t`` (float64 math).
+
+    See :func:`sigmoid_focal_loss` for the formulas. ``p = sigmoid(x)`` and
+    ``q = 1 - p = sigmoid(-x)`` are both formed from ``exp(-|x|)``, which never overflows,
+    so that neither suffers cancellation when the other is close to 1.
+    """
+    e = math.exp(-abs(x))
+    if x >= 0.0:
+        p = 1.0 / (1.0 + e)
+        q = e / (1.0 + e)
+    else:
+        p = e / (1.0 + e)
+        q = 1.0 / (1.0 + e)
+    # Binary cross-entropy with logits, -t log p - (1 - t) log q, stably.
+    ce = max(x, 0.0) - x * t + math.log1p(e)
+    m = p * (1.0 - t) + q * t  # 1 - p_t: the probability given to the wrong answer
+    if gamma == 0.0:
+        mod = 1.0
+        dmod = 0.0
+    else:
+        if gamma == 2.0:  # the default; m * m is much cheaper than pow
+            mod = m * m
+            m_pow = m
+        else:
+            mod = m**gamma
+            m_pow = m ** (gamma - 1.0) if m > 0.0 else 0.0
+        dmod = gamma * m_pow * p * q * (1.0 - 2.0 * t)  # d(m^gamma)/dx, dm/dx = p q (1 - 2t)
+    a = 1.0 if alpha < 0.0 else alpha * t + (1.0 - alpha) * (1.0 - t)
+    loss = a * ce * mod
+    grad = a * ((p - t) * mod + ce * dmod)
+    return loss, grad
+
+
+# The focal loss of a batch runs over R * K ~ 10^7 logits with two transcendental functions
+# each, so each loop below is written once, serially over a range, and launched either
+# directly or split across the cores with prange. Below _PARALLEL_MIN_LOGITS logits a
+# parallel launch costs more than it saves: waking the threads and the barrier take ~50 us,
+# and milliseconds when another process holds one of the cores.
+_PARALLEL_MIN_LOGITS = 1 << 16
+
+
+@njit(cache=True, error_model="numpy")
+def _focal_dense_range(logits, targets, alpha, gamma, dlogits, start, stop):
+    """Focal loss summed over flat ``logits[start:stop]``; gradient into ``dlogits``."""
+    total = 0.0
+    for i in range(start, stop):
+        loss, grad = _focal_element(np.float64(logits[i]), np.float64(targets[i]), alpha, gamma)
+        total += loss
+        dlogits[i] = grad
+    return total
+
+
+@njit(cache=True, error_model="numpy")
+def _focal_anchor_range(logits, anchor_class, alpha, gamma, grad_scale, dlogits, start, stop):
+    """Focal loss of anchors ``start:stop`` of one image, from per-anchor classes instead of
+    a one-hot target array.
+
+    Args:
+        logits (ndarray[R, K]): classification logits.
+        anchor_class (ndarray[R] int64): class k >= 0 of a foreground anchor (target 1 at k,
+            0 elsewhere), ``BELOW_LOW_THRESHOLD`` (all targets 0) or ``BETWEEN_THRESHOLDS``
+            (ignored: no loss, zero gradient).
+        grad_scale (float): the gradient is written pre-multiplied by this.
+        dlogits (ndarray[R, K]): output.
+
+    Returns:
+        float: the unscaled loss sum over those anchors.
+    """
+    num_classes = logits.shape[1]
+    total = 0.0
+    for r in range(start, stop):
+        cls = anchor_class[r]
+        if cls == BETWEEN_THRESHOLDS:
+            for k in range(num_classes):
+                dlogits[r, k] = 0.0
+            continue
+        for k in range(num_classes):
+            t = 1.0 if k == cls else 0.0
+            loss, grad = _focal_element(np.float64(logits[r, k]), t, alpha, gamma)
+            total += loss
+            dlogits[r, k] = grad * grad_scale
+    return total
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _focal_dense_parallel(logits, targets, alpha, gamma, dlogits, num_chunks):
+    """:func:`_focal_dense_range` over ``num_chunks`` equal chunks, one per prange step."""
+    n = logits.shape[0]
+    total = 0.0
+    for c in prange(num_chunks):
+        total += _focal_dense_range(logits, targets, alpha, gamma, dlogits,
+                                    c * n // num_chunks, (c + 1) * n // num_chunks)
+    return total
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def _focal_anchor_parallel(logits, anchor_class, alpha, gamma, grad_scale, dlogits, num_chunks):
+    """:func:`_focal_anchor_range` over ``num_chunks`` equal chunks of anchors."""
+    n = logits.shape[0]
+    total = 0.0
+    for c in prange(num_chunks):
+        total += _focal_anchor_range(logits, anchor_class, alpha, gamma, grad_scale, dlogits,
+                                     c * n // num_chunks, (c + 1) * n // num_chunks)
+    return total
+
+
+def _num_chunks(num_logits: int) -> int:
+    """1 (run serially) for small problems, else one chunk per Numba thread."""
+    return 1 if num_logits < _PARALLEL_MIN_LOGITS else numba.get_num_threads()
+
+
+def _focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, grad_scale, dlogits):
+    """Focal loss sum of one image (R, K) with its gradient, serial or parallel by size."""
+    num_chunks = _num_chunks(logits.size)
+    if num_chunks == 1:
+        return _focal_anchor_range(logits, anchor_class, alpha, gamma, grad_scale, dlogits, 0,
+                                   logits.shape[0])
+    return _focal_anchor_parallel(logits, anchor_class, alpha, gamma, grad_scale, dlogits,
+                                  num_chunks)
+
+
+def _alpha_for_kernel(alpha) -> float:
+    """``alpha`` as the kernel expects it: a float in [0, 1], or ``_NO_ALPHA``."""
+    if alpha is None or alpha < 0:
+        return _NO_ALPHA
+    if alpha > 1:
+        raise ValueError(f"alpha must be in [0, 1], or None / negative for no weighting: {alpha}")
+    return float(alpha)
+
+
+def sigmoid_focal_loss(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    alpha: float | None = DEFAULT_FOCAL_ALPHA,
+    gamma: float = DEFAULT_FOCAL_GAMMA,
+):
+    """Summed sigmoid focal loss and its gradient with respect to the logits.
+
+    With ``p = sigmoid(x)``, ``q = 1 - p`` and target ``t`` in [0, 1] (0 or 1 in RetinaNet):
+
+        ce      = -t log p - (1 - t) log q          (binary cross-entropy)
+        m       = 1 - p_t = p (1 - t) + q t         (probability of the wrong answer)
+        alpha_t = alpha t + (1 - alpha) (1 - t)     (1 when alpha is None or < 0)
+        FL      = alpha_t * m^gamma * ce
+
+    Gradient, from dp/dx = p q:  d ce / dx = p - t  and  dm/dx = p q (1 - 2t), so
+
+        dFL/dx = alpha_t * [ (p - t) m^gamma + gamma m^(gamma-1) p q (1 - 2t) ce ].
+
+    For t = 1 this is ``-alpha q^gamma (q + gamma p ce)``; for t = 0,
+    ``(1 - alpha) p^gamma (p + gamma q ce)`` with ``ce = softplus(x)``. The second term
+    vanishes with m (when m = 0 it is taken as 0, also for gamma < 1). The maths runs in
+    float64 from ``exp(-|x|)``, so logits of +-100 give finite losses and gradients.
+
+    Args:
+        logits (ndarray[...]): any shape, float32 or float64.
+        targets (ndarray[...]): same shape, values in [0, 1].
+        alpha (float | None): weight of the positives; ``None`` or < 0 for none.
+        gamma (float): focusing exponent, >= 0; 0 gives plain cross-entropy.
+
+    Returns:
+        tuple[float, ndarray[...]]: the loss summed over all elements, and d loss / d logits
+        in the shape and dtype of ``logits``.
+    """
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {logits.shape} and targets {targets.shape} differ in shape")
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    if not np.issubdtype(logits.dtype, np.floating):
+        logits = logits.astype(np.float64)
+    flat = np.ascontiguousarray(logits).reshape(-1)
+    flat_targets = np.ascontiguousarray(targets, dtype=logits.dtype).reshape(-1)
+    dlogits = np.empty_like(flat)
+    alpha_k, num_chunks = _alpha_for_kernel(alpha), _num_chunks(flat.size)
+    if num_chunks == 1:
+        total = _focal_dense_range(flat, flat_targets, alpha_k, float(gamma), dlogits, 0, flat.size)
+    else:
+        total = _focal_dense_parallel(flat, flat_targets, alpha_k, float(gamma), dlogits,
+                                      num_chunks)
+    return float(total), dlogits.reshape(logits.shape)
+
+
+# --------------------------------------------------------------------------------------
+# Box regression losses
+# --------------------------------------------------------------------------------------
+
+
+def smooth_l1_loss(pred: np.ndarray, target: np.ndarray, beta: float = DEFAULT_SMOOTH_L1_BETA):
+    """Summed smooth-L1 (Huber / beta) loss and its gradient with respect to ``pred``.
+
+    With d = pred - target:
+
+        loss = 0.5 d^2 / beta    if |d| < beta      d loss / d pred = d / beta
+               |d| - 0.5 beta    otherwise                           sign(d)
+
+    ``beta = 0`` is plain L1 (as in torch). The gradient is continuous; its kink is at
+    |d| = beta.
+
+    Args:
+        pred (ndarray[...]): predictions, float32 or float64.
+        target (ndarray[...]): same shape.
+        beta (float): width of the quadratic zone, >= 0.
+
+    Returns:
+        tuple[float, ndarray[...]]: loss sum and d loss / d pred (dtype of ``pred``).
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if beta == 0:
+        return l1_loss(pred, target)
+    pred = np.asarray(pred)
+    diff = pred - np.asarray(target, dtype=pred.dtype)
+    abs_diff = np.abs(diff)
+    quadratic = abs_diff < beta
+    loss = np.where(quadratic, 0.5 * diff * diff / beta, abs_diff - 0.5 * beta)
+    dpred = np.where(quadratic, diff / beta, np.sign(diff)).astype(pred.dtype, copy=False)
+    return float(loss.sum(dtype=np.float64)), dpred
+
+
+def l1_loss(pred: np.ndarray, target: np.ndarray):
+    """Summed L1 loss ``sum |pred - target|`` and its gradient ``sign(pred - target)``.
+
+    The gradient at a zero difference is taken as 0 (as torch does).
+
+    Returns:
+        tuple[float, ndarray[...]]: loss sum and d loss / d pred (shape and dtype of ``pred``).
+    """
+    pred = np.asarray(pred)
+    diff = pred - np.asarray(target, dtype=pred.dtype)
+    return float(np.abs(diff).sum(dtype=np.float64)), np.sign(diff).astype(pred.dtype, copy=False)
+
+
+_BOX_LOSSES = {"smooth_l1", "l1"}
+
+
+# --------------------------------------------------------------------------------------
+# The RetinaNet loss of a batch
+# --------------------------------------------------------------------------------------
+
+
+def retina_loss(
+    cls_logits: np.ndarray,
+    box_deltas: np.ndarray,
+    anchors: np.ndarray,
+    targets: list,
+    num_classes: int | None = None,
+    alpha: float | None = DEFAULT_FOCAL_ALPHA,
+    gamma: float = DEFAULT_FOCAL_GAMMA,
+    box_loss: str = "smooth_l1",
+    beta: float = DEFAULT_SMOOTH_L1_BETA,
+    fg_iou: float = DEFAULT_FG_IOU_THRESH,
+    bg_iou: float = DEFAULT_BG_IOU_THRESH,
+):
+    """RetinaNet's training loss of a batch and its gradients with respect to the head outputs.
+
+    Per image: IoU of the ground truth with every anchor, :func:`match_anchors`; focal loss
+    summed over all (anchor, class) pairs of non-ignored anchors (one-hot targets from the
+    matched box's label, all zeros for background); box loss summed over the encoded targets
+    of the foreground anchors; both divided by ``max(1, foreground anchors of the image)``.
+    The batch losses are the means over images, as torchvision computes them.
+
+    Args:
+        cls_logits (ndarray[N, R, K]): classification logits.
+        box_deltas (ndarray[N, R, 4]): predicted ``dx, dy, dw, dh``.
+        anchors (ndarray[R, 4]): anchors in the same order (shared by the images).
+        targets (list[dict]): per image ``{"boxes": (M, 4), "labels": (M,)}``; M may be 0.
+        num_classes (int | None): K, checked against ``cls_logits`` when given.
+        alpha, gamma: focal loss parameters (see :func:`sigmoid_focal_loss`).
+        box_loss (str): ``"smooth_l1"`` (with ``beta``) or ``"l1"``.
+        fg_iou, bg_iou (float): matcher thresholds.
+
+    Returns:
+        tuple: ``losses`` dict with ``"classification"``, ``"box_regression"``, ``"total"``
+        (their sum) and ``"num_foreground"`` (over the batch), all Python floats;
+        ``d_cls_logits`` (ndarray[N, R, K]) and ``d_box_deltas`` (ndarray[N, R, 4]), the
+        gradients of ``total``, in the dtypes of the inputs.
+
+    Raises:
+        ValueError: on inconsistent shapes, or a target with a degenerate or non-finite box
+            or a label outside 0..K-1 (the message names the image and the box).
+    """
+    cls_logits = np.asarray(cls_logits)
+    box_deltas = np.asarray(box_deltas)
+    if cls_logits.ndim != 3:
+        raise ValueError(f"cls_logits must be (N, R, K), got {cls_logits.shape}")
+    batch, num_anchors, k = cls_logits.shape
+    if num_classes is not None and num_classes != k:
+        raise ValueError(f"num_classes={num_classes} but cls_logits has {k} classes")
+    if box_deltas.shape != (batch, num_anchors, 4):
+        raise ValueError(f"box_deltas must be {(batch, num_anchors, 4)}, got {box_deltas.shape}")
+    if len(targets) != batch:
+        raise ValueError(f"{len(targets)} targets given for a batch of {batch}")
+    if box_loss not in _BOX_LOSSES:
+        raise ValueError(f"box_loss must be one of {sorted(_BOX_LOSSES)}, got {box_loss!r}")
+    anchors = np.asarray(anchors, dtype=cls_logits.dtype)
+    if anchors.shape != (num_anchors, 4):
+        raise ValueError(f"anchors must be {(num_anchors, 4)}, got {anchors.shape}")
+    alpha_k = _alpha_for_kernel(alpha)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+
+    cls_logits = np.ascontiguousarray(cls_logits)
+    d_cls_logits = np.empty_like(cls_logits)  # (N, R, K)
+    d_box_deltas = np.zeros_like(box_deltas)  # (N, R, 4)
+    cls_total = box_total = 0.0
+    num_foreground_total = 0
+    for b, target in enumerate(targets):
+        boxes = np.asarray(target["boxes"])
+        labels = np.asarray(target["labels"])
+        validate_boxes(boxes, labels, k, image_index=b)
+        boxes = boxes.reshape(-1, 4).astype(cls_logits.dtype, copy=False)  # (M, 4)
+        labels = labels.reshape(-1).astype(np.int64, copy=False)  # (M,)
+
+        matches = match_anchors(box_iou(boxes, anchors), fg_iou, bg_iou)  # (R,)
+        foreground = np.flatnonzero(matches >= 0)  # (F,)
+        num_foreground = foreground.size
+        norm = max(1, num_foreground)
+        num_foreground_total += num_foreground
+
+        anchor_class = matches.copy()  # (R,): class of foreground anchors, sentinels kept
+        anchor_class[foreground] = labels[matches[foreground]]
+        cls_sum = _focal_loss_anchor_classes(
+            cls_logits[b], anchor_class, alpha_k, float(gamma), 1.0 / (norm * batch),
+            d_cls_logits[b],
+        )
+
+        target_deltas = encode_boxes(boxes[matches[foreground]], anchors[foreground])  # (F, 4)
+        if box_loss == "smooth_l1":
+            box_sum, d_fg = smooth_l1_loss(box_deltas[b, foreground], target_deltas, beta)
+        else:
+            box_sum, d_fg = l1_loss(box_deltas[b, foreground], target_deltas)
+        d_box_deltas[b, foreground] = d_fg / (norm * batch)
+
+        cls_total += cls_sum / norm
+        box_total += box_sum / norm
+
+    classification = cls_total / max(1, batch)
+    box_regression = box_total / max(1, batch)
+    losses = {
+        "classification": classification,
+        "box_regression": box_regression,
+        "total": classification + box_regression,
+        "num_foreground": float(num_foreground_total),
+    }
+    return losses, d_cls_logits, d_box_deltas
