@@ -1,0 +1,78 @@
+"""CUDA kernels (numba.cuda): the contract of ``kernels/__init__.py`` on device arrays.
+
+Same names and signatures as ``cpu.py`` and ``reference.py``; every function takes numba.cuda
+device arrays (C-contiguous, float32 or float64) and returns new device arrays allocated with
+``cuda.device_array``; nothing is copied to the host except where a result is a Python
+number (loss sums) or inherently sequential (the last step of NMS). Import this module only
+through ``retina_np.backend``.
+
+The kernels live in four files, one idea each:
+
+    cuda_conv.py         conv2d_forward, conv2d_backward_input, conv2d_backward_weight:
+                         one tiled shared-memory GEMM (64x64x16 tiles, 4x4 outputs per thread)
+                         read through three index maps (implicit GEMM), split-K when K is long
+    cuda_reduce.py       bias_backward, batchnorm2d_stats, batchnorm2d_backward: per-channel
+                         sums in two deterministic passes ((C, S) blocks, then per channel)
+    cuda_elementwise.py  relu, add, batch-norm apply, max pooling, nearest upsampling
+                         (backwards by gather), and the in-place utilities below
+    cuda_detection.py    focal loss, smooth-L1 / L1, box IoU, box decoding, bitmask NMS
+
+plus ``cuda_config.py`` (every tunable: threads per block, tile sizes) and
+``cuda_launch.py`` (allocation and launch helpers).
+
+Beyond the kernel contract, the optimiser and the layers use (CPU twins in ``cpu.py``):
+
+    zeros_like(a)                                  # new zero array like a
+    fill_(a, value)                                # a[...] = value, in place
+    scale_(a, s)                                   # a *= s, in place
+    add_inplace_(a, b)                             # a += b, in place
+    sgd_update_(param, grad, buf, lr, momentum, weight_decay)
+        # in place, torch's rule: buf = momentum*buf + (grad + wd*param); param -= lr*buf
+"""
+
+from retina_np.kernels.cuda_conv import (
+    conv2d_backward_input,
+    conv2d_backward_weight,
+    conv2d_forward,
+)
+from retina_np.kernels.cuda_detection import (
+    batched_nms,
+    box_iou,
+    decode_boxes,
+    focal_loss_anchor_classes,
+    l1_loss,
+    nms,
+    sigmoid_focal_loss,
+    smooth_l1_loss,
+)
+from retina_np.kernels.cuda_elementwise import (
+    add_forward,
+    add_inplace_,
+    batchnorm2d_forward,
+    cast,
+    fill_,
+    maxpool2d_backward,
+    maxpool2d_forward,
+    relu_backward,
+    relu_forward,
+    scale_,
+    sgd_update_,
+    upsample_nearest_backward,
+    upsample_nearest_forward,
+    zeros_like,
+)
+from retina_np.kernels.cuda_reduce import (
+    batchnorm2d_backward,
+    batchnorm2d_stats,
+    bias_backward,
+)
+
+__all__ = [
+    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_backward",
+    "batchnorm2d_stats", "batchnorm2d_forward", "batchnorm2d_backward",
+    "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "upsample_nearest_forward", "upsample_nearest_backward", "add_forward",
+    "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "cast",
+    "focal_loss_anchor_classes", "sigmoid_focal_loss", "smooth_l1_loss", "l1_loss",
+    "box_iou", "decode_boxes", "nms", "batched_nms",
+]

@@ -1,0 +1,88 @@
+"""The CUDA kernels against their CPU twins, on the CUDA simulator or a real GPU.
+
+Run as its own pytest process, with the simulator chosen before numba is imported:
+
+    NUMBA_ENABLE_CUDASIM=1 pytest -q tests/cuda
+
+The simulator runs every GPU thread as a Python thread, so the inputs are tiny and the launch
+settings of ``kernels/cuda_config.py`` are shrunk (fixture ``small_launches``, used by every
+test here): tiles of a few elements and blocks of a few threads, so that even tiny inputs
+need several blocks, ragged edge tiles, grid-stride loops and multi-block reductions.
+"""
+
+import os
+import sys
+
+import pytest
+
+ON_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+def _gpu_available() -> bool:
+    if ON_SIMULATOR:
+        return False
+    try:
+        from numba import cuda
+
+        return bool(cuda.is_available())
+    except Exception:  # pragma: no cover - depends on the machine
+        return False
+
+
+SKIP_REASON = None
+if not ON_SIMULATOR and not _gpu_available():
+    SKIP_REASON = (
+        "tests/cuda need the CUDA simulator or a GPU: run "
+        "'NUMBA_ENABLE_CUDASIM=1 pytest tests/cuda' (numba.cuda found no usable GPU)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here):
+            item.add_marker(pytest.mark.cudasim)
+            if SKIP_REASON:
+                item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_thread_switching():
+    """The simulator's threads wait on each other at every syncthreads and thread start;
+    Python's default 5 ms GIL switch interval makes that 3-10x slower than it needs to be."""
+    if not ON_SIMULATOR:
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+# Tiny launch settings: (name, value) pairs for kernels/cuda_config.py.
+SMALL_LAUNCHES = {
+    "THREADS_1D": 8,
+    "MAX_BLOCKS_1D": 3,  # 24 threads in all: arrays of more elements loop (grid-stride)
+    "REDUCE_THREADS": 4,
+    "REDUCE_MIN_PER_THREAD": 1,
+    "REDUCE_TARGET_BLOCKS": 16,  # several chunks (blocks) per channel
+    "GEMM_TILE_M": 8,
+    "GEMM_TILE_N": 8,
+    "GEMM_TILE_K": 4,
+    "GEMM_THREAD_M": 2,
+    "GEMM_THREAD_N": 2,
+    "SPLIT_K_MIN": 1 << 30,  # no split-K unless a test asks for it
+    "SPLIT_K_TARGET_BLOCKS": 1,
+    "NMS_TILE": 8,
+    "IOU_TILE": 4,
+}
+
+
+@pytest.fixture(autouse=True)
+def small_launches(monkeypatch):
+    """Shrink every launch setting for the test (a test may monkeypatch further)."""
+    from retina_np.kernels import cuda_config
+
+    for name, value in SMALL_LAUNCHES.items():
+        monkeypatch.setattr(cuda_config, name, value)
+    return cuda_config

@@ -1,0 +1,83 @@
+"""The implicit-GEMM convolutions (kernels/cuda_conv.py) against kernels.cpu."""
+
+import numpy as np
+import pytest
+from cuda_helpers import assert_close, host, to_dev
+
+from retina_np.kernels import cpu, cuda_conv
+from retina_np.kernels import cuda as kcuda
+
+# (kernel, stride, padding) on a 7x6 input: odd sizes, stride 2 leaving a ragged last window,
+# padding 0 / 1 / 2, a 1x1 and a 5x5 kernel.
+GEOMETRIES = [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0), (5, 2, 2), (2, 1, 0)]
+
+# GEMM tiles (TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N): square, and lopsided so that rows
+# and columns get different numbers of ragged tiles.
+TILES = {"8x8x4/2x2": (8, 8, 4, 2, 2), "4x8x2/1x4": (4, 8, 2, 1, 4)}
+
+
+def _set_tiles(cfg, tiles):
+    cfg.GEMM_TILE_M, cfg.GEMM_TILE_N, cfg.GEMM_TILE_K, cfg.GEMM_THREAD_M, cfg.GEMM_THREAD_N = tiles
+
+
+def _conv_case(rng, dtype, k, stride, padding, N=2, C=3, F=5, H=7, W=6):
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C, k, k)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    dy = rng.standard_normal((N, F, Ho, Wo)).astype(dtype)
+    return x, w, b, dy
+
+
+def _check_all_three(x, w, b, dy, stride, padding):
+    dtype = x.dtype
+    H, W = x.shape[2:]
+    kh, kw = w.shape[2:]
+    y = kcuda.conv2d_forward(to_dev(x), to_dev(w), None if b is None else to_dev(b), stride,
+                             padding)
+    assert y.shape == dy.shape and y.dtype == dtype
+    assert_close(host(y), cpu.conv2d_forward(x, w, b, stride, padding), dtype, scale=10)
+    dx = kcuda.conv2d_backward_input(to_dev(dy), to_dev(w), H, W, stride, padding)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    assert_close(host(dx), cpu.conv2d_backward_input(dy, w, H, W, stride, padding), dtype, 10)
+    dw = kcuda.conv2d_backward_weight(to_dev(dy), to_dev(x), kh, kw, stride, padding)
+    assert dw.shape == w.shape and dw.dtype == dtype
+    assert_close(host(dw), cpu.conv2d_backward_weight(dy, x, kh, kw, stride, padding), dtype, 10)
+
+
+@pytest.mark.parametrize("k,stride,padding", GEOMETRIES)
+def test_conv_matches_cpu(small_launches, rng, k, stride, padding):
+    x, w, b, dy = _conv_case(rng, np.float32, k, stride, padding)
+    _check_all_three(x, w, b, dy, stride, padding)
+
+
+@pytest.mark.parametrize("tiles", list(TILES.values()), ids=list(TILES))
+def test_conv_other_tiles_and_no_bias(small_launches, rng, tiles):
+    _set_tiles(small_launches, tiles)
+    x, w, _, dy = _conv_case(rng, np.float32, 3, 2, 1, N=1, C=4, F=3, H=5, W=7)
+    _check_all_three(x, w, None, dy, 2, 1)
+
+
+def test_conv_split_k(small_launches, rng):
+    """K cut into several chunks (grid z), the partial products summed by a second kernel."""
+    small_launches.SPLIT_K_MIN = 8
+    small_launches.SPLIT_K_TARGET_BLOCKS = 64
+    x, w, b, dy = _conv_case(rng, np.float32, 3, 1, 1)
+    L = 7 * 6
+    for M, N, K in [(5, 2 * L, 3 * 9), (3, 2 * 7 * 6, 5 * 9), (5, 3 * 9, 2 * L)]:
+        splits, _ = cuda_conv._split_k(M, N, K, *small_launches.gemm_config()[:3])
+        assert splits > 1
+    _check_all_three(x, w, b, dy, 1, 1)
+
+
+def test_conv_float64(small_launches, rng):
+    x, w, b, dy = _conv_case(rng, np.float64, 3, 2, 1, N=1, C=2, F=3, H=5, W=4)
+    _check_all_three(x, w, b, dy, 2, 1)
+
+
+def test_bad_tile_settings_are_refused(small_launches, rng):
+    small_launches.GEMM_TILE_N = 6  # not a multiple of THREAD_N
+    small_launches.GEMM_THREAD_N = 4
+    x, w, b, _ = _conv_case(rng, np.float32, 1, 1, 0, N=1, C=1, F=1, H=2, W=2)
+    with pytest.raises(ValueError, match="GEMM"):
+        kcuda.conv2d_forward(to_dev(x), to_dev(w), to_dev(b), 1, 0)
