@@ -1,0 +1,411 @@
+"""Fast CPU kernels: ``@njit`` loops plus BLAS matrix products (see ``kernels/__init__.py``).
+
+Same names, signatures and results as ``reference.py``. Convolution is im2col + one GEMM
+(the GEMM is numpy's ``@``, i.e. OpenBLAS): unfold every (kh, kw) input patch into a column,
+and the convolution becomes a matrix product with the (F, C*kh*kw) weight matrix. A 1x1,
+stride-1, unpadded convolution needs no unfolding: the input already is that matrix.
+
+Threads: the ``prange`` loops (numba's pool) and the GEMMs (OpenBLAS's pool) take turns,
+never overlap, and each uses every core. GNU OpenMP's idle workers spin by default and then
+steal the cores from the BLAS threads (a 3x slow-down measured on 2 cores, see
+docs/performance.md), so unless the user chose otherwise they are asked to sleep.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba starts its OpenMP pool
+
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+# Upper bound on one im2col matrix (elements). The output is cut into tiles whose unfolded
+# input stays this small: several whole images when they are small (one larger GEMM instead
+# of many tiny ones), else bands of output rows (the matrix is still in cache when the GEMM
+# reads it, and a 512x512 image does not unfold into hundreds of megabytes).
+COLS_MAX_ELEMENTS = 1 << 20
+
+
+def _out_size(n_in: int, k: int, stride: int, padding: int) -> int:
+    return (n_in + 2 * padding - k) // stride + 1
+
+
+def _tiles(N: int, Ho: int, row_elements: int):
+    """(n0, n1, oh0, oh1) tiles of the output, each unfolding to <= COLS_MAX_ELEMENTS.
+
+    row_elements is the im2col size of one output row of one image (C*kh*kw*Wo).
+    """
+    image_elements = row_elements * Ho
+    if image_elements <= COLS_MAX_ELEMENTS:
+        step = max(1, COLS_MAX_ELEMENTS // image_elements)
+        return [(n0, min(n0 + step, N), 0, Ho) for n0 in range(0, N, step)]
+    rows = max(1, COLS_MAX_ELEMENTS // row_elements)
+    return [(n, n + 1, oh0, min(oh0 + rows, Ho)) for n in range(N) for oh0 in range(0, Ho, rows)]
+
+
+def _tile_matrices(N: int, Ho: int, K: int, Wo: int, dtype):
+    """Yield (n0, n1, oh0, oh1, cols): the tiles, each with a (K, n*(oh1-oh0)*Wo) matrix to
+    fill, all views of one buffer (allocating, and page-faulting, one per tile costs time)."""
+    tiles = _tiles(N, Ho, K * Wo)
+    buffer = np.empty(max((n1 - n0) * (oh1 - oh0) for n0, n1, oh0, oh1 in tiles) * K * Wo, dtype)
+    for n0, n1, oh0, oh1 in tiles:
+        yield n0, n1, oh0, oh1, buffer[:K * (n1 - n0) * (oh1 - oh0) * Wo].reshape(K, -1)
+
+
+def _columns(a, n0, n1, l0, l1):
+    """Images n0:n1, positions l0:l1 of a (N, K, L) as a (K, n*(l1-l0)) matrix (a copy if n > 1)."""
+    if n1 - n0 == 1:
+        return a[n0, :, l0:l1]
+    return a[n0:n1, :, l0:l1].transpose(1, 0, 2).reshape(a.shape[1], -1)
+
+
+@njit(cache=True)
+def _valid_range(n_out, n_in, offset, stride):
+    """Output positions o in [lo, hi) whose input position o*stride + offset is in [0, n_in)."""
+    lo = max(0, (-offset + stride - 1) // stride)
+    hi = min(n_out, (n_in - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+# ----------------------------------------------------------------------------- convolution
+@njit(parallel=True, cache=True)
+def _im2col(x, kh, kw, stride, padding, oh0, oh1, Wo, cols):
+    """Unfold output rows oh0:oh1 of images x (n, C, H, W) into cols (C*kh*kw, n*(oh1-oh0)*Wo).
+
+    cols[(c, i, j), (m, oh, ow)] = x[m, c, oh*stride - padding + i, ow*stride - padding + j],
+    0 where that falls in the padding.
+    """
+    n, C, H, W = x.shape
+    rows = oh1 - oh0
+    for r in prange(C * kh * kw):
+        c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+        oh_lo, oh_hi = _valid_range(oh1, H, i - padding, stride)
+        ow_lo, ow_hi = _valid_range(Wo, W, j - padding, stride)
+        w_lo, w_hi = ow_lo * stride - padding + j, ow_hi * stride - padding + j
+        for m in range(n):
+            for oh in range(oh0, oh1):
+                out = cols[r, (m * rows + oh - oh0) * Wo:(m * rows + oh - oh0 + 1) * Wo]
+                if oh < oh_lo or oh >= oh_hi:
+                    out[:] = 0  # this whole output row reads padding
+                    continue
+                out[:ow_lo] = 0
+                out[ow_hi:] = 0
+                # slice copies compile to tight vector loops; indexing element by element
+                # (with numba's negative-index checks) ran 2-3 times slower
+                out[ow_lo:ow_hi] = x[m, c, oh * stride - padding + i, w_lo:w_hi:stride]
+
+
+@njit(parallel=True, cache=True)
+def _col2im_add(dcols, kh, kw, stride, padding, oh0, oh1, Wo, dx):
+    """The adjoint of _im2col: add dcols (C*kh*kw, n*(oh1-oh0)*Wo) into dx (n, C, H, W)."""
+    n, C, H, W = dx.shape
+    rows = oh1 - oh0
+    for mc in prange(n * C):  # one (image, channel) plane per task: no two tasks share a pixel
+        m, c = mc // C, mc % C
+        for i in range(kh):
+            oh_lo, oh_hi = _valid_range(oh1, H, i - padding, stride)
+            for j in range(kw):
+                ow_lo, ow_hi = _valid_range(Wo, W, j - padding, stride)
+                w_lo, w_hi = ow_lo * stride - padding + j, ow_hi * stride - padding + j
+                for oh in range(max(oh0, oh_lo), oh_hi):
+                    col = (m * rows + oh - oh0) * Wo
+                    src = dcols[(c * kh + i) * kw + j, col + ow_lo:col + ow_hi]
+                    dst = dx[m, c, oh * stride - padding + i, w_lo:w_hi:stride]
+                    for t in range(src.size):  # on views: a loop that vectorises
+                        dst[t] += src[t]
+
+
+def _is_pointwise(kh, kw, stride, padding):
+    """A 1x1, stride-1, unpadded convolution: a plain GEMM with the (C, H*W) input matrix."""
+    return kh == 1 and kw == 1 and stride == 1 and padding == 0
+
+
+def conv2d_forward(x, w, b, stride, padding):
+    """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo)."""
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    Ho, Wo = _out_size(H, kh, stride, padding), _out_size(W, kw, stride, padding)
+    w2 = w.reshape(F, C * kh * kw)
+    y = np.empty((N, F, Ho, Wo), x.dtype)
+    y3 = y.reshape(N, F, Ho * Wo)
+    if _is_pointwise(kh, kw, stride, padding):
+        np.matmul(w2, x.reshape(N, C, H * W), out=y3)  # (F, C) @ (N, C, L) -> (N, F, L)
+    else:
+        for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype):
+            _im2col(x[n0:n1], kh, kw, stride, padding, oh0, oh1, Wo, cols)
+            if n1 - n0 == 1:
+                np.matmul(w2, cols, out=y3[n0, :, oh0 * Wo:oh1 * Wo])
+            else:  # (F, n*L) -> (n, F, L)
+                y3[n0:n1] = (w2 @ cols).reshape(F, n1 - n0, Ho * Wo).transpose(1, 0, 2)
+    if b is not None:
+        y3 += b.reshape(1, F, 1)
+    return y
+
+
+def conv2d_backward_input(dy, w, H, W, stride, padding):
+    """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W)."""
+    N, F, Ho, Wo = dy.shape
+    _, C, kh, kw = w.shape
+    w2t = w.reshape(F, C * kh * kw).T  # (C*kh*kw, F)
+    dy3 = dy.reshape(N, F, Ho * Wo)
+    if _is_pointwise(kh, kw, stride, padding):
+        return np.matmul(w2t, dy3).reshape(N, C, H, W)
+    dx = np.zeros((N, C, H, W), dy.dtype)
+    for n0, n1, oh0, oh1, dcols in _tile_matrices(N, Ho, C * kh * kw, Wo, dy.dtype):
+        np.matmul(w2t, _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), out=dcols)
+        _col2im_add(dcols, kh, kw, stride, padding, oh0, oh1, Wo, dx[n0:n1])
+    return dx
+
+
+def conv2d_backward_weight(dy, x, kh, kw, stride, padding):
+    """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw)."""
+    N, F, Ho, Wo = dy.shape
+    C = x.shape[1]
+    dy3 = dy.reshape(N, F, Ho * Wo)
+    dw = np.zeros((F, C * kh * kw), dy.dtype)
+    if _is_pointwise(kh, kw, stride, padding):  # x itself is the (C, L) matrix
+        x3 = x.reshape(N, C, Ho * Wo)
+        for n0, n1, oh0, oh1 in _tiles(N, Ho, C * Wo):
+            l0, l1 = oh0 * Wo, oh1 * Wo
+            dw += _columns(dy3, n0, n1, l0, l1) @ _columns(x3, n0, n1, l0, l1).T
+    else:
+        for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype):
+            _im2col(x[n0:n1], kh, kw, stride, padding, oh0, oh1, Wo, cols)
+            dw += _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo) @ cols.T  # (F, n*L) @ (n*L, K)
+    return dw.reshape(F, C, kh, kw)
+
+
+@njit(cache=True)
+def bias_backward(dy):
+    """dy (N, F, Ho, Wo) -> db (F,), summed in float64."""
+    N, F, Ho, Wo = dy.shape
+    dy3 = dy.reshape(N, F, Ho * Wo)
+    db = np.empty(F, dy.dtype)
+    for f in range(F):
+        total = 0.0
+        for n in range(N):
+            for v in dy3[n, f]:
+                total += v
+        db[f] = total
+    return db
+
+
+# ----------------------------------------------------------------------------- batch norm
+@njit(parallel=True, cache=True)
+def batchnorm2d_stats(x):
+    """x (N, C, H, W) -> mean (C,), biased var (C,), accumulated in float64 (two passes)."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    mean = np.empty(C, x.dtype)
+    var = np.empty(C, x.dtype)
+    for c in prange(C):
+        s = 0.0
+        for n in range(N):
+            for h in range(H):
+                for w in range(W):
+                    s += x[n, c, h, w]
+        mu = s / M
+        ss = 0.0
+        for n in range(N):
+            for h in range(H):
+                for w in range(W):
+                    d = x[n, c, h, w] - mu
+                    ss += d * d
+        mean[c] = mu
+        var[c] = ss / M
+    return mean, var
+
+
+@njit(parallel=True, cache=True)
+def batchnorm2d_forward(x, mean, invstd, gamma, beta):
+    """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta."""
+    N, C, H, W = x.shape
+    y = np.empty_like(x)
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        # in float64 like the statistics: float32 rounding of (x - mean) would not cancel
+        mu, scale, shift = float(mean[c]), float(invstd[c]) * float(gamma[c]), float(beta[c])
+        for h in range(H):
+            for w in range(W):
+                y[n, c, h, w] = (x[n, c, h, w] - mu) * scale + shift
+    return y
+
+
+@njit(parallel=True, cache=True)
+def batchnorm2d_backward(dy, x, mean, invstd, gamma):
+    """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    dx = np.empty_like(x)
+    dgamma = np.empty(C, x.dtype)
+    dbeta = np.empty(C, x.dtype)
+    for c in prange(C):
+        mu, istd = float(mean[c]), float(invstd[c])  # float64 sums and products, as the stats
+        sum_dy = 0.0
+        sum_dy_xhat = 0.0
+        for n in range(N):
+            for h in range(H):
+                for w in range(W):
+                    sum_dy += dy[n, c, h, w]
+                    sum_dy_xhat += dy[n, c, h, w] * (x[n, c, h, w] - mu) * istd
+        # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)): the mean and the variance
+        # both depend on every x, which removes dy's mean and its component along xhat.
+        k = float(gamma[c]) * istd
+        a = sum_dy / M
+        bb = sum_dy_xhat / M
+        for n in range(N):
+            for h in range(H):
+                for w in range(W):
+                    xhat = (x[n, c, h, w] - mu) * istd
+                    dx[n, c, h, w] = k * (dy[n, c, h, w] - a - xhat * bb)
+        dgamma[c] = sum_dy_xhat
+        dbeta[c] = sum_dy
+    return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------- elementwise
+# One thread: these stream memory, a second core gave them nothing measurable, and a
+# parallel=True function costs two to four times as long to compile.
+@njit(cache=True)
+def relu_forward(x):
+    """x (any shape) -> max(x, 0)."""
+    xf = x.reshape(-1)
+    y = np.empty_like(xf)
+    for i in range(xf.size):
+        y[i] = xf[i] if xf[i] > 0 else 0
+    return y.reshape(x.shape)
+
+
+@njit(cache=True)
+def relu_backward(dy, y):
+    """dy, y (same shape) -> dx = dy where y > 0, else 0."""
+    dyf, yf = dy.reshape(-1), y.reshape(-1)
+    dx = np.empty_like(dyf)
+    for i in range(dyf.size):
+        dx[i] = dyf[i] if yf[i] > 0 else 0
+    return dx.reshape(dy.shape)
+
+
+@njit(cache=True)
+def add_forward(a, b):
+    """a, b (same shape) -> a + b."""
+    af, bf = a.reshape(-1), b.reshape(-1)
+    y = np.empty_like(af)
+    for i in range(af.size):
+        y[i] = af[i] + bf[i]
+    return y.reshape(a.shape)
+
+
+# ----------------------------------------------------------------------------- max pooling
+@njit(parallel=True, cache=True)
+def maxpool2d_forward(x, k, stride, padding):
+    """x (N, C, H, W) -> y (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int64 as h*W + w (first max).
+
+    Needs padding <= k // 2, so that every window holds at least one real input pixel.
+    """
+    N, C, H, W = x.shape
+    Ho = (H + 2 * padding - k) // stride + 1
+    Wo = (W + 2 * padding - k) // stride + 1
+    y = np.empty((N, C, Ho, Wo), x.dtype)
+    argmax = np.empty((N, C, Ho, Wo), np.int64)
+    for nc in prange(N * C):
+        plane = x[nc // C, nc % C]
+        for oh in range(Ho):
+            h_lo, h_hi = max(0, oh * stride - padding), min(H, oh * stride - padding + k)
+            for ow in range(Wo):
+                w_lo, w_hi = max(0, ow * stride - padding), min(W, ow * stride - padding + k)
+                # the padding is -inf, never a maximum: only real pixels are compared
+                best, best_at = plane[h_lo, w_lo], h_lo * W + w_lo
+                for h in range(h_lo, h_hi):
+                    for w in range(w_lo, w_hi):
+                        if plane[h, w] > best:
+                            best, best_at = plane[h, w], h * W + w
+                y[nc // C, nc % C, oh, ow] = best
+                argmax[nc // C, nc % C, oh, ow] = best_at
+    return y, argmax
+
+
+@njit(cache=True)
+def maxpool2d_backward(dy, argmax, H, W):
+    """dy, argmax (N, C, Ho, Wo) -> dx (N, C, H, W): each dy goes to its window's maximum."""
+    N, C, Ho, Wo = dy.shape
+    dx = np.zeros((N * C, H * W), dy.dtype)
+    dyf, af = dy.reshape(N * C, Ho * Wo), argmax.reshape(N * C, Ho * Wo)
+    for nc in range(N * C):
+        for o in range(Ho * Wo):
+            dx[nc, af[nc, o]] += dyf[nc, o]
+    return dx.reshape(N, C, H, W)
+
+
+# ----------------------------------------------------------------------------- upsampling
+@njit(cache=True)
+def upsample_nearest_forward(x, Ho, Wo):
+    """x (N, C, H, W) -> y (N, C, Ho, Wo), y[.., oh, ow] = x[.., oh*H//Ho, ow*W//Wo]."""
+    N, C, H, W = x.shape
+    src_h = np.arange(Ho) * H // Ho  # floor(oh * H / Ho) in exact integer arithmetic
+    src_w = np.arange(Wo) * W // Wo
+    y = np.empty((N, C, Ho, Wo), x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(Ho):
+                src, out = x[n, c, src_h[oh]], y[n, c, oh]
+                for ow in range(Wo):
+                    out[ow] = src[src_w[ow]]
+    return y
+
+
+@njit(cache=True)
+def upsample_nearest_backward(dy, H, W):
+    """dy (N, C, Ho, Wo) -> dx (N, C, H, W): each source pixel sums the outputs it was copied to."""
+    N, C, Ho, Wo = dy.shape
+    src_h = np.arange(Ho) * H // Ho
+    src_w = np.arange(Wo) * W // Wo
+    dx = np.zeros((N, C, H, W), dy.dtype)
+    for n in range(N):
+        for c in range(C):
+            for oh in range(Ho):
+                src, out = dy[n, c, oh], dx[n, c, src_h[oh]]
+                for ow in range(Wo):
+                    out[src_w[ow]] += src[ow]
+    return dx
+
+
+# --- in-place array utilities (optimizer and gradient accumulation) -------------------------
+# Same names as in cuda.py; each works in place and returns its first argument.
+
+
+def zeros_like(a):
+    """A new zero array of a's shape and dtype."""
+    return np.zeros_like(a)
+
+
+def fill_(a, value):
+    a[...] = value
+    return a
+
+
+def scale_(a, s):
+    a *= a.dtype.type(s)
+    return a
+
+
+def add_inplace_(a, b):
+    a += b
+    return a
+
+
+@njit(cache=True)
+def _sgd_update(p, g, v, lr, momentum, weight_decay):
+    for i in range(p.size):
+        vi = v[i] * momentum + (g[i] + p[i] * weight_decay)
+        v[i] = vi
+        p[i] = p[i] - vi * lr
+
+
+def sgd_update_(param, grad, buf, lr, momentum, weight_decay):
+    """torch's SGD step in place: buf = momentum * buf + (grad + wd * param); param -= lr * buf."""
+    t = param.dtype.type
+    _sgd_update(param.reshape(-1), grad.reshape(-1), buf.reshape(-1), t(lr), t(momentum),
+                t(weight_decay))
+    return param

@@ -1,0 +1,324 @@
+"""Ops as function pairs: ``y, cache = op_forward(...)`` and ``grads = op_backward(dy, cache)``.
+
+Each backward sits right under its forward and takes the NamedTuple cache its forward made.
+The ops check their inputs (raising ``ValueError`` that names the layer and the shapes), make
+numpy inputs C-contiguous, and run the kernels that ``backend.kernels_for`` picks for the
+arrays: ``kernels.cpu`` for numpy arrays, ``kernels.cuda`` for numba.cuda device arrays.
+Shapes use the package's letters: N batch, C/F channels in/out, H/W height/width.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from retina_np import backend
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ----------------------------------------------------------------------------- checks
+def _contiguous(a):
+    """A C-contiguous version of a numpy array (device arrays are left to their kernels)."""
+    if a is None or backend.is_device_array(a):
+        return a
+    return np.ascontiguousarray(a)
+
+
+def _check_4d(name: str, what: str, a) -> None:
+    if len(a.shape) != 4:
+        raise ValueError(f"{name}: {what} must be 4-D (N, C, H, W), got shape {tuple(a.shape)}")
+
+
+def _check_dtypes(name: str, **arrays) -> np.dtype:
+    """All given arrays share one float dtype (float32 or float64); returns it."""
+    given = {k: np.dtype(a.dtype) for k, a in arrays.items() if a is not None}
+    for k, dt in given.items():
+        if dt not in FLOAT_DTYPES:
+            raise ValueError(f"{name}: {k} must be float32 or float64, got {dt}")
+    if len(set(given.values())) > 1:
+        listed = ", ".join(f"{k} {dt}" for k, dt in given.items())
+        raise ValueError(f"{name}: dtypes differ ({listed})")
+    return next(iter(given.values()))
+
+
+def _check_int(name: str, what: str, v, low: int) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < low:
+        raise ValueError(f"{name}: {what} must be an integer >= {low}, got {v!r}")
+    return int(v)
+
+
+def _check_grad(name: str, dy, shape, dtype) -> None:
+    """The upstream gradient has the forward output's shape and dtype."""
+    if tuple(dy.shape) != tuple(shape) or np.dtype(dy.dtype) != dtype:
+        raise ValueError(
+            f"{name}: dy has shape {tuple(dy.shape)} and dtype {dy.dtype}, "
+            f"the forward output had {tuple(shape)} and {dtype}"
+        )
+
+
+def _out_size(n_in: int, k: int, stride: int, padding: int) -> int:
+    return (n_in + 2 * padding - k) // stride + 1
+
+
+# ----------------------------------------------------------------------------- conv2d
+class Conv2dCache(NamedTuple):
+    x: object  # (N, C, H, W) the input, for the weight gradient
+    w: object  # (F, C, kh, kw) the weight, for the input gradient
+    has_bias: bool
+    stride: int
+    padding: int
+    y_shape: tuple  # (N, F, Ho, Wo)
+    name: str
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d"):
+    """Cross-correlation with zero padding, as torch's conv2d.
+
+    Args:
+        x (N, C, H, W), w (F, C, kh, kw), b (F,) or None; float32 or float64, one dtype.
+    Returns:
+        y (N, F, Ho, Wo) with Ho = (H + 2*padding - kh) // stride + 1, and the cache.
+    """
+    _check_4d(name, "x", x)
+    if len(w.shape) != 4:
+        raise ValueError(f"{name}: weight must be 4-D (F, C, kh, kw), got shape {tuple(w.shape)}")
+    _check_dtypes(name, x=x, weight=w, bias=b)
+    stride = _check_int(name, "stride", stride, 1)
+    padding = _check_int(name, "padding", padding, 0)
+    N, C, H, W = x.shape
+    F, Cw, kh, kw = w.shape
+    if C != Cw:
+        raise ValueError(
+            f"{name}: input has {C} channels (x {tuple(x.shape)}) but the weight expects {Cw} "
+            f"(weight {tuple(w.shape)})"
+        )
+    if b is not None and tuple(b.shape) != (F,):
+        raise ValueError(f"{name}: bias must have shape ({F},), got {tuple(b.shape)}")
+    if kh > H + 2 * padding or kw > W + 2 * padding:
+        raise ValueError(
+            f"{name}: kernel {kh}x{kw} is larger than the padded input "
+            f"{H + 2 * padding}x{W + 2 * padding} (x {tuple(x.shape)}, padding {padding})"
+        )
+    x, w, b = _contiguous(x), _contiguous(w), _contiguous(b)
+    y = backend.kernels_for(x, w, b).conv2d_forward(x, w, b, stride, padding)
+    return y, Conv2dCache(x, w, b is not None, stride, padding, tuple(y.shape), name)
+
+
+def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True):
+    """dy (N, F, Ho, Wo) -> dx (N, C, H, W) or None, dw (F, C, kh, kw), db (F,) or None."""
+    x, w = cache.x, cache.w
+    _check_grad(cache.name, dy, cache.y_shape, np.dtype(x.dtype))
+    dy = _contiguous(dy)
+    k = backend.kernels_for(dy, x, w)
+    _, _, H, W = x.shape
+    _, _, kh, kw = w.shape
+    dx = (
+        k.conv2d_backward_input(dy, w, H, W, cache.stride, cache.padding)
+        if need_input_grad
+        else None
+    )
+    dw = k.conv2d_backward_weight(dy, x, kh, kw, cache.stride, cache.padding)
+    db = k.bias_backward(dy) if cache.has_bias else None
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- batchnorm2d
+class BatchNorm2dCache(NamedTuple):
+    x: object  # (N, C, H, W)
+    mean: object  # (C,) the statistics that normalised x: batch ones or running ones
+    invstd: object  # (C,) 1 / sqrt(var + eps)
+    gamma: object  # (C,)
+    training: bool  # batch statistics (their gradient flows into x) or fixed running ones
+    name: str
+
+
+def _on_host(a) -> np.ndarray:
+    """(C,) vectors are combined on the host: a few numbers, not worth a kernel."""
+    return np.asarray(backend.to_numpy(a), np.float64)
+
+
+def _like(values: np.ndarray, ref):
+    """`values` in ref's dtype, on ref's device."""
+    values = values.astype(ref.dtype)
+    return backend.to_device(values, "cuda") if backend.is_device_array(ref) else values
+
+
+def _assign(dst, values: np.ndarray) -> None:
+    """dst[...] = values, in place (dst may live on the GPU)."""
+    values = np.ascontiguousarray(values.astype(dst.dtype))
+    if backend.is_device_array(dst):
+        dst.copy_to_device(values)
+    else:
+        dst[...] = values
+
+
+def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
+                        eps=1e-5, name="batchnorm2d"):
+    """Batch normalisation per channel over (N, H, W), as torch's batch_norm.
+
+    training: normalise with the batch mean and biased variance, and update the running
+    statistics IN PLACE: running = (1 - momentum) * running + momentum * batch, with the
+    unbiased variance. Otherwise normalise with the running statistics.
+    Args:
+        x (N, C, H, W); gamma, beta, running_mean, running_var (C,); one float dtype.
+    Returns:
+        y (N, C, H, W) = (x - mean) / sqrt(var + eps) * gamma + beta, and the cache.
+    """
+    _check_4d(name, "x", x)
+    _check_dtypes(name, x=x, weight=gamma, bias=beta, running_mean=running_mean,
+                  running_var=running_var)
+    N, C, H, W = x.shape
+    for what, v in (("weight", gamma), ("bias", beta), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if tuple(v.shape) != (C,):
+            raise ValueError(f"{name}: {what} must have shape ({C},) for x {tuple(x.shape)}, "
+                             f"got {tuple(v.shape)}")
+    x, gamma, beta = _contiguous(x), _contiguous(gamma), _contiguous(beta)
+    k = backend.kernels_for(x, gamma, beta, running_mean, running_var)
+    if training:
+        M = N * H * W
+        if M < 2:
+            raise ValueError(f"{name}: training needs more than one value per channel, "
+                             f"got x {tuple(x.shape)}")
+        mean, var = k.batchnorm2d_stats(x)
+        mean_h, var_h = _on_host(mean), _on_host(var)
+        invstd = _like(1.0 / np.sqrt(var_h + eps), x)
+        _assign(running_mean, (1 - momentum) * _on_host(running_mean) + momentum * mean_h)
+        unbiased = var_h * (M / (M - 1))
+        _assign(running_var, (1 - momentum) * _on_host(running_var) + momentum * unbiased)
+    else:
+        mean = _like(_on_host(running_mean), x)  # a copy: later training steps change it
+        invstd = _like(1.0 / np.sqrt(_on_host(running_var) + eps), x)
+    y = k.batchnorm2d_forward(x, mean, invstd, gamma, beta)
+    return y, BatchNorm2dCache(x, mean, invstd, gamma, bool(training), name)
+
+
+def batchnorm2d_backward(dy, cache: BatchNorm2dCache):
+    """dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,).
+
+    In eval mode the statistics are constants and the layer is the affine map
+    x * invstd*gamma + const, so dx = dy * invstd * gamma.
+    """
+    x = cache.x
+    _check_grad(cache.name, dy, x.shape, np.dtype(x.dtype))
+    dy = _contiguous(dy)
+    k = backend.kernels_for(dy, x)
+    dx, dgamma, dbeta = k.batchnorm2d_backward(dy, x, cache.mean, cache.invstd, cache.gamma)
+    if not cache.training:
+        # dgamma and dbeta are the same in both modes; dx is the affine map's, which is the
+        # forward kernel with a zero mean and a zero shift.
+        zeros = _like(np.zeros(x.shape[1]), x)
+        dx = k.batchnorm2d_forward(dy, zeros, cache.invstd, cache.gamma, zeros)
+    return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------- relu
+class ReluCache(NamedTuple):
+    y: object  # the output: positive exactly where the gradient passes
+
+
+def relu_forward(x):
+    """y = max(x, 0), any shape."""
+    _check_dtypes("relu", x=x)
+    x = _contiguous(x)
+    y = backend.kernels_for(x).relu_forward(x)
+    return y, ReluCache(y)
+
+
+def relu_backward(dy, cache: ReluCache):
+    """dx = dy where y > 0, else 0."""
+    _check_grad("relu", dy, cache.y.shape, np.dtype(cache.y.dtype))
+    dy = _contiguous(dy)
+    return backend.kernels_for(dy, cache.y).relu_backward(dy, cache.y)
+
+
+# ----------------------------------------------------------------------------- maxpool2d
+class MaxPool2dCache(NamedTuple):
+    argmax: object  # (N, C, Ho, Wo) int64, h*W + w of each window's maximum
+    x_shape: tuple  # (N, C, H, W)
+    dtype: np.dtype
+    name: str
+
+
+def maxpool2d_forward(x, kernel_size=3, stride=2, padding=1, name="maxpool2d"):
+    """Max over k x k windows; padding is -inf (never the max), as torch's max_pool2d.
+
+    x (N, C, H, W) -> y (N, C, Ho, Wo), Ho = (H + 2*padding - k) // stride + 1, and the cache.
+    Ties go to the first maximum in row-major window order.
+    """
+    _check_4d(name, "x", x)
+    dtype = _check_dtypes(name, x=x)
+    k = _check_int(name, "kernel_size", kernel_size, 1)
+    stride = _check_int(name, "stride", stride, 1)
+    padding = _check_int(name, "padding", padding, 0)
+    if padding > k // 2:  # else a window could lie entirely in the padding
+        raise ValueError(f"{name}: padding {padding} is more than half the kernel size {k}")
+    N, C, H, W = x.shape
+    if k > H + 2 * padding or k > W + 2 * padding:
+        raise ValueError(f"{name}: kernel {k}x{k} is larger than the padded input "
+                         f"{H + 2 * padding}x{W + 2 * padding} (x {tuple(x.shape)})")
+    x = _contiguous(x)
+    y, argmax = backend.kernels_for(x).maxpool2d_forward(x, k, stride, padding)
+    return y, MaxPool2dCache(argmax, tuple(x.shape), dtype, name)
+
+
+def maxpool2d_backward(dy, cache: MaxPool2dCache):
+    """dy (N, C, Ho, Wo) -> dx (N, C, H, W); each window's gradient goes to its maximum."""
+    _check_grad(cache.name, dy, cache.argmax.shape, cache.dtype)
+    dy = _contiguous(dy)
+    H, W = cache.x_shape[2:]
+    return backend.kernels_for(dy, cache.argmax).maxpool2d_backward(dy, cache.argmax, H, W)
+
+
+# ----------------------------------------------------------------------------- upsample
+class UpsampleCache(NamedTuple):
+    x_shape: tuple  # (N, C, H, W)
+    dtype: np.dtype
+
+
+def upsample_nearest_forward(x, out_hw, name="upsample_nearest"):
+    """Nearest-neighbour resize to out_hw = (Ho, Wo); src = floor(dst * H / Ho), as torch's
+    interpolate(mode="nearest"). x (N, C, H, W) -> y (N, C, Ho, Wo), and the cache."""
+    _check_4d(name, "x", x)
+    dtype = _check_dtypes(name, x=x)
+    if len(out_hw) != 2:
+        raise ValueError(f"{name}: out_hw must be (Ho, Wo), got {out_hw!r}")
+    Ho = _check_int(name, "output height", out_hw[0], 1)
+    Wo = _check_int(name, "output width", out_hw[1], 1)
+    x = _contiguous(x)
+    y = backend.kernels_for(x).upsample_nearest_forward(x, Ho, Wo)
+    return y, UpsampleCache(tuple(x.shape), dtype)
+
+
+def upsample_nearest_backward(dy, cache: UpsampleCache):
+    """dy (N, C, Ho, Wo) -> dx (N, C, H, W): each input pixel sums the outputs copied from it."""
+    N, C, H, W = cache.x_shape
+    if len(dy.shape) != 4 or tuple(dy.shape[:2]) != (N, C) or np.dtype(dy.dtype) != cache.dtype:
+        raise ValueError(f"upsample_nearest: dy {tuple(dy.shape)} {dy.dtype} does not fit "
+                         f"the input {cache.x_shape} {cache.dtype}")
+    dy = _contiguous(dy)
+    return backend.kernels_for(dy).upsample_nearest_backward(dy, H, W)
+
+
+# ----------------------------------------------------------------------------- add
+class AddCache(NamedTuple):
+    shape: tuple
+    dtype: np.dtype
+
+
+def add_forward(a, b, name="add"):
+    """y = a + b for two arrays of one shape and dtype (no broadcasting)."""
+    dtype = _check_dtypes(name, a=a, b=b)
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"{name}: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+    a, b = _contiguous(a), _contiguous(b)
+    y = backend.kernels_for(a, b).add_forward(a, b)
+    return y, AddCache(tuple(a.shape), dtype)
+
+
+def add_backward(dy, cache: AddCache):
+    """dy -> (da, db) = (dy, dy): the same array twice, not copies; do not write into them."""
+    _check_grad("add", dy, cache.shape, cache.dtype)
+    return dy, dy

@@ -1,0 +1,155 @@
+"""Every fast CPU kernel equals its plain-loop reference kernel.
+
+Closeness is measured over the whole array, max|fast - ref| <= tol * max|ref|: float64 must
+agree to 1e-10, float32 to 1e-4 (the reference sums in float64). Copies and maxima (ReLU,
+pooling, upsampling) must agree exactly.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from retina_np.kernels import cpu
+from retina_np.kernels import reference as ref
+
+TOL = {np.float64: 1e-10, np.float32: 1e-4}
+DTYPES = [np.float64, np.float32]
+
+
+def assert_close(fast, slow, dtype):
+    assert fast.dtype == np.dtype(dtype), (fast.dtype, dtype)
+    assert fast.shape == slow.shape
+    scale = max(float(np.abs(slow).max(initial=0.0)), np.finfo(np.float64).tiny)
+    err = float(np.abs(fast.astype(np.float64) - slow.astype(np.float64)).max(initial=0.0))
+    assert err <= TOL[dtype] * scale, f"max abs error {err:.3e}, max |ref| {scale:.3e}"
+
+
+# (N, C, F, H, W, k, stride, padding)
+CONV_CASES = [
+    (1, 1, 1, 1, 1, 1, 1, 0),  # batch 1, 1x1 spatial, 1x1 kernel
+    (1, 2, 2, 1, 1, 3, 1, 1),  # 1x1 spatial under a padded 3x3 kernel
+    (2, 3, 4, 7, 9, 3, 1, 1),  # odd, non-square
+    (3, 2, 2, 4, 4, 3, 1, 0),  # no padding
+    (2, 3, 2, 6, 5, 3, 2, 2),  # padding larger than half the kernel, stride 2
+    (2, 2, 3, 3, 3, 1, 1, 2),  # 1x1 kernel with padding 2
+    (1, 4, 5, 5, 6, 1, 2, 0),  # 1x1 stride 2 (ResNet downsampling shortcut)
+    (2, 3, 4, 6, 4, 1, 1, 0),  # 1x1 stride 1: the plain-GEMM path
+    (1, 3, 2, 9, 7, 7, 2, 3),  # 7x7 stride 2 (ResNet stem)
+    (1, 2, 3, 2, 3, 7, 1, 3),  # 7x7 on an input smaller than the kernel
+    (2, 2, 2, 5, 5, 3, 2, 0),  # stride 2, no padding, odd size
+]
+
+
+def conv_all(kernels, x, w, b, stride, padding):
+    y = kernels.conv2d_forward(x, w, b, stride, padding)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
+    H, W = x.shape[2:]
+    kh, kw = w.shape[2:]
+    return (y, kernels.conv2d_backward_input(dy, w, H, W, stride, padding),
+            kernels.conv2d_backward_weight(dy, x, kh, kw, stride, padding),
+            kernels.bias_backward(dy))
+
+
+def check_conv(case, dtype, with_bias=True):
+    N, C, F, H, W, k, s, p = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C, k, k)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype) if with_bias else None
+    for fast, slow in zip(conv_all(cpu, x, w, b, s, p), conv_all(ref, x, w, b, s, p)):
+        assert_close(fast, slow, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d(case, dtype):
+    check_conv(case, dtype)
+
+
+@pytest.mark.parametrize("case", [(3, 2, 3, 5, 4, 3, 1, 1), (2, 3, 2, 6, 6, 1, 1, 0),
+                                  (3, 2, 2, 7, 5, 3, 2, 1)])
+def test_conv2d_tiled(case, monkeypatch):
+    """Tiny tiles: the im2col matrix is built a few output rows or images at a time."""
+    for limit in (1, 40, 200):
+        monkeypatch.setattr(cpu, "COLS_MAX_ELEMENTS", limit)
+        check_conv(case, np.float64, with_bias=False)
+
+
+@given(n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3), h=st.integers(1, 6),
+       w=st.integers(1, 6), k=st.sampled_from([1, 2, 3, 5]), s=st.integers(1, 3),
+       p=st.integers(0, 3), dtype=st.sampled_from(DTYPES), with_bias=st.booleans())
+def test_conv2d_drawn(n, c, f, h, w, k, s, p, dtype, with_bias):
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    check_conv((n, c, f, h, w, k, s, p), dtype, with_bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 4, 5), (3, 2, 1, 1), (1, 4, 3, 3)])
+def test_batchnorm2d(shape, dtype):
+    if shape == (1, 1, 1, 2) and dtype == np.float32:
+        # Two values per channel normalise to -1 and +1 whatever x is, so dx is ~1e-4 of its
+        # terms (only eps keeps it from 0): float32 rounding of mean and invstd then dominates
+        # the difference between two correct formulas. float64 checks this case.
+        pytest.skip("ill-conditioned in float32")
+    rng = np.random.default_rng(0)
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    mean, var = cpu.batchnorm2d_stats(x)
+    for fast, slow in zip((mean, var), ref.batchnorm2d_stats(x)):
+        assert_close(fast, slow, dtype)
+    invstd = (1 / np.sqrt(var.astype(np.float64) + 1e-5)).astype(dtype)
+    assert_close(cpu.batchnorm2d_forward(x, mean, invstd, gamma, beta),
+                 ref.batchnorm2d_forward(x, mean, invstd, gamma, beta), dtype)
+    for fast, slow in zip(cpu.batchnorm2d_backward(dy, x, mean, invstd, gamma),
+                          ref.batchnorm2d_backward(dy, x, mean, invstd, gamma)):
+        assert_close(fast, slow, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1,), (2, 3, 4, 5), (1, 1, 1, 1), (7, 3)])
+def test_elementwise(shape, dtype):
+    rng = np.random.default_rng(0)
+    a, b, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    a.flat[0] = 0.0  # the kink: relu(0) = 0 and its gradient is taken as 0
+    y = cpu.relu_forward(a)
+    np.testing.assert_array_equal(y, ref.relu_forward(a))
+    np.testing.assert_array_equal(cpu.relu_backward(dy, y), ref.relu_backward(dy, y))
+    assert_close(cpu.add_forward(a, b), ref.add_forward(a, b), dtype)
+    assert y.dtype == dtype and cpu.relu_backward(dy, y).dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [  # (N, C, H, W, k, stride, padding)
+    (2, 3, 7, 6, 3, 2, 1), (1, 1, 1, 1, 1, 1, 0), (1, 2, 5, 5, 2, 2, 1), (2, 1, 4, 5, 3, 1, 1),
+    (1, 2, 9, 8, 3, 3, 0),
+])
+def test_maxpool2d(case, dtype):
+    N, C, H, W, k, s, p = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    x[..., 0, :2] = 0.5  # a tie: the first maximum wins in both
+    y, argmax = cpu.maxpool2d_forward(x, k, s, p)
+    y_ref, argmax_ref = ref.maxpool2d_forward(x, k, s, p)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    assert y.dtype == dtype and argmax.dtype == np.int64
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(cpu.maxpool2d_backward(dy, argmax, H, W),
+                 ref.maxpool2d_backward(dy, argmax, H, W), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hw_in, hw_out", [((2, 3), (4, 6)), ((5, 4), (9, 7)), ((3, 3), (3, 3)),
+                                           ((6, 5), (4, 2)), ((1, 1), (3, 2)), ((4, 4), (1, 1))])
+def test_upsample_nearest(hw_in, hw_out, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, *hw_in)).astype(dtype)
+    y = cpu.upsample_nearest_forward(x, *hw_out)
+    np.testing.assert_array_equal(y, ref.upsample_nearest_forward(x, *hw_out))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(cpu.upsample_nearest_backward(dy, *hw_in),
+                 ref.upsample_nearest_backward(dy, *hw_in), dtype)
