@@ -52,8 +52,9 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path, model, optimizer=None, step: int = 0, rng=None,
-                    extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path, model, optimizer=None, step: int = 0, rng=None, extra: dict | None = None
+) -> Path:
     """Write ``path`` atomically: a temp file in the same folder, fsync, then rename.
 
     An interrupted save leaves any earlier file at ``path`` untouched.
@@ -96,7 +97,9 @@ def load_checkpoint(path) -> Checkpoint:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}") from exc
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
     if "meta" not in arrays:
         raise CheckpointError(f"{path}: no 'meta' record; not a retina_np checkpoint")
     try:
@@ -110,8 +113,10 @@ def load_checkpoint(path) -> Checkpoint:
     if _digest(arrays) != meta.get("sha256"):
         raise CheckpointError(f"{path}: contents do not match their SHA-256; the file was altered")
     return Checkpoint(
-        state_dict={k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")},
-        optimizer_state={k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")},
+        state_dict={k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")},
+        optimizer_state={
+            k[len("optim/") :]: v for k, v in arrays.items() if k.startswith("optim/")
+        },
         config_json=meta.get("config"),
         step=int(meta.get("step", 0)),
         rng_state=meta.get("rng_state"),

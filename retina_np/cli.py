@@ -17,9 +17,12 @@ EXIT_INTERRUPTED = 130
 
 
 def _add_common_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True,
-                   help="a COCO dataset folder (images/ + annotations.json), or 'shapes:N[:SEED]' "
-                        "for N synthetic shapes images")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="a COCO dataset folder (images/ + annotations.json), or 'shapes:N[:SEED]' "
+        "for N synthetic shapes images",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="detections", help="folder for annotated PNGs and json")
     p.add_argument("--score-thresh", type=float, default=0.3, help="drawing threshold")
 
-    p = sub.add_parser("convert-torchvision",
-                       help="export a torchvision RetinaNet state_dict (.pth) to .npz (needs torch)")
+    p = sub.add_parser(
+        "convert-torchvision",
+        help="export a torchvision RetinaNet state_dict (.pth) to .npz (needs torch)",
+    )
     p.add_argument("src", help="a .pth file with a retinanet_resnet50_fpn state_dict")
     p.add_argument("dst", help="the .npz file to write")
     p.add_argument("--num-classes", type=int, default=91)
@@ -89,15 +94,19 @@ def load_dataset(spec: str):
         return CocoDataset(path / "images", path / "annotations.json")
     if path.suffix == ".json" and path.is_file():
         return CocoDataset(path.parent / "images", path)
-    raise ValueError(f"--data {spec}: no such dataset (a folder with images/ and "
-                     "annotations.json, or shapes:N)")
+    raise ValueError(
+        f"--data {spec}: no such dataset (a folder with images/ and annotations.json, or shapes:N)"
+    )
 
 
 def _config_for(name: str, num_classes: int, class_names):
     from retina_np.models import RetinaNetConfig
 
-    presets = {"shapes": RetinaNetConfig.shapes, "tiny": RetinaNetConfig.tiny,
-               "resnet50_fpn": RetinaNetConfig.resnet50_fpn}
+    presets = {
+        "shapes": RetinaNetConfig.shapes,
+        "tiny": RetinaNetConfig.tiny,
+        "resnet50_fpn": RetinaNetConfig.resnet50_fpn,
+    }
     if name not in presets:
         raise ValueError(f"--config {name}: unknown preset (choose from {', '.join(presets)})")
     config = presets[name](num_classes)
@@ -116,8 +125,13 @@ def cmd_train(args) -> int:
     model = RetinaNet(config, seed=args.seed)
     if args.device == "cuda":
         model.to("cuda")
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every)
+    cfg = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+    )
     train(model, dataset, args.out, cfg, resume=args.resume)
     print(f"checkpoint: {Path(args.out) / 'final.npz'}")
     if val is not None:
@@ -138,8 +152,10 @@ def cmd_evaluate(args) -> int:
     model, _ = load_model(args.checkpoint)
     dataset = load_dataset(args.data)
     if len(dataset.class_names) != model.config.num_classes:
-        raise ValueError(f"{args.checkpoint}: model has {model.config.num_classes} classes, "
-                         f"dataset {args.data} has {len(dataset.class_names)}")
+        raise ValueError(
+            f"{args.checkpoint}: model has {model.config.num_classes} classes, "
+            f"dataset {args.data} has {len(dataset.class_names)}"
+        )
     metrics = evaluate(model, dataset, batch_size=args.batch_size, out_dir=args.out)
     _print_metrics(metrics)
     if args.out:
@@ -170,8 +186,12 @@ def cmd_detect(args) -> int:
         stem = Path(path).stem
         detection_grid([image], [det], names, path=out / f"{stem}_detections.png", ncols=1)
         results[str(path)] = [
-            {"box": [float(v) for v in b], "score": float(s), "label": int(k),
-             "class": names[int(k)]}
+            {
+                "box": [float(v) for v in b],
+                "score": float(s),
+                "label": int(k),
+                "class": names[int(k)],
+            }
             for b, s, k in zip(det["boxes"], det["scores"], det["labels"])
             if s >= args.score_thresh
         ]
@@ -192,14 +212,24 @@ def cmd_convert_torchvision(args) -> int:
 def cmd_demo(args) -> int:
     from retina_np.demo import run_demo
 
-    run_demo(minutes=args.minutes, out_dir=args.out, train_images=args.train_images,
-             val_images=args.val_images, batch_size=args.batch_size, lr=args.lr,
-             seed=args.seed, device=args.device)
+    run_demo(
+        minutes=args.minutes,
+        out_dir=args.out,
+        train_images=args.train_images,
+        val_images=args.val_images,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+    )
     return 0
 
 
 COMMANDS = {
-    "demo": cmd_demo, "train": cmd_train, "evaluate": cmd_evaluate, "detect": cmd_detect,
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "detect": cmd_detect,
     "convert-torchvision": cmd_convert_torchvision,
 }
 

@@ -26,8 +26,9 @@ def convert_torchvision_checkpoint(src, dst, num_classes: int = 91) -> Path:
     try:
         import torch
     except ImportError:
-        raise RuntimeError("convert-torchvision needs torch (pip install torch); "
-                           "retina_np itself never imports it") from None
+        raise RuntimeError(
+            "convert-torchvision needs torch (pip install torch); retina_np itself never imports it"
+        ) from None
     from retina_np.checkpoint import save_checkpoint
     from retina_np.models import RetinaNet, RetinaNetConfig
 

@@ -35,8 +35,16 @@ def _seconds_per_step(config, dataset, batch_size, device, seed) -> float:
     return (time.perf_counter() - start) / n
 
 
-def run_demo(minutes=10.0, out_dir="demo_out", train_images=2000, val_images=500,
-             batch_size=8, lr=0.02, seed=0, device="cpu") -> dict:
+def run_demo(
+    minutes=10.0,
+    out_dir="demo_out",
+    train_images=2000,
+    val_images=500,
+    batch_size=8,
+    lr=0.02,
+    seed=0,
+    device="cpu",
+) -> dict:
     """Run the whole demo; returns the metrics dict and writes everything into ``out_dir``."""
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -44,23 +52,32 @@ def run_demo(minutes=10.0, out_dir="demo_out", train_images=2000, val_images=500
     train_set = ShapesDataset(train_images, seed=seed)
     val_set = ShapesDataset(val_images, seed=seed + 10_000)
     config = RetinaNetConfig.shapes(len(train_set.class_names))
-    print(f"data: {train_images} training and {val_images} validation shapes images "
-          f"({train_set.image_size}x{train_set.image_size} px, classes {train_set.class_names})")
+    print(
+        f"data: {train_images} training and {val_images} validation shapes images "
+        f"({train_set.image_size}x{train_set.image_size} px, classes {train_set.class_names})"
+    )
 
     print("compiling kernels and timing a training step ...")
     per_step = _seconds_per_step(config, train_set, batch_size, device, seed)
     elapsed = time.perf_counter() - t_start
     budget = 60 * minutes - elapsed - _FIXED_OVERHEAD_SECONDS - _EVAL_SECONDS_PER_IMAGE * val_images
     steps = max(10, int(budget / per_step))
-    print(f"{per_step:.3f} s per step of {batch_size} images: training {steps} steps "
-          f"({steps * batch_size / train_images:.1f} epochs) in about {steps * per_step / 60:.1f} min")
+    print(
+        f"{per_step:.3f} s per step of {batch_size} images: training {steps} steps "
+        f"({steps * batch_size / train_images:.1f} epochs) in about {steps * per_step / 60:.1f} min"
+    )
 
     model = RetinaNet(config, seed=seed)
     if device == "cuda":
         model.to("cuda")
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                      checkpoint_every=max(50, steps // 10),
-                      max_minutes=max(0.5, budget / 60 * 1.15))  # never overrun badly
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=max(50, steps // 10),
+        max_minutes=max(0.5, budget / 60 * 1.15),
+    )  # never overrun badly
     run_dir = out / "run"
     train(model, train_set, run_dir, cfg)
 
@@ -71,20 +88,37 @@ def run_demo(minutes=10.0, out_dir="demo_out", train_images=2000, val_images=500
     images = [val_set[i][0] for i in show]
     batch = pad_batch([normalize(im) for im in images], config.size_divisible)
     dets = model.detect(batch, [im.shape[:2] for im in images])
-    detection_grid(images, dets, train_set.class_names, path=out / "detections.png",
-                   gts=[val_set[i][1] for i in show])
+    detection_grid(
+        images,
+        dets,
+        train_set.class_names,
+        path=out / "detections.png",
+        gts=[val_set[i][1] for i in show],
+    )
     wall = time.perf_counter() - t_start
-    summary = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
-               if k in metrics}
-    summary.update({"train_steps": steps, "seconds_per_step": per_step, "wall_seconds": wall,
-                    "train_images": train_images, "val_images": val_images,
-                    "batch_size": batch_size})
+    summary = {
+        k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100") if k in metrics
+    }
+    summary.update(
+        {
+            "train_steps": steps,
+            "seconds_per_step": per_step,
+            "wall_seconds": wall,
+            "train_images": train_images,
+            "val_images": val_images,
+            "batch_size": batch_size,
+        }
+    )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
-    print(f"AP {metrics['AP']:.3f}   AP50 {metrics['AP50']:.3f}   AP75 {metrics['AP75']:.3f}"
-          f"   (COCO metrics on {val_images} held-out images, pycocotools)")
+    print(
+        f"AP {metrics['AP']:.3f}   AP50 {metrics['AP50']:.3f}   AP75 {metrics['AP75']:.3f}"
+        f"   (COCO metrics on {val_images} held-out images, pycocotools)"
+    )
     for name, ap in metrics.get("AP_per_class", {}).items():
         print(f"  {name:10s} AP {ap:.3f}")
-    print(f"wall time {wall / 60:.1f} min; files in {out}/: metrics.json, summary.json, "
-          "training_curves.png, pr_curves.png, detections.png, detections.json, run/final.npz")
+    print(
+        f"wall time {wall / 60:.1f} min; files in {out}/: metrics.json, summary.json, "
+        "training_curves.png, pr_curves.png, detections.png, detections.json, run/final.npz"
+    )
     return metrics

@@ -18,8 +18,9 @@ class SGD:
     ``decay_norm_and_bias`` is set: shrinking them towards zero regularises nothing useful.
     """
 
-    def __init__(self, named_parameters, lr=0.01, momentum=0.9, weight_decay=1e-4,
-                 decay_norm_and_bias=False):
+    def __init__(
+        self, named_parameters, lr=0.01, momentum=0.9, weight_decay=1e-4, decay_norm_and_bias=False
+    ):
         self.params: dict[str, Parameter] = dict(named_parameters)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.decay_norm_and_bias = decay_norm_and_bias
@@ -38,18 +39,23 @@ class SGD:
             kernels = backend.kernels_for(p.data)
             if self.buffers[name] is None:
                 self.buffers[name] = kernels.zeros_like(p.data)
-            kernels.sgd_update_(p.data, p.grad, self.buffers[name], lr, self.momentum,
-                                self.decay_for(name))
+            kernels.sgd_update_(
+                p.data, p.grad, self.buffers[name], lr, self.momentum, self.decay_for(name)
+            )
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {name: backend.to_numpy(buf).copy() for name, buf in self.buffers.items()
-                if buf is not None}
+        return {
+            name: backend.to_numpy(buf).copy()
+            for name, buf in self.buffers.items()
+            if buf is not None
+        }
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         problems = [f"{k}: not a parameter of the model" for k in state if k not in self.params]
         problems += [
             f"{k}: momentum has shape {tuple(v.shape)}, parameter {self.params[k].shape}"
-            for k, v in state.items() if k in self.params and tuple(v.shape) != self.params[k].shape
+            for k, v in state.items()
+            if k in self.params and tuple(v.shape) != self.params[k].shape
         ]
         if problems:
             raise ValueError("optimizer state does not fit the model:\n  " + "\n  ".join(problems))
@@ -63,10 +69,10 @@ class LRSchedule:
     """Linear warm-up from ``base_lr * warmup_factor``, then x``gamma`` at each milestone."""
 
     base_lr: float = 0.01
-    warmup_steps: int = 500        # the paper warms up; 500 iterations as in Detectron
+    warmup_steps: int = 500  # the paper warms up; 500 iterations as in Detectron
     warmup_factor: float = 1.0 / 3.0
     milestones: tuple[int, ...] = ()  # steps at which the rate drops
-    gamma: float = 0.1             # the drop factor (paper: 10x at 60k and 80k of 90k)
+    gamma: float = 0.1  # the drop factor (paper: 10x at 60k and 80k of 90k)
 
     def __call__(self, step: int) -> float:
         lr = self.base_lr * self.gamma ** sum(step >= m for m in self.milestones)

@@ -26,24 +26,26 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000               # optimisation steps (one batch each)
+    steps: int = 1000  # optimisation steps (one batch each)
     batch_size: int = 8
-    lr: float = 0.01                # the paper's 0.01 at batch 16; linear scaling is up to you
-    momentum: float = 0.9           # paper
-    weight_decay: float = 1e-4      # paper (not on biases and BN parameters)
-    warmup_steps: int = 100         # linear warm-up avoids early divergence at full rate
+    lr: float = 0.01  # the paper's 0.01 at batch 16; linear scaling is up to you
+    momentum: float = 0.9  # paper
+    weight_decay: float = 1e-4  # paper (not on biases and BN parameters)
+    warmup_steps: int = 100  # linear warm-up avoids early divergence at full rate
     warmup_factor: float = 1.0 / 3.0
     milestones: tuple[float, ...] = (0.75, 0.9)  # fractions of `steps` where lr drops 10x
-    clip_grad_norm: float = 10.0    # 0 disables; a cheap guard against rare huge steps
-    flip: bool = True               # random horizontal flips
-    seed: int = 0                   # data order and flips
+    clip_grad_norm: float = 10.0  # 0 disables; a cheap guard against rare huge steps
+    flip: bool = True  # random horizontal flips
+    seed: int = 0  # data order and flips
     log_every: int = 1
-    checkpoint_every: int = 200     # steps between checkpoints (0: only at the end)
-    max_minutes: float = 0.0        # >0: stop early (with a checkpoint) after this wall time
+    checkpoint_every: int = 200  # steps between checkpoints (0: only at the end)
+    max_minutes: float = 0.0  # >0: stop early (with a checkpoint) after this wall time
 
     def schedule(self) -> LRSchedule:
         return LRSchedule(
-            base_lr=self.lr, warmup_steps=self.warmup_steps, warmup_factor=self.warmup_factor,
+            base_lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            warmup_factor=self.warmup_factor,
             milestones=tuple(int(round(f * self.steps)) for f in self.milestones),
         )
 
@@ -73,8 +75,15 @@ def train_step(model, optimizer, images, targets, lr, clip=0.0):
     return losses
 
 
-def train(model, dataset, out_dir, config: TrainConfig | None = None, resume: bool = False,
-          progress: bool = True, on_step=None) -> list[dict]:
+def train(
+    model,
+    dataset,
+    out_dir,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step=None,
+) -> list[dict]:
     """Train ``model`` on ``dataset`` and return the log records of this call.
 
     Args:
@@ -88,8 +97,9 @@ def train(model, dataset, out_dir, config: TrainConfig | None = None, resume: bo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(dataset, cfg.batch_size, shuffle=True, flip=cfg.flip, seed=cfg.seed)
-    optimizer = SGD(model.named_parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay)
+    optimizer = SGD(
+        model.named_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
     schedule = cfg.schedule()
     step = 0
     log_path = out / "log.jsonl"
@@ -104,8 +114,9 @@ def train(model, dataset, out_dir, config: TrainConfig | None = None, resume: bo
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def checkpoint(path_name: str) -> None:
-        save_checkpoint(out / path_name, model, optimizer, step=step,
-                        extra={"train_config": asdict(cfg)})
+        save_checkpoint(
+            out / path_name, model, optimizer, step=step, extra={"train_config": asdict(cfg)}
+        )
 
     records = []
     start = time.perf_counter()
@@ -121,15 +132,24 @@ def train(model, dataset, out_dir, config: TrainConfig | None = None, resume: bo
                 _check_finite(losses, step + 1)
                 dt = time.perf_counter() - t0
                 step += 1
-                record = {"step": step, "lr": lr, "epoch": epoch, "time": dt,
-                          "images_per_s": len(targets) / dt, **losses}
+                record = {
+                    "step": step,
+                    "lr": lr,
+                    "epoch": epoch,
+                    "time": dt,
+                    "images_per_s": len(targets) / dt,
+                    **losses,
+                }
                 records.append(record)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
-                bar.set_postfix(loss=f"{losses['total']:.3f}", cls=f"{losses['classification']:.3f}",
-                                box=f"{losses['box_regression']:.3f}",
-                                img_s=f"{record['images_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{losses['total']:.3f}",
+                    cls=f"{losses['classification']:.3f}",
+                    box=f"{losses['box_regression']:.3f}",
+                    img_s=f"{record['images_per_s']:.1f}",
+                )
                 bar.update(1)
                 if on_step is not None:
                     on_step(record)
@@ -140,8 +160,10 @@ def train(model, dataset, out_dir, config: TrainConfig | None = None, resume: bo
     except KeyboardInterrupt:
         bar.close()
         checkpoint("last.npz")
-        print(f"\ninterrupted at step {step}; checkpoint saved to {out / 'last.npz'} "
-              "(continue with --resume)")
+        print(
+            f"\ninterrupted at step {step}; checkpoint saved to {out / 'last.npz'} "
+            "(continue with --resume)"
+        )
         raise
     bar.close()
     checkpoint("last.npz")
@@ -154,8 +176,11 @@ def _truncate_log(log_path: Path, step: int) -> None:
     """Drop log records after ``step`` (written after the checkpoint we resume from)."""
     if not log_path.exists():
         return
-    keep = [line for line in log_path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
+    keep = [
+        line
+        for line in log_path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
     log_path.write_text("".join(line + "\n" for line in keep))
 
 

@@ -20,8 +20,7 @@ def trained(rng):
 
 def test_round_trip_gives_bit_identical_outputs(tmp_path, trained, rng):
     model, opt = trained
-    path = save_checkpoint(tmp_path / "a.npz", model, opt, step=7, rng=rng,
-                           extra={"note": "x"})
+    path = save_checkpoint(tmp_path / "a.npz", model, opt, step=7, rng=rng, extra={"note": "x"})
     loaded, ckpt = load_model(path)
     x = rng.normal(size=(1, 3, 64, 64)).astype(np.float32)
     for a, b in zip(model.eval()(x), loaded.eval()(x)):
@@ -52,8 +51,9 @@ def test_altered_file_raises_clear_error(tmp_path, trained):
     # Re-save one array with a changed value but a valid zip: only the digest can tell.
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["model/head.regression_head.bbox_reg.bias"] = arrays[
-        "model/head.regression_head.bbox_reg.bias"] + 1
+    arrays["model/head.regression_head.bbox_reg.bias"] = (
+        arrays["model/head.regression_head.bbox_reg.bias"] + 1
+    )
     np.savez(path, **arrays)
     with pytest.raises(CheckpointError, match="altered"):
         load_checkpoint(path)

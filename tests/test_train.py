@@ -28,12 +28,13 @@ def quick_cfg(**kw):
 
 def test_training_lowers_the_loss_and_evaluation_runs(tmp_path, data):
     model = tiny()
-    records = train(model, data, tmp_path, quick_cfg(steps=30, lr=0.02), progress=False)
+    cfg = quick_cfg(steps=60, lr=0.05, warmup_steps=5)
+    records = train(model, data, tmp_path, cfg, progress=False)
     first = np.mean([r["total"] for r in records[:3]])
     last = np.mean([r["total"] for r in records[-3:]])
     assert last < 0.7 * first
     assert (tmp_path / "final.npz").exists() and (tmp_path / "last.npz").exists()
-    assert len(read_log(tmp_path / "log.jsonl")) == 30
+    assert len(read_log(tmp_path / "log.jsonl")) == 60
     metrics = evaluate(model, data, batch_size=4, out_dir=tmp_path / "eval", progress=False)
     assert 0.0 <= metrics["AP50"] <= 1.0
     assert (tmp_path / "eval" / "metrics.json").exists()
@@ -41,9 +42,22 @@ def test_training_lowers_the_loss_and_evaluation_runs(tmp_path, data):
 
 def test_resume_gives_identical_losses(tmp_path, data):
     straight = train(tiny(), data, tmp_path / "a", quick_cfg(), progress=False)
-    first = train(tiny(), data, tmp_path / "b", quick_cfg(steps=4), progress=False)
+
+    def stop_at_4(record):
+        if record["step"] == 4:
+            raise KeyboardInterrupt  # as Ctrl-C: a checkpoint is saved, then the run ends
+
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            tiny(),
+            data,
+            tmp_path / "b",
+            quick_cfg(checkpoint_every=0),
+            progress=False,
+            on_step=stop_at_4,
+        )
     resumed = train(tiny(), data, tmp_path / "b", quick_cfg(), resume=True, progress=False)
-    assert [r["total"] for r in first + resumed] == [r["total"] for r in straight]
+    assert len(resumed) == 4
     log = [r["total"] for r in read_log(tmp_path / "b" / "log.jsonl")]
     assert log == [r["total"] for r in straight]
 
@@ -68,8 +82,9 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, data):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny(), data, tmp_path, quick_cfg(checkpoint_every=0), progress=False,
-              on_step=interrupt)
+        train(
+            tiny(), data, tmp_path, quick_cfg(checkpoint_every=0), progress=False, on_step=interrupt
+        )
     assert load_checkpoint(tmp_path / "last.npz").step == 3
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
     assert math.isfinite(read_log(tmp_path / "log.jsonl")[-1]["total"])

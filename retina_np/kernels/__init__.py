@@ -12,7 +12,8 @@ package's: N batch, C/F channels in/out, H/W height/width, kh/kw kernel size, Ho
 
 The kernels (shapes in the comments):
 
-    conv2d_forward(x, w, b, stride, padding)              # x (N,C,H,W), w (F,C,kh,kw), b (F,) -> y (N,F,Ho,Wo)
+    conv2d_forward(x, w, b, stride, padding)              # x (N,C,H,W), w (F,C,kh,kw), b (F,)
+                                                          #   -> y (N,F,Ho,Wo)
     conv2d_backward_input(dy, w, H, W, stride, padding)   # dy (N,F,Ho,Wo) -> dx (N,C,H,W)
     conv2d_backward_weight(dy, x, kh, kw, stride, padding)  # -> dw (F,C,kh,kw)
     bias_backward(dy)                                     # (N,F,Ho,Wo) -> db (F,)
@@ -21,7 +22,7 @@ The kernels (shapes in the comments):
     batchnorm2d_backward(dy, x, mean, invstd, gamma)      # training mode -> dx, dgamma, dbeta
     relu_forward(x)                                       # -> y
     relu_backward(dy, y)                                  # -> dx = dy * (y > 0)
-    maxpool2d_forward(x, k, stride, padding)              # -> y (N,C,Ho,Wo), argmax int64 flat h*W+w
+    maxpool2d_forward(x, k, stride, padding)              # -> y (N,C,Ho,Wo), argmax (int64, h*W+w)
     maxpool2d_backward(dy, argmax, H, W)                  # -> dx (N,C,H,W)
     upsample_nearest_forward(x, Ho, Wo)                   # src = floor(dst * H / Ho) -> y
     upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)

@@ -11,51 +11,50 @@ from dataclasses import dataclass, field
 @dataclass
 class RetinaNetConfig:
     # --- data ---------------------------------------------------------------------------------
-    num_classes: int = 80                 # K: COCO's 80 categories (sigmoid, no background class)
-    class_names: tuple[str, ...] = ()     # optional names for plots and json, index = label
+    num_classes: int = 80  # K: COCO's 80 categories (sigmoid, no background class)
+    class_names: tuple[str, ...] = ()  # optional names for plots and json, index = label
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet, on [0, 1] pixels
-    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)   # (torchvision's transform)
-    size_divisible: int = 32              # batches are zero-padded bottom/right to a multiple
+    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # (torchvision's transform)
+    size_divisible: int = 32  # batches are zero-padded bottom/right to a multiple
 
     # --- backbone (ResNet) ----------------------------------------------------------------------
-    block: str = "bottleneck"             # "basic" (ResNet-18/34) or "bottleneck" (50/101)
+    block: str = "bottleneck"  # "basic" (ResNet-18/34) or "bottleneck" (50/101)
     stage_blocks: tuple[int, int, int, int] = (3, 4, 6, 3)  # ResNet-50's blocks per stage
-    base_width: int = 64                  # channels of the stem and of stage 1's 3x3 convs
-    stem_kernel: int = 7                  # the 7x7 stride-2 stem conv of ResNet
-    stem_pool: bool = True                # 3x3 stride-2 max pool after the stem
-    frozen_bn: bool = True                # torchvision freezes BN statistics in detection backbones
+    base_width: int = 64  # channels of the stem and of stage 1's 3x3 convs
+    stem_kernel: int = 7  # the 7x7 stride-2 stem conv of ResNet
+    stem_pool: bool = True  # 3x3 stride-2 max pool after the stem
+    frozen_bn: bool = True  # torchvision freezes BN statistics in detection backbones
 
     # --- feature pyramid ------------------------------------------------------------------------
-    fpn_channels: int = 256               # every pyramid level has this many channels
-    p6_from: str = "p5"                   # "p5" as torchvision's retinanet_resnet50_fpn; "c5" paper
+    fpn_channels: int = 256  # every pyramid level and both subnets (paper: 256)
+    p6_from: str = "p5"  # "p5" as torchvision's retinanet_resnet50_fpn; "c5" paper
     # P3..P7 have strides 8..128; the model always has these five levels, as in the paper.
 
     # --- heads ----------------------------------------------------------------------------------
-    head_channels: int = 256              # C of the class and box subnets (paper: 256)
-    head_convs: int = 4                   # 3x3 conv + ReLU layers in each subnet (paper: 4)
-    head_init_std: float = 0.01           # normal(0, 0.01) weights, bias 0 (paper, section 4.1)
-    prior_prob: float = 0.01              # pi: final class bias = -log((1 - pi) / pi) (section 3.3)
+    head_convs: int = 4  # 3x3 conv + ReLU layers in each subnet (paper: 4)
+    head_init_std: float = 0.01  # normal(0, 0.01) weights, bias 0 (paper, section 4.1)
+    prior_prob: float = 0.01  # pi: final class bias = -log((1 - pi) / pi) (section 3.3)
 
     # --- anchors --------------------------------------------------------------------------------
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # base size on P3..P7 (paper)
-    scales_per_octave: int = 3            # sizes s, s*2^(1/3), s*2^(2/3): denser scale coverage
+    scales_per_octave: int = 3  # sizes s, s*2^(1/3), s*2^(2/3): denser scale coverage
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # h/w, A = 3 ratios x 3 scales = 9
 
     # --- matching and losses --------------------------------------------------------------------
-    fg_iou_thresh: float = 0.5            # IoU >= 0.5: foreground (paper)
-    bg_iou_thresh: float = 0.4            # IoU < 0.4: background; in between ignored (paper)
+    fg_iou_thresh: float = 0.5  # IoU >= 0.5: foreground (paper)
+    bg_iou_thresh: float = 0.4  # IoU < 0.4: background; in between ignored (paper)
     allow_low_quality_matches: bool = True  # every box claims its best anchors (torchvision)
-    focal_alpha: float = 0.25             # alpha balances positives/negatives (paper, table 1a)
-    focal_gamma: float = 2.0              # gamma = 2 works best (paper, table 1b)
-    box_loss: str = "smooth_l1"           # "smooth_l1" (paper) or "l1" (torchvision's default)
-    smooth_l1_beta: float = 1.0 / 9.0     # sigma = 3 as in Detectron's RetinaNet
+    focal_alpha: float = 0.25  # alpha balances positives/negatives (paper, table 1a)
+    focal_gamma: float = 2.0  # gamma = 2 works best (paper, table 1b)
+    box_loss: str = "smooth_l1"  # "smooth_l1" (paper) or "l1" (torchvision's default)
+    smooth_l1_beta: float = 1.0 / 9.0  # sigma = 3 as in Detectron's RetinaNet
     box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 
     # --- inference ------------------------------------------------------------------------------
-    score_thresh: float = 0.05            # drop (anchor, class) pairs below this confidence
-    topk_candidates: int = 1000           # keep the best 1000 per level before NMS (paper)
-    nms_thresh: float = 0.5               # per-class NMS IoU threshold (paper)
-    detections_per_img: int = 100         # keep at most 100 detections per image (COCO maxDets)
+    score_thresh: float = 0.05  # drop (anchor, class) pairs below this confidence
+    topk_candidates: int = 1000  # keep the best 1000 per level before NMS (paper)
+    nms_thresh: float = 0.5  # per-class NMS IoU threshold (paper)
+    detections_per_img: int = 100  # keep at most 100 detections per image (COCO maxDets)
 
     extra: dict = field(default_factory=dict)  # free-form notes that travel with checkpoints
 
@@ -104,7 +103,6 @@ class RetinaNetConfig:
             base_width=16,
             frozen_bn=False,
             fpn_channels=64,
-            head_channels=64,
             head_init_std=0.05,
             anchor_sizes=(12, 24, 48, 96, 192),
         )
@@ -119,7 +117,7 @@ class RetinaNetConfig:
             base_width=4,
             frozen_bn=False,
             fpn_channels=8,
-            head_channels=8,
+            head_init_std=0.05,  # as shapes(): from scratch, few steps
             head_convs=2,
             anchor_sizes=(8, 16, 32, 64, 128),
         )

@@ -33,7 +33,9 @@ def from_rows(rows, h, w, per_anchor):
     n = rows.shape[0]
     a = rows.shape[1] // (h * w)
     return np.ascontiguousarray(
-        rows.reshape(n, h, w, a, per_anchor).transpose(0, 3, 4, 1, 2).reshape(n, a * per_anchor, h, w)
+        rows.reshape(n, h, w, a, per_anchor)
+        .transpose(0, 3, 4, 1, 2)
+        .reshape(n, a * per_anchor, h, w)
     )
 
 
@@ -46,10 +48,16 @@ class _Subnet(Module):
         super().__init__()
         self.per_anchor = out_per_anchor
         self.conv = Sequential(
-            *[Sequential(_head_conv(channels, channels, std, rng), ReLU()) for _ in range(num_convs)]
+            *[
+                Sequential(_head_conv(channels, channels, std, rng), ReLU())
+                for _ in range(num_convs)
+            ]
         )
-        setattr(self, self.final_name,
-                _head_conv(channels, num_anchors * out_per_anchor, std, rng, bias=final_bias))
+        setattr(
+            self,
+            self.final_name,
+            _head_conv(channels, num_anchors * out_per_anchor, std, rng, bias=final_bias),
+        )
         self._shapes = []
 
     @property
@@ -60,8 +68,8 @@ class _Subnet(Module):
         """levels: list of (N, C, H, W) -> (N, R, P) with R = sum H*W*A over the levels."""
         outs = []
         for x in levels:
-            y = self.final(self.conv(x))                     # (N, A*P, H, W)
-            outs.append(to_rows(y, self.per_anchor))         # (N, H*W*A, P)
+            y = self.final(self.conv(x))  # (N, A*P, H, W)
+            outs.append(to_rows(y, self.per_anchor))  # (N, H*W*A, P)
             if self.training:
                 self._shapes.append((y.shape[2], y.shape[3], y.shape[1] // self.per_anchor))
         return np.concatenate(outs, axis=1)
@@ -90,8 +98,9 @@ class RegressionHead(_Subnet):
 class RetinaNetHead(Module):
     """Both subnets; ``forward(levels)`` -> (cls_logits (N, R, K), box_deltas (N, R, 4))."""
 
-    def __init__(self, channels, num_anchors, num_classes, num_convs=4, std=0.01,
-                 prior_bias=0.0, rng=None):
+    def __init__(
+        self, channels, num_anchors, num_classes, num_convs=4, std=0.01, prior_bias=0.0, rng=None
+    ):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
         self.classification_head = ClassificationHead(

@@ -35,8 +35,9 @@ class BasicBlock(Module):
         self.bn2 = BatchNorm2d(cout, frozen=frozen_bn)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = Sequential(_conv(cin, cout, 1, stride, rng),
-                                         BatchNorm2d(cout, frozen=frozen_bn))
+            self.downsample = Sequential(
+                _conv(cin, cout, 1, stride, rng), BatchNorm2d(cout, frozen=frozen_bn)
+            )
         self.add = Add()
         self.relu_out = ReLU()
 
@@ -77,14 +78,23 @@ class Bottleneck(BasicBlock):
         self.bn3 = BatchNorm2d(cout, frozen=frozen_bn)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = Sequential(_conv(cin, cout, 1, stride, rng),
-                                         BatchNorm2d(cout, frozen=frozen_bn))
+            self.downsample = Sequential(
+                _conv(cin, cout, 1, stride, rng), BatchNorm2d(cout, frozen=frozen_bn)
+            )
         self.add = Add()
         self.relu_out = ReLU()
 
     def residual(self):
-        return [self.conv1, self.bn1, self.relu1, self.conv2, self.bn2, self.relu2, self.conv3,
-                self.bn3]
+        return [
+            self.conv1,
+            self.bn1,
+            self.relu1,
+            self.conv2,
+            self.bn2,
+            self.relu2,
+            self.conv3,
+            self.bn3,
+        ]
 
 
 class ResNet(Module):
@@ -96,8 +106,16 @@ class ResNet(Module):
         base_width: stem channels and stage-1 width; stage s has width base_width * 2**s.
     """
 
-    def __init__(self, block="bottleneck", stage_blocks=(3, 4, 6, 3), base_width=64,
-                 stem_kernel=7, stem_pool=True, frozen_bn=True, rng=None):
+    def __init__(
+        self,
+        block="bottleneck",
+        stage_blocks=(3, 4, 6, 3),
+        base_width=64,
+        stem_kernel=7,
+        stem_pool=True,
+        frozen_bn=True,
+        rng=None,
+    ):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
         Block = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]

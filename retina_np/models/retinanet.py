@@ -22,8 +22,15 @@ class BackboneWithFPN(Module):
 
     def __init__(self, config: RetinaNetConfig, rng):
         super().__init__()
-        self.body = ResNet(config.block, config.stage_blocks, config.base_width,
-                           config.stem_kernel, config.stem_pool, config.frozen_bn, rng)
+        self.body = ResNet(
+            config.block,
+            config.stage_blocks,
+            config.base_width,
+            config.stem_kernel,
+            config.stem_pool,
+            config.frozen_bn,
+            rng,
+        )
         self.fpn = FPN(self.body.out_channels, config.fpn_channels, config.p6_from, rng)
 
     def forward(self, x):
@@ -46,8 +53,15 @@ class RetinaNet(Module):
         rng = np.random.default_rng(seed)
         c = self.config
         self.backbone = BackboneWithFPN(c, rng)
-        self.head = RetinaNetHead(c.fpn_channels, c.num_anchors, c.num_classes, c.head_convs,
-                                  c.head_init_std, c.prior_bias, rng)
+        self.head = RetinaNetHead(
+            c.fpn_channels,
+            c.num_anchors,
+            c.num_classes,
+            c.head_convs,
+            c.head_init_std,
+            c.prior_bias,
+            rng,
+        )
         self._anchor_cache: dict[tuple[int, int], tuple[np.ndarray, list[int]]] = {}
 
     # -- forward and backward ----------------------------------------------------------------
@@ -84,8 +98,9 @@ class RetinaNet(Module):
             c = self.config
             feature_hws = self.feature_sizes(key)
             # strides=None: image size // feature size per level, as torchvision does
-            anchors = generate_anchors(key, feature_hws, None, c.anchor_sizes,
-                                       c.aspect_ratios, c.scales_per_octave)
+            anchors = generate_anchors(
+                key, feature_hws, None, c.anchor_sizes, c.aspect_ratios, c.scales_per_octave
+            )
             counts = [fh * fw * c.num_anchors for fh, fw in feature_hws]
             self._anchor_cache[key] = (anchors, counts)
         return self._anchor_cache[key]
@@ -95,9 +110,17 @@ class RetinaNet(Module):
         """RetinaNet's loss with this config's numbers -> (losses dict, d_cls, d_box)."""
         c = self.config
         return retina_loss(
-            cls_logits, box_deltas, self.anchors(image_hw), targets, num_classes=c.num_classes,
-            alpha=c.focal_alpha, gamma=c.focal_gamma, box_loss=c.box_loss, beta=c.smooth_l1_beta,
-            fg_iou=c.fg_iou_thresh, bg_iou=c.bg_iou_thresh,
+            cls_logits,
+            box_deltas,
+            self.anchors(image_hw),
+            targets,
+            num_classes=c.num_classes,
+            alpha=c.focal_alpha,
+            gamma=c.focal_gamma,
+            box_loss=c.box_loss,
+            beta=c.smooth_l1_beta,
+            fg_iou=c.fg_iou_thresh,
+            bg_iou=c.bg_iou_thresh,
         )
 
     def detect(self, images, image_sizes=None) -> list[dict]:
@@ -121,8 +144,16 @@ class RetinaNet(Module):
             image_sizes = [tuple(hw)] * images.shape[0]
         c = self.config
         return [
-            postprocess(cls_logits[i], box_deltas[i], anchors, counts, image_sizes[i],
-                        score_thresh=c.score_thresh, topk_candidates=c.topk_candidates,
-                        nms_thresh=c.nms_thresh, detections_per_img=c.detections_per_img)
+            postprocess(
+                cls_logits[i],
+                box_deltas[i],
+                anchors,
+                counts,
+                image_sizes[i],
+                score_thresh=c.score_thresh,
+                topk_candidates=c.topk_candidates,
+                nms_thresh=c.nms_thresh,
+                detections_per_img=c.detections_per_img,
+            )
             for i in range(images.shape[0])
         ]

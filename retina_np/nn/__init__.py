@@ -5,6 +5,15 @@ from retina_np.nn.layers import Add, BatchNorm2d, Conv2d, MaxPool2d, ReLU, Upsam
 from retina_np.nn.module import Module, ModuleList, Parameter, Sequential
 
 __all__ = [
-    "Add", "BatchNorm2d", "Conv2d", "MaxPool2d", "Module", "ModuleList", "Parameter", "ReLU",
-    "Sequential", "Upsample", "init",
+    "Add",
+    "BatchNorm2d",
+    "Conv2d",
+    "MaxPool2d",
+    "Module",
+    "ModuleList",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "Upsample",
+    "init",
 ]

@@ -32,8 +32,17 @@ def _pair(v) -> int:
 class Conv2d(Module):
     """2-D cross-correlation with zero padding, as torch.nn.Conv2d (weight (F, C, kh, kw))."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        bias=True,
+        rng: np.random.Generator | None = None,
+        dtype=np.float32,
+    ):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng()
         k = _pair(kernel_size)
@@ -43,7 +52,8 @@ class Conv2d(Module):
         self.weight = Parameter(init.kaiming_uniform(shape, rng, dtype=dtype))
         self.bias = (
             Parameter(init.conv_bias_uniform(out_channels, in_channels * k * k, rng, dtype))
-            if bias else None
+            if bias
+            else None
         )
         self.name = "Conv2d"
         # The first conv of a network needs no input gradient; models switch this off there.
@@ -51,8 +61,9 @@ class Conv2d(Module):
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
-        y, cache = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
-                                      name=self.name)
+        y, cache = ops.conv2d_forward(
+            x, self.weight.data, b, self.stride, self.padding, name=self.name
+        )
         self._push(cache)
         return y
 
@@ -64,8 +75,10 @@ class Conv2d(Module):
         return dx
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}"
+        )
 
 
 class BatchNorm2d(Module):
@@ -77,7 +90,12 @@ class BatchNorm2d(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, frozen=False, dtype=np.float32):
         super().__init__()
-        self.num_features, self.eps, self.momentum, self.frozen = num_features, eps, momentum, frozen
+        self.num_features, self.eps, self.momentum, self.frozen = (
+            num_features,
+            eps,
+            momentum,
+            frozen,
+        )
         self.weight = Parameter(np.ones(num_features, dtype))
         self.bias = Parameter(np.zeros(num_features, dtype))
         self.register_buffer("running_mean", np.zeros(num_features, dtype))
@@ -86,9 +104,15 @@ class BatchNorm2d(Module):
 
     def forward(self, x):
         y, cache = ops.batchnorm2d_forward(
-            x, self.weight.data, self.bias.data, self._buffers["running_mean"],
-            self._buffers["running_var"], training=self.training and not self.frozen,
-            momentum=self.momentum, eps=self.eps, name=self.name,
+            x,
+            self.weight.data,
+            self.bias.data,
+            self._buffers["running_mean"],
+            self._buffers["running_var"],
+            training=self.training and not self.frozen,
+            momentum=self.momentum,
+            eps=self.eps,
+            name=self.name,
         )
         self._push(cache)
         return y
@@ -100,7 +124,9 @@ class BatchNorm2d(Module):
         return dx
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, frozen={self.frozen}"
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, frozen={self.frozen}"
+        )
 
 
 class ReLU(Module):
@@ -118,12 +144,17 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size=3, stride=2, padding=1):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = _pair(kernel_size), _pair(stride), _pair(padding)
+        self.kernel_size, self.stride, self.padding = (
+            _pair(kernel_size),
+            _pair(stride),
+            _pair(padding),
+        )
         self.name = "MaxPool2d"
 
     def forward(self, x):
-        y, cache = ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding,
-                                         name=self.name)
+        y, cache = ops.maxpool2d_forward(
+            x, self.kernel_size, self.stride, self.padding, name=self.name
+        )
         self._push(cache)
         return y
 

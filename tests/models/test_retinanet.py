@@ -54,7 +54,8 @@ def test_prior_probability_init(rng):
     p = 1 / (1 + np.exp(-cls))
     assert abs(p.mean() - config.prior_prob) < 0.002
     np.testing.assert_allclose(
-        model.head.classification_head.cls_logits.bias.data, -math.log(99), rtol=1e-6)
+        model.head.classification_head.cls_logits.bias.data, -math.log(99), rtol=1e-6
+    )
 
 
 def test_initial_focal_loss_near_analytic_expectation(rng, make_targets):
@@ -98,7 +99,7 @@ def test_head_rows_follow_anchor_order():
     head.cls_logits.weight.data[a * K + k, 0, 1, 1] = 1
     levels = [np.zeros((1, C, h, w), np.float32) for h, w in sizes]
     levels[level][0, 0, y, x] = 1
-    rows = head(levels)[0]                                   # (R, K)
+    rows = head(levels)[0]  # (R, K)
     r, kk = np.unravel_index(np.argmax(rows), rows.shape)
     assert kk == k and rows[r, k] == 1 and np.count_nonzero(rows) == 1
     offset = sum(h * w * A for h, w in sizes[:level])
@@ -156,6 +157,7 @@ def test_whole_model_gradient_check_float64(rng, p6_from, make_targets):
         model.clear_caches()
         return value
 
-    report = gradcheck(f, {n: p.data for n, p in params.items()}, analytic,
-                       eps=1e-5, num_samples=4, seed=0)
+    report = gradcheck(
+        f, {n: p.data for n, p in params.items()}, analytic, eps=1e-5, num_samples=4, seed=0
+    )
     assert report.worst <= 1e-5, str(report)

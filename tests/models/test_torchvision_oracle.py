@@ -36,8 +36,11 @@ def pair():
 
 def test_state_dict_keys_and_shapes_equal_torchvision(pair):
     tv, ours = pair
-    theirs = {k: tuple(v.shape) for k, v in tv.state_dict().items()
-              if not k.endswith("num_batches_tracked")}
+    theirs = {
+        k: tuple(v.shape)
+        for k, v in tv.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
     mine = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
     assert mine == theirs
 

@@ -23,8 +23,11 @@ def run(model, batch, steps, lr=0.01, warmup=10):
     opt = SGD(model.named_parameters(), lr=lr)
     losses = []
     for i in range(steps):
-        losses.append(train_step(model, opt, images, targets, lr * min(1.0, (i + 1) / warmup),
-                                 clip=10.0)["total"])
+        losses.append(
+            train_step(model, opt, images, targets, lr * min(1.0, (i + 1) / warmup), clip=10.0)[
+                "total"
+            ]
+        )
         if not math.isfinite(losses[-1]):
             break
     return losses
@@ -38,7 +41,7 @@ def test_overfits_two_images_and_then_finds_their_boxes(batch):
     for det, target in zip(model.detect(images, sizes), targets):
         confident = det["scores"] > 0.5
         assert confident.sum() == len(target["boxes"])
-        iou = box_iou(target["boxes"], det["boxes"][confident])         # (M, D)
+        iou = box_iou(target["boxes"], det["boxes"][confident])  # (M, D)
         best = iou.argmax(axis=1)
         assert (iou.max(axis=1) > 0.8).all()
         np.testing.assert_array_equal(det["labels"][confident][best], target["labels"])

@@ -6,14 +6,23 @@ from retina_np.nn import BatchNorm2d, Conv2d, ReLU, Sequential
 
 def small_net(seed=0):
     rng = np.random.default_rng(seed)
-    return Sequential(Conv2d(3, 4, 3, padding=1, rng=rng), BatchNorm2d(4), ReLU(),
-                      Conv2d(4, 2, 1, rng=rng))
+    return Sequential(
+        Conv2d(3, 4, 3, padding=1, rng=rng), BatchNorm2d(4), ReLU(), Conv2d(4, 2, 1, rng=rng)
+    )
 
 
 def test_state_dict_names_follow_torch():
     names = list(small_net().state_dict())
-    assert names == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias",
-                     "1.running_mean", "1.running_var"]
+    assert names == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "3.weight",
+        "3.bias",
+        "1.running_mean",
+        "1.running_var",
+    ]
 
 
 def test_load_state_dict_round_trip_and_copies():
@@ -38,8 +47,9 @@ def test_load_state_dict_reports_every_problem_at_once():
     assert "0.weight" in text and "(5, 3, 3, 3)" in text and "(4, 3, 3, 3)" in text
     assert "3.bias: missing" in text
     assert "extra.weight: not a parameter" in text
-    result = small_net().load_state_dict({k: v for k, v in small_net().state_dict().items()
-                                          if k != "3.bias"}, strict=False)
+    result = small_net().load_state_dict(
+        {k: v for k, v in small_net().state_dict().items() if k != "3.bias"}, strict=False
+    )
     assert result["missing"] == ["3.bias"]
 
 
