@@ -54,7 +54,7 @@ def run_demo(
     config = RetinaNetConfig.shapes(len(train_set.class_names))
     print(
         f"data: {train_images} training and {val_images} validation shapes images "
-        f"({train_set.image_size}x{train_set.image_size} px, classes {train_set.class_names})"
+        f"({'x'.join(map(str, train_set.image_size(0)))} px, classes {train_set.class_names})"
     )
 
     print("compiling kernels and timing a training step ...")
