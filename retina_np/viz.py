@@ -159,6 +159,10 @@ def _ema(values: np.ndarray, smoothing: float) -> np.ndarray:
     return out
 
 
+# The loss terms that retina_np.train logs (its records also hold lr, time, grad_norm ...).
+TRAINING_LOSS_KEYS = ("total", "classification", "box_regression")
+
+
 def _loss_keys(log_records) -> list[str]:
     numeric = []
     for record in log_records:
@@ -166,7 +170,7 @@ def _loss_keys(log_records) -> list[str]:
             is_number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
             if key != "step" and is_number and key not in numeric:
                 numeric.append(key)
-    losses = [k for k in numeric if "loss" in k]
+    losses = [k for k in numeric if "loss" in k or k in TRAINING_LOSS_KEYS]
     return losses or numeric
 
 
@@ -180,7 +184,8 @@ def plot_loss_curves(
 
     Args:
         log_records: dicts with a ``"step"`` and numbers; plotted are ``keys``, by default
-            every numeric key with "loss" in its name (every numeric key if none has).
+            every numeric key with "loss" in its name or in ``TRAINING_LOSS_KEYS`` (every
+            numeric key if there is none).
         smoothing: EMA factor in [0, 1); 0 draws the raw values only.
     """
     keys = _loss_keys(log_records) if keys is None else list(keys)

@@ -58,7 +58,6 @@ class _Subnet(Module):
             self.final_name,
             _head_conv(channels, num_anchors * out_per_anchor, std, rng, bias=final_bias),
         )
-        self._shapes = []
 
     @property
     def final(self) -> Conv2d:
@@ -66,17 +65,17 @@ class _Subnet(Module):
 
     def forward(self, levels):
         """levels: list of (N, C, H, W) -> (N, R, P) with R = sum H*W*A over the levels."""
-        outs = []
+        outs, shapes = [], []
         for x in levels:
             y = self.final(self.conv(x))  # (N, A*P, H, W)
             outs.append(to_rows(y, self.per_anchor))  # (N, H*W*A, P)
-            if self.training:
-                self._shapes.append((y.shape[2], y.shape[3], y.shape[1] // self.per_anchor))
+            shapes.append((y.shape[2], y.shape[3], y.shape[1] // self.per_anchor))
+        self._push(shapes)
         return np.concatenate(outs, axis=1)
 
     def backward(self, d_rows):
         """(N, R, P) -> list of gradients of the levels, in level order."""
-        shapes, self._shapes = self._shapes, []
+        shapes = self._pop()
         rows_per_level = [h * w * a for h, w, a in shapes]
         pieces = np.split(d_rows, np.cumsum(rows_per_level)[:-1], axis=1)
         d_levels = [None] * len(shapes)

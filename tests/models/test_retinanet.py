@@ -161,3 +161,20 @@ def test_whole_model_gradient_check_float64(rng, p6_from, make_targets):
         f, {n: p.data for n, p in params.items()}, analytic, eps=1e-5, num_samples=4, seed=0
     )
     assert report.worst <= 1e-5, str(report)
+
+
+def test_forward_without_backward_leaves_no_stale_state(tiny_model, rng, make_targets):
+    """A training-mode forward with no backward (e.g. a skipped non-finite step) must not
+    break the next step."""
+    from retina_np.optim import SGD
+    from retina_np.train import train_step
+
+    model = tiny_model.train()
+    x = rng.normal(size=(2, 3, 64, 64)).astype(np.float32)
+    model(x)
+    model.clear_caches()
+    model(x[:1])
+    targets = make_targets(rng, 2, (64, 64), 2)
+    losses = train_step(model, SGD(model.named_parameters(), lr=0.0), x, targets, lr=0.0)
+    assert math.isfinite(losses["total"])
+    assert all(not m._caches for m in model.modules())
