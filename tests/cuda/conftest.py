@@ -86,3 +86,41 @@ def small_launches(monkeypatch):
     for name, value in SMALL_LAUNCHES.items():
         monkeypatch.setattr(cuda_config, name, value)
     return cuda_config
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _atomic_shared_allocation():
+    """The simulator gives each block's threads one shared array per source line, but its
+    lookup (``get``, then create and store) is not locked: two threads that both miss create
+    two arrays, and the block then computes with private "shared" memory. The short switch
+    interval above makes that likely; serialise the lookup so every thread gets the same array.
+    """
+    if not ON_SIMULATOR:
+        yield
+        return
+    import threading
+
+    import numpy as np
+    from numba.core import types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    original = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def locked_array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory: no lookup to race
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)  # the simulator's key
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                res = self._allocations[key] = np.empty(shape, dtype)
+        return res
+
+    kernelapi.FakeCUDAShared.array = locked_array
+    yield
+    kernelapi.FakeCUDAShared.array = original
