@@ -1,14 +1,19 @@
 """Fast CPU kernels: ``@njit`` loops plus BLAS matrix products (see ``kernels/__init__.py``).
 
-Same names, signatures and results as ``reference.py``. Convolution is im2col + one GEMM
-(the GEMM is numpy's ``@``, i.e. OpenBLAS): unfold every (kh, kw) input patch into a column,
-and the convolution becomes a matrix product with the (F, C*kh*kw) weight matrix. A 1x1,
-stride-1, unpadded convolution needs no unfolding: the input already is that matrix.
+Same names, signatures and results as ``reference.py``. Convolution is im2col + GEMM (the
+GEMM is numpy's ``@``, i.e. OpenBLAS): pad the input with zeros, unfold every (kh, kw) patch
+into a column, and the convolution becomes a product with the (F, C*kh*kw) weight matrix.
+The input gradient is the transposed product followed by col2im, which adds each column back
+onto the patch it came from. A 1x1, stride-1, unpadded convolution needs no unfolding: the
+input already is that matrix.
 
-Threads: the ``prange`` loops (numba's pool) and the GEMMs (OpenBLAS's pool) take turns,
-never overlap, and each uses every core. GNU OpenMP's idle workers spin by default and then
-steal the cores from the BLAS threads (a 3x slow-down measured on 2 cores, see
-docs/performance.md), so unless the user chose otherwise they are asked to sleep.
+Threads: the ``prange`` loops (numba's pool) and the GEMMs (OpenBLAS's pool) take turns and
+each uses every core, so neither pool may keep spinning once its part is done. GNU OpenMP's
+idle workers spin by default and steal the cores from the BLAS threads (a 3x slower GEMM
+measured on 2 cores), so unless the user chose otherwise they are asked to sleep. OpenBLAS's
+idle threads spin too (~0.1 s after every GEMM), which halves the speed of the im2col loop
+that follows; ``OPENBLAS_THREAD_TIMEOUT=4`` stops that, but OpenBLAS reads it only when numpy
+loads it, so it has to be in the environment before numpy is imported (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba starts its O
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-# Upper bound on one im2col matrix (elements). The output is cut into tiles whose unfolded
+# About the largest im2col matrix (elements). The output is cut into tiles whose unfolded
 # input stays this small: several whole images when they are small (one larger GEMM instead
 # of many tiny ones), else bands of output rows (the matrix is still in cache when the GEMM
 # reads it, and a 512x512 image does not unfold into hundreds of megabytes).
@@ -32,15 +37,18 @@ def _out_size(n_in: int, k: int, stride: int, padding: int) -> int:
 
 
 def _tiles(N: int, Ho: int, row_elements: int):
-    """(n0, n1, oh0, oh1) tiles of the output, each unfolding to <= COLS_MAX_ELEMENTS.
+    """(n0, n1, oh0, oh1) tiles of the output of even sizes, each unfolding to about
+    COLS_MAX_ELEMENTS or less (more only when one output row is larger).
 
     row_elements is the im2col size of one output row of one image (C*kh*kw*Wo).
     """
     image_elements = row_elements * Ho
-    if image_elements <= COLS_MAX_ELEMENTS:
-        step = max(1, COLS_MAX_ELEMENTS // image_elements)
+    if image_elements <= COLS_MAX_ELEMENTS:  # whole images, as evenly split as possible
+        pieces = -(-N * image_elements // COLS_MAX_ELEMENTS)
+        step = -(-N // pieces)
         return [(n0, min(n0 + step, N), 0, Ho) for n0 in range(0, N, step)]
-    rows = max(1, COLS_MAX_ELEMENTS // row_elements)
+    pieces = -(-image_elements // COLS_MAX_ELEMENTS)  # bands of rows of one image
+    rows = -(-Ho // pieces)
     return [(n, n + 1, oh0, min(oh0 + rows, Ho)) for n in range(N) for oh0 in range(0, Ho, rows)]
 
 
@@ -60,60 +68,60 @@ def _columns(a, n0, n1, l0, l1):
     return a[n0:n1, :, l0:l1].transpose(1, 0, 2).reshape(a.shape[1], -1)
 
 
-@njit(cache=True)
-def _valid_range(n_out, n_in, offset, stride):
-    """Output positions o in [lo, hi) whose input position o*stride + offset is in [0, n_in)."""
-    lo = max(0, (-offset + stride - 1) // stride)
-    hi = min(n_out, (n_in - 1 - offset) // stride + 1)
-    return lo, max(lo, hi)
+def _pad(x, padding):
+    """x (N, C, H, W) with `padding` zeros on each side of H and W (x itself if padding is 0)."""
+    if padding == 0:
+        return x
+    N, C, H, W = x.shape
+    xp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), x.dtype)
+    xp[:, :, padding:padding + H, padding:padding + W] = x
+    return xp
 
 
 # ----------------------------------------------------------------------------- convolution
 @njit(parallel=True, cache=True)
-def _im2col(x, kh, kw, stride, padding, oh0, oh1, Wo, cols):
-    """Unfold output rows oh0:oh1 of images x (n, C, H, W) into cols (C*kh*kw, n*(oh1-oh0)*Wo).
+def _im2col(xp, kh, kw, stride, oh0, oh1, Wo, cols):
+    """Unfold output rows oh0:oh1 of padded images xp (n, C, Hp, Wp) into cols.
 
-    cols[(c, i, j), (m, oh, ow)] = x[m, c, oh*stride - padding + i, ow*stride - padding + j],
-    0 where that falls in the padding.
+    cols (C*kh*kw, n*(oh1-oh0)*Wo): cols[(c, i, j), (m, oh, ow)] = xp[m, c, oh*s + i, ow*s + j].
+    Each (row, image, output row) is one slice copy: numba compiles those to vector loops,
+    while element-by-element indexing (with its negative-index checks) ran 2-4x slower.
     """
-    n, C, H, W = x.shape
+    n, C = xp.shape[0], xp.shape[1]
     rows = oh1 - oh0
     for r in prange(C * kh * kw):
         c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
-        oh_lo, oh_hi = _valid_range(oh1, H, i - padding, stride)
-        ow_lo, ow_hi = _valid_range(Wo, W, j - padding, stride)
-        w_lo, w_hi = ow_lo * stride - padding + j, ow_hi * stride - padding + j
         for m in range(n):
             for oh in range(oh0, oh1):
-                out = cols[r, (m * rows + oh - oh0) * Wo:(m * rows + oh - oh0 + 1) * Wo]
-                if oh < oh_lo or oh >= oh_hi:
-                    out[:] = 0  # this whole output row reads padding
-                    continue
-                out[:ow_lo] = 0
-                out[ow_hi:] = 0
-                # slice copies compile to tight vector loops; indexing element by element
-                # (with numba's negative-index checks) ran 2-3 times slower
-                out[ow_lo:ow_hi] = x[m, c, oh * stride - padding + i, w_lo:w_hi:stride]
+                start = (m * rows + oh - oh0) * Wo
+                if stride == 1:  # a unit-step slice: numba knows it is contiguous
+                    cols[r, start:start + Wo] = xp[m, c, oh + i, j:j + Wo]
+                else:
+                    cols[r, start:start + Wo] = xp[m, c, oh * stride + i,
+                                                   j:j + (Wo - 1) * stride + 1:stride]
 
 
 @njit(parallel=True, cache=True)
-def _col2im_add(dcols, kh, kw, stride, padding, oh0, oh1, Wo, dx):
-    """The adjoint of _im2col: add dcols (C*kh*kw, n*(oh1-oh0)*Wo) into dx (n, C, H, W)."""
-    n, C, H, W = dx.shape
+def _col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp):
+    """The adjoint of _im2col: add dcols (C*kh*kw, n*(oh1-oh0)*Wo) into dxp (n, C, Hp, Wp)."""
+    n, C = dxp.shape[0], dxp.shape[1]
     rows = oh1 - oh0
     for mc in prange(n * C):  # one (image, channel) plane per task: no two tasks share a pixel
         m, c = mc // C, mc % C
         for i in range(kh):
-            oh_lo, oh_hi = _valid_range(oh1, H, i - padding, stride)
             for j in range(kw):
-                ow_lo, ow_hi = _valid_range(Wo, W, j - padding, stride)
-                w_lo, w_hi = ow_lo * stride - padding + j, ow_hi * stride - padding + j
-                for oh in range(max(oh0, oh_lo), oh_hi):
-                    col = (m * rows + oh - oh0) * Wo
-                    src = dcols[(c * kh + i) * kw + j, col + ow_lo:col + ow_hi]
-                    dst = dx[m, c, oh * stride - padding + i, w_lo:w_hi:stride]
-                    for t in range(src.size):  # on views: a loop that vectorises
-                        dst[t] += src[t]
+                row = dcols[(c * kh + i) * kw + j]
+                for oh in range(oh0, oh1):
+                    start = (m * rows + oh - oh0) * Wo
+                    src = row[start:start + Wo]
+                    if stride == 1:
+                        dst = dxp[m, c, oh + i, j:j + Wo]
+                        for t in range(Wo):  # indexing views from 0: a loop that vectorises
+                            dst[t] += src[t]
+                    else:
+                        dst = dxp[m, c, oh * stride + i, j:j + (Wo - 1) * stride + 1:stride]
+                        for t in range(Wo):
+                            dst[t] += src[t]
 
 
 def _is_pointwise(kh, kw, stride, padding):
@@ -132,8 +140,9 @@ def conv2d_forward(x, w, b, stride, padding):
     if _is_pointwise(kh, kw, stride, padding):
         np.matmul(w2, x.reshape(N, C, H * W), out=y3)  # (F, C) @ (N, C, L) -> (N, F, L)
     else:
+        xp = _pad(x, padding)
         for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype):
-            _im2col(x[n0:n1], kh, kw, stride, padding, oh0, oh1, Wo, cols)
+            _im2col(xp[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
             if n1 - n0 == 1:
                 np.matmul(w2, cols, out=y3[n0, :, oh0 * Wo:oh1 * Wo])
             else:  # (F, n*L) -> (n, F, L)
@@ -151,11 +160,12 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     dy3 = dy.reshape(N, F, Ho * Wo)
     if _is_pointwise(kh, kw, stride, padding):
         return np.matmul(w2t, dy3).reshape(N, C, H, W)
-    dx = np.zeros((N, C, H, W), dy.dtype)
+    dxp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dy.dtype)
     for n0, n1, oh0, oh1, dcols in _tile_matrices(N, Ho, C * kh * kw, Wo, dy.dtype):
         np.matmul(w2t, _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), out=dcols)
-        _col2im_add(dcols, kh, kw, stride, padding, oh0, oh1, Wo, dx[n0:n1])
-    return dx
+        _col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp[n0:n1])
+    # the gradient that fell on the padding belongs to no input: crop it away
+    return np.ascontiguousarray(dxp[:, :, padding:padding + H, padding:padding + W])
 
 
 def conv2d_backward_weight(dy, x, kh, kw, stride, padding):
@@ -170,8 +180,9 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding):
             l0, l1 = oh0 * Wo, oh1 * Wo
             dw += _columns(dy3, n0, n1, l0, l1) @ _columns(x3, n0, n1, l0, l1).T
     else:
+        xp = _pad(x, padding)
         for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype):
-            _im2col(x[n0:n1], kh, kw, stride, padding, oh0, oh1, Wo, cols)
+            _im2col(xp[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
             dw += _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo) @ cols.T  # (F, n*L) @ (n*L, K)
     return dw.reshape(F, C, kh, kw)
 
@@ -251,14 +262,12 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
                     sum_dy_xhat += dy[n, c, h, w] * (x[n, c, h, w] - mu) * istd
         # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)): the mean and the variance
         # both depend on every x, which removes dy's mean and its component along xhat.
-        k = float(gamma[c]) * istd
-        a = sum_dy / M
-        bb = sum_dy_xhat / M
+        scale, mean_dy, mean_dy_xhat = float(gamma[c]) * istd, sum_dy / M, sum_dy_xhat / M
         for n in range(N):
             for h in range(H):
                 for w in range(W):
                     xhat = (x[n, c, h, w] - mu) * istd
-                    dx[n, c, h, w] = k * (dy[n, c, h, w] - a - xhat * bb)
+                    dx[n, c, h, w] = scale * (dy[n, c, h, w] - mean_dy - xhat * mean_dy_xhat)
         dgamma[c] = sum_dy_xhat
         dbeta[c] = sum_dy
     return dx, dgamma, dbeta

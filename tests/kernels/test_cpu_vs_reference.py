@@ -71,7 +71,7 @@ def test_conv2d(case, dtype):
                                   (3, 2, 2, 7, 5, 3, 2, 1)])
 def test_conv2d_tiled(case, monkeypatch):
     """Tiny tiles: the im2col matrix is built a few output rows or images at a time."""
-    for limit in (1, 40, 200):
+    for limit in (1, 40, 200, 500, 800):
         monkeypatch.setattr(cpu, "COLS_MAX_ELEMENTS", limit)
         check_conv(case, np.float64, with_bias=False)
 
