@@ -76,18 +76,6 @@ def gflop(shape) -> float:
     return 2 * N * F * C * k * k * out_size(H, k, s, p) * out_size(W, k, s, p) / 1e9
 
 
-def best_time(fn, repeat: int, min_time: float = 0.0) -> float:
-    """Best of `repeat` runs (and of at least `min_time` seconds of runs), after one warm-up."""
-    fn()
-    best, spent, runs = float("inf"), 0.0, 0
-    while runs < repeat or spent < min_time:
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        best, spent, runs = min(best, dt), spent + dt, runs + 1
-    return best
-
-
 def arrays(shape, np, dtype="float32"):
     _, N, C, F, H, W, k, s, p = shape
     rng = np.random.default_rng(0)
@@ -128,16 +116,24 @@ def wait_quiet(max_wait: float, window: float = 2.0, threshold: float = 0.1) -> 
 
 
 def clean_times(fns: dict, repeat, min_time, max_wait, tries=4) -> tuple[dict, float]:
-    """Best time of each fn; a round during which other processes used the CPUs is re-run
-    (up to `tries` rounds). Returns the times and the CPUs the others used in the last round.
+    """Best time of each fn, the fns taking turns run by run (so that a slow spell of the
+    machine hits them all alike). A round during which other processes used the CPUs is
+    re-run, up to `tries` rounds. Returns the times and the CPUs the others used last round.
     """
     best = dict.fromkeys(fns, float("inf"))
+    for fn in fns.values():  # warm-up: compile, allocate, fault the pages in
+        fn()
     for _ in range(tries):
         if max_wait > 0:
             wait_quiet(max_wait)
         b0, t0 = busy_seconds(), time.perf_counter()
-        for key, fn in fns.items():
-            best[key] = min(best[key], best_time(fn, repeat, min_time))
+        runs = 0
+        while runs < repeat or time.perf_counter() - t0 < min_time * len(fns):
+            for key, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                best[key] = min(best[key], time.perf_counter() - t)
+            runs += 1
         b1, wall = busy_seconds(), time.perf_counter() - t0
         others = ((b1[0] - b0[0]) - (b1[1] - b0[1])) / wall
         if others < 0.05:
