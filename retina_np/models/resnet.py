@@ -33,6 +33,10 @@ class BasicBlock(Module):
         self.relu1 = ReLU()
         self.conv2 = _conv(width, cout, 3, 1, rng)
         self.bn2 = BatchNorm2d(cout, frozen=frozen_bn)
+        self._shortcut_and_merge(cin, cout, stride, frozen_bn, rng)
+
+    def _shortcut_and_merge(self, cin, cout, stride, frozen_bn, rng):
+        """The identity path (a strided 1x1 conv + BN when the shape changes), add and ReLU."""
         self.downsample = None
         if stride != 1 or cin != cout:
             self.downsample = Sequential(
@@ -76,13 +80,7 @@ class Bottleneck(BasicBlock):
         self.relu2 = ReLU()
         self.conv3 = _conv(width, cout, 1, 1, rng)
         self.bn3 = BatchNorm2d(cout, frozen=frozen_bn)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = Sequential(
-                _conv(cin, cout, 1, stride, rng), BatchNorm2d(cout, frozen=frozen_bn)
-            )
-        self.add = Add()
-        self.relu_out = ReLU()
+        self._shortcut_and_merge(cin, cout, stride, frozen_bn, rng)
 
     def residual(self):
         return [
