@@ -3,18 +3,27 @@
     python benchmarks/bench_model.py            # everything (each part in its own process,
                                                 # so that peak memory is per part)
     python benchmarks/bench_model.py --quick    # fewer repeats
+    python benchmarks/bench_model.py --skip-infer   # only the training step (and torch's)
 
 Prints, for the shapes preset at batch 8 (128x128): seconds per training step (forward, loss,
 backward, SGD update), the time per layer type, the conv FLOPs of the step and the achieved
 GFLOP/s next to a float32 GEMM measured in the same process; for ``resnet50_fpn`` (91
 classes) at 512x512 and 800x800, batch 1: inference seconds (forward + postprocess). Peak
 resident memory of each part.
+
+With torch installed, the same training step in PyTorch on the CPU (``torch_twin.py``: the
+same architecture, loaded with the same initial weights, on the same batches), after a check
+that its forward outputs equal ours; torch runs with as many threads as our Numba kernels.
+Anchor matching is done once on the host by retina_np's matcher and handed to torch as
+tensors (it is no conv cost); our step's time includes matching, in "other".
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -86,11 +95,11 @@ def bench_train(repeat: int) -> dict:
         train_step(model, opt, images, targets, 0.01)
     times.clear()
     flops["conv"] = 0.0
-    steps = []
+    steps, losses = [], []
     for i in range(repeat):
         images, targets, _, _ = loader.batch(0, i + 2)
         start = time.perf_counter()
-        train_step(model, opt, images, targets, 0.01)
+        losses.append(train_step(model, opt, images, targets, 0.01)["total"])
         steps.append(time.perf_counter() - start)
     step = float(np.median(steps))
     gemm = gemm_gflops()
@@ -106,6 +115,69 @@ def bench_train(repeat: int) -> dict:
         "per_layer_seconds": {
             k: v / repeat for k, v in sorted(times.items(), key=lambda kv: -kv[1])
         },
+        "losses": losses,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def bench_torch(repeat: int) -> dict:
+    """``bench_train``'s step in PyTorch: same weights, same batches, same warm-up."""
+    import numba
+    import torch
+    import torch_twin as tt
+
+    from retina_np.data import DataLoader, ShapesDataset
+    from retina_np.models import RetinaNet, RetinaNetConfig
+
+    threads = numba.get_num_threads()  # our parallel kernels use this many
+    torch.set_num_threads(threads)
+    config = RetinaNetConfig.shapes()
+    model = RetinaNet(config)  # seed 0: bench_train's initial weights
+    twin = tt.TorchRetinaNet(config)
+    loader = DataLoader(ShapesDataset(8 * (repeat + 2)), 8)
+    batches = [loader.batch(0, i) for i in range(repeat + 2)]
+
+    # The same computation: forward outputs (training mode, batch statistics) and loss.
+    images, targets, _, _ = batches[0]
+    initial = {k: v.copy() for k, v in model.state_dict().items()}
+    tt.load_numpy_state(twin, initial)
+    cls, box = model(images)
+    model.clear_caches()
+    ours_loss = model.loss(cls, box, targets, images.shape[-2:])[0]["total"]
+    matched = [
+        [torch.from_numpy(a) for a in tt.match_batch(model, b.targets, b.images.shape[-2:])]
+        for b in batches
+    ]
+    with torch.no_grad():
+        t_cls, t_box = twin.train()(torch.from_numpy(images))
+        torch_loss = tt.retina_loss(t_cls, t_box, *matched[0], config).item()
+    np.testing.assert_allclose(t_cls.numpy(), cls, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(t_box.numpy(), box, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(torch_loss, ours_loss, rtol=1e-3)
+    check = {
+        "max_abs_diff_cls": float(np.abs(t_cls.numpy() - cls).max()),
+        "max_abs_diff_box": float(np.abs(t_box.numpy() - box).max()),
+        "loss_ours": ours_loss,
+        "loss_torch": torch_loss,
+    }
+
+    tt.load_numpy_state(twin, initial)  # undo the check's running-statistics update
+    opt = tt.sgd(twin, lr=0.01)
+    inputs = [torch.from_numpy(b.images) for b in batches]
+    for i in range(2):  # warm up, on bench_train's warm-up batches
+        tt.train_step(twin, opt, inputs[i], *matched[i], config)
+    steps, losses = [], []
+    for i in range(2, repeat + 2):
+        start = time.perf_counter()
+        losses.append(tt.train_step(twin, opt, inputs[i], *matched[i], config))
+        steps.append(time.perf_counter() - start)
+    return {
+        "part": "torch twin of the training step",
+        "torch_version": torch.__version__,
+        "threads": threads,
+        "seconds_per_step": float(np.median(steps)),
+        "losses": losses,
+        "check": check,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -124,24 +196,16 @@ def bench_infer(size: int, repeat: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["train", "512", "800"])
-    args = parser.parse_args()
-    repeat = 3 if args.quick else 8
-    if args.only == "train":
-        print(json.dumps(bench_train(repeat)))
-        return
-    if args.only in ("512", "800"):
-        print(json.dumps(bench_infer(int(args.only), 2 if args.quick else 3)))
-        return
-    results = []
-    for part in ("train", "512", "800"):
-        cmd = [sys.executable, __file__, "--only", part] + (["--quick"] if args.quick else [])
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    train, *infer = results
+def _run_part(part: str, quick: bool) -> dict:
+    """One part in a fresh process (its own peak memory, no thread pools left by another)."""
+    cmd = [sys.executable, __file__, "--only", part] + (["--quick"] if quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"part {part!r} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _print_train(train: dict) -> None:
     print(f"## {train['part']}")
     print(
         f"  step {train['seconds_per_step']:.3f} s ({train['images_per_second']:.1f} images/s), "
@@ -154,8 +218,71 @@ def main() -> None:
     for name, sec in train["per_layer_seconds"].items():
         print(f"    {name:22s} {sec * 1000:8.1f} ms  {100 * sec / train['seconds_per_step']:5.1f}%")
     print(f"    {'(other: loss, update)':22s} {(train['seconds_per_step'] - total) * 1000:8.1f} ms")
-    for r in infer:
-        print(f"## {r['part']}: {r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
+
+
+def _print_torch(train: dict, torch_: dict) -> None:
+    step, check = torch_["seconds_per_step"], torch_["check"]
+    gflops = train["conv_gflop_per_step"] / step
+    print(
+        f"## the same step in PyTorch {torch_['torch_version']} (benchmarks/torch_twin.py), "
+        f"CPU, torch.set_num_threads({torch_['threads']}) = our Numba threads"
+    )
+    print(
+        f"  same architecture and initial weights (our state_dict loaded), same batches; "
+        f"forward outputs equal ours (max |diff| cls {check['max_abs_diff_cls']:.1e}, "
+        f"box {check['max_abs_diff_box']:.1e}; rtol 1e-3, atol 1e-4), loss ours "
+        f"{check['loss_ours']:.5f} torch {check['loss_torch']:.5f}"
+    )
+    print(
+        "  anchor matching: done once on the host by retina_np's matcher, passed to torch as "
+        "tensors and not timed (ours includes it, in 'other')"
+    )
+    print(
+        f"  step {step:.3f} s ({8 / step:.1f} images/s), same conv FLOPs -> {gflops:.1f} GFLOP/s "
+        f"= {100 * gflops / train['gemm_gflops']:.0f}% of the GEMM above; peak RSS "
+        f"{torch_['peak_rss_mb']:.0f} MB"
+    )
+    ratio = train["seconds_per_step"] / step
+    print(f"  ours / torch step time: {ratio:.2f} ({'torch' if ratio > 1 else 'ours'} faster)")
+    (first, *_, last), (t_first, *_, t_last) = train["losses"], torch_["losses"]
+    print(
+        f"  loss at the first / last timed step: ours {first:.4f} / {last:.4f}, torch "
+        f"{t_first:.4f} / {t_last:.4f} (float32 rounding differences grow over from-scratch "
+        "steps; in float64 they agree to rounding: tests/models/test_torch_twin.py)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip-infer", action="store_true", help="no resnet50_fpn inference")
+    parser.add_argument("--only", choices=["train", "torch", "512", "800"])
+    args = parser.parse_args()
+    repeat = 3 if args.quick else 8
+    if args.only == "train":
+        print(json.dumps(bench_train(repeat)))
+        return
+    if args.only == "torch":
+        print(json.dumps(bench_torch(repeat)))
+        return
+    if args.only in ("512", "800"):
+        print(json.dumps(bench_infer(int(args.only), 2 if args.quick else 3)))
+        return
+    load_before = os.getloadavg()[0]
+    train = _run_part("train", args.quick)
+    _print_train(train)
+    if importlib.util.find_spec("torch") is None:
+        print("## PyTorch comparison: torch is not installed")
+    else:
+        _print_torch(train, _run_part("torch", args.quick))
+    if not args.skip_infer:
+        for size in ("512", "800"):
+            r = _run_part(size, args.quick)
+            print(f"## {r['part']}: {r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(
+        f"(load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} on "
+        f"{os.cpu_count()} CPUs; above the CPU count, other processes shared the cores)"
+    )
 
 
 if __name__ == "__main__":
