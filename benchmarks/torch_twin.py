@@ -171,15 +171,18 @@ class Backbone(nn.Module):
 class Subnet(nn.Module):
     """``conv`` = head_convs x (3x3 conv, ReLU), then the final 3x3 conv; shared by levels."""
 
-    def __init__(self, channels, num_convs, out_per_anchor, num_anchors, final_name):
+    def __init__(self, channels, num_convs, out_per_anchor, num_anchors, final_name, groups=0):
         super().__init__()
         self.per_anchor, self.final_name = out_per_anchor, final_name
-        self.conv = nn.Sequential(
-            *[
-                nn.Sequential(_conv(channels, channels, 3, bias=True), nn.ReLU(inplace=True))
-                for _ in range(num_convs)
-            ]
-        )
+
+        def block():  # conv, ReLU; or conv (no bias), GroupNorm, ReLU as torchvision's v2 head
+            if groups:
+                return nn.Sequential(
+                    _conv(channels, channels, 3), nn.GroupNorm(groups, channels), nn.ReLU()
+                )
+            return nn.Sequential(_conv(channels, channels, 3, bias=True), nn.ReLU(inplace=True))
+
+        self.conv = nn.Sequential(*[block() for _ in range(num_convs)])
         setattr(self, final_name, _conv(channels, num_anchors * out_per_anchor, 3, bias=True))
 
     def forward(self, levels):
@@ -196,10 +199,13 @@ class Head(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = config
+        g = c.head_norm_groups
         self.classification_head = Subnet(
-            c.fpn_channels, c.head_convs, c.num_classes, c.num_anchors, "cls_logits"
+            c.fpn_channels, c.head_convs, c.num_classes, c.num_anchors, "cls_logits", g
         )
-        self.regression_head = Subnet(c.fpn_channels, c.head_convs, 4, c.num_anchors, "bbox_reg")
+        self.regression_head = Subnet(
+            c.fpn_channels, c.head_convs, 4, c.num_anchors, "bbox_reg", g
+        )
 
     def forward(self, levels):
         return self.classification_head(levels), self.regression_head(levels)

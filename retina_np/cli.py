@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--val-images", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument("--lr", type=float, default=0.002, help="AdamW learning rate (default 0.002)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.02)
+    p.add_argument(
+        "--optimizer", default="sgd", choices=["sgd", "adamw"], help="sgd (paper) or adamw"
+    )
+    p.add_argument(
+        "--weight-decay", type=float, help="default 1e-4 for sgd (paper), 0.05 for adamw"
+    )
+    p.add_argument("--schedule", default="step", choices=["step", "cosine"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.npz")
@@ -129,6 +136,11 @@ def cmd_train(args) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay
+        if args.weight_decay is not None
+        else {"sgd": 1e-4, "adamw": 0.05}[args.optimizer],
+        schedule_kind=args.schedule,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
     )

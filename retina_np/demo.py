@@ -9,7 +9,7 @@ from pathlib import Path
 from retina_np.data import DataLoader, ShapesDataset, normalize, pad_batch
 from retina_np.evaluate import evaluate
 from retina_np.models import RetinaNet, RetinaNetConfig
-from retina_np.optim import SGD
+from retina_np.optim import AdamW
 from retina_np.train import TrainConfig, read_log, train, train_step
 from retina_np.viz import detection_grid, plot_loss_curves
 
@@ -24,7 +24,7 @@ def _seconds_per_step(config, dataset, batch_size, device, seed) -> float:
     if device == "cuda":
         model.to("cuda")
     loader = DataLoader(dataset, batch_size, seed=seed)
-    optimizer = SGD(model.named_parameters(), lr=0.0)
+    optimizer = AdamW(model.named_parameters(), lr=0.0)
     images, targets, _, _ = loader.batch(0, 0)
     train_step(model, optimizer, images, targets, lr=0.0)
     times = []
@@ -42,7 +42,7 @@ def run_demo(
     train_images=2000,
     val_images=500,
     batch_size=8,
-    lr=0.02,
+    lr=0.002,
     seed=0,
     device="cpu",
 ) -> dict:
@@ -73,10 +73,17 @@ def run_demo(
     model = RetinaNet(config, seed=seed)
     if device == "cuda":
         model.to("cuda")
+    # AdamW with a cosine decay: from scratch in minutes it learns much faster than the
+    # paper's SGD (1000 steps: COCO AP 0.27 against 0.16; docs/performance.md). The decay
+    # ends exactly at the last planned step, so the plan must fit the budget.
     cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,
         lr=lr,
+        optimizer="adamw",
+        weight_decay=0.05,
+        schedule_kind="cosine",
+        cache_images=True,  # 2000 images of 128x128: 98 MB, drawn once
         seed=seed,
         checkpoint_every=max(50, steps // 10),
         max_minutes=max(0.5, budget / 60),  # a hard stop at the budget

@@ -214,6 +214,55 @@ def batchnorm2d_backward(dy, cache: BatchNorm2dCache):
     return dx, dgamma, dbeta
 
 
+# ----------------------------------------------------------------------------- groupnorm
+class GroupNormCache(NamedTuple):
+    x: object  # (N, C, H, W)
+    mean: object  # (N, G) per image and group
+    invstd: object  # (N, G) 1 / sqrt(var + eps)
+    gamma: object  # (C,)
+    groups: int
+    name: str
+
+
+def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm"):
+    """Group normalisation (Wu & He 2018), as torch's group_norm.
+
+    The C channels are split into ``groups`` groups of C/G consecutive channels; each image's
+    group is normalised by its own mean and biased variance over (C/G, H, W), then scaled
+    and shifted per channel. No batch statistics: training and eval compute the same thing.
+    Args:
+        x (N, C, H, W); gamma, beta (C,); one float dtype; C divisible by groups.
+    Returns:
+        y (N, C, H, W) = (x - mean[n, g]) / sqrt(var[n, g] + eps) * gamma + beta, and the cache.
+    """
+    _check_4d(name, "x", x)
+    _check_dtypes(name, x=x, weight=gamma, bias=beta)
+    groups = _check_int(name, "groups", groups, 1)
+    N, C, H, W = x.shape
+    if C % groups:
+        raise ValueError(f"{name}: {C} channels (x {tuple(x.shape)}) cannot be split into "
+                         f"{groups} groups")
+    for what, v in (("weight", gamma), ("bias", beta)):
+        if tuple(v.shape) != (C,):
+            raise ValueError(f"{name}: {what} must have shape ({C},) for x {tuple(x.shape)}, "
+                             f"got {tuple(v.shape)}")
+    if N * C * H * W == 0:
+        raise ValueError(f"{name}: x {tuple(x.shape)} has no values to normalise")
+    x, gamma, beta = _contiguous(x), _contiguous(gamma), _contiguous(beta)
+    y, mean, invstd = backend.kernels_for(x, gamma, beta).groupnorm_forward(x, gamma, beta,
+                                                                             groups, float(eps))
+    return y, GroupNormCache(x, mean, invstd, gamma, groups, name)
+
+
+def groupnorm_backward(dy, cache: GroupNormCache):
+    """dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    x = cache.x
+    _check_grad(cache.name, dy, x.shape, np.dtype(x.dtype))
+    dy = _contiguous(dy)
+    return backend.kernels_for(dy, x).groupnorm_backward(dy, x, cache.mean, cache.invstd,
+                                                         cache.gamma, cache.groups)
+
+
 # ----------------------------------------------------------------------------- relu
 class ReluCache(NamedTuple):
     y: object  # the output: positive exactly where the gradient passes

@@ -1,4 +1,4 @@
-"""SGD with momentum and weight decay, the learning-rate schedule, gradient-norm clipping."""
+"""SGD with momentum (the paper's), AdamW, the learning-rate schedule, gradient-norm clipping."""
 
 from __future__ import annotations
 
@@ -64,18 +64,96 @@ class SGD:
             self.buffers[name] = backend.to_device(np.array(value, copy=True), device)
 
 
+class AdamW:
+    """torch.optim.AdamW's rule (Loshchilov & Hutter 2019): Adam's step with the weight decay
+    applied to the weights directly, ``p -= lr * (wd * p + m_hat / (sqrt(v_hat) + eps))``.
+
+    The paper trains with SGD from ImageNet weights for hours; trained from scratch in
+    minutes, Adam's per-parameter step sizes learn faster: on the shapes preset, 1000 steps
+    reached COCO AP 0.236 with AdamW (lr 1e-3, cosine) against 0.155 with SGD (lr 0.02, steps)
+    (docs/performance.md). Decay skips 1-D parameters as in ``SGD``.
+    """
+
+    def __init__(
+        self,
+        named_parameters,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.05,
+        decay_norm_and_bias=False,
+    ):
+        self.params: dict[str, Parameter] = dict(named_parameters)
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.decay_norm_and_bias = decay_norm_and_bias
+        self.exp_avg = {name: None for name in self.params}  # m: mean of the gradient
+        self.exp_avg_sq = {name: None for name in self.params}  # v: mean of its square
+        self.steps = 0  # updates so far (the bias correction needs it)
+
+    decay_for = SGD.decay_for
+
+    def step(self, lr: float | None = None) -> None:
+        """One update of every parameter from its ``.grad`` (gradients are not cleared)."""
+        lr = self.lr if lr is None else lr
+        self.steps += 1
+        beta1, beta2 = self.betas
+        for name, p in self.params.items():
+            kernels = backend.kernels_for(p.data)
+            if self.exp_avg[name] is None:
+                self.exp_avg[name] = kernels.zeros_like(p.data)
+                self.exp_avg_sq[name] = kernels.zeros_like(p.data)
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            decay = self.decay_for(name)
+            kernels.adamw_update_(p.data, p.grad, m, v, lr, beta1, beta2, self.eps, decay,
+                                  self.steps)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        state = {"steps": np.array(self.steps, dtype=np.int64)}
+        for key in ("exp_avg", "exp_avg_sq"):
+            for name, buf in getattr(self, key).items():
+                if buf is not None:
+                    state[f"{key}/{name}"] = backend.to_numpy(buf).copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        problems = [] if "steps" in state else ["steps: missing (is this an SGD state?)"]
+        for k, v in state.items():
+            key, _, name = k.partition("/")
+            if k == "steps":
+                continue
+            if key not in ("exp_avg", "exp_avg_sq") or name not in self.params:
+                problems.append(f"{k}: not an AdamW state entry of this model")
+            elif tuple(v.shape) != self.params[name].shape:
+                problems.append(f"{k}: shape {tuple(v.shape)}, parameter {self.params[name].shape}")
+        if problems:
+            raise ValueError("optimizer state does not fit the model:\n  " + "\n  ".join(problems))
+        self.steps = int(state["steps"])
+        for k, value in state.items():
+            if k != "steps":
+                key, _, name = k.partition("/")
+                device = backend.device_of(self.params[name].data)
+                getattr(self, key)[name] = backend.to_device(np.array(value, copy=True), device)
+
+
 @dataclass
 class LRSchedule:
-    """Linear warm-up from ``base_lr * warmup_factor``, then x``gamma`` at each milestone."""
+    """Linear warm-up from ``base_lr * warmup_factor``, then x``gamma`` at each milestone, or,
+    with ``cosine_steps`` > 0, half a cosine from ``base_lr`` down to 0 at ``cosine_steps``
+    (Loshchilov & Hutter 2017; a short run decays smoothly instead of in two late drops)."""
 
     base_lr: float = 0.01
     warmup_steps: int = 500  # the paper warms up; 500 iterations as in Detectron
     warmup_factor: float = 1.0 / 3.0
     milestones: tuple[int, ...] = ()  # steps at which the rate drops
     gamma: float = 0.1  # the drop factor (paper: 10x at 60k and 80k of 90k)
+    cosine_steps: int = 0  # > 0: cosine decay over this many steps instead of milestones
 
     def __call__(self, step: int) -> float:
-        lr = self.base_lr * self.gamma ** sum(step >= m for m in self.milestones)
+        if self.cosine_steps > 0:
+            done = min(step, self.cosine_steps) / self.cosine_steps
+            lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * done))
+        else:
+            lr = self.base_lr * self.gamma ** sum(step >= m for m in self.milestones)
         if step < self.warmup_steps:
             alpha = step / self.warmup_steps
             lr *= self.warmup_factor * (1.0 - alpha) + alpha
@@ -83,12 +161,9 @@ class LRSchedule:
 
 
 def grad_norm(params) -> float:
-    """Global L2 norm of all gradients."""
-    total = 0.0
-    for p in params:
-        g = backend.to_numpy(p.grad)
-        total += float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64)))
-    return math.sqrt(total)
+    """Global L2 norm of all gradients (squares summed in float64 where the gradients are)."""
+    grads = [p.grad for p in params]
+    return math.sqrt(backend.kernels_for(*grads).sum_squares(grads))
 
 
 def clip_grad_norm(params, max_norm: float) -> float:

@@ -4,7 +4,9 @@
 * :func:`smooth_l1_loss` and :func:`l1_loss` -- box regression losses;
 * :func:`retina_loss` -- the full training loss of a batch: match anchors to ground truth,
   focal loss over every non-ignored (anchor, class), box loss over foreground anchors, each
-  image normalised by its number of foreground anchors, mean over images.
+  image normalised by its number of foreground anchors, mean over images. The matching runs
+  on the host; the two losses run where the head outputs are (on a GPU: the CUDA twins of
+  the loss loops, so the gradients never leave the device).
 
 Every function returns ``(loss, gradient)``: no autograd here, the derivative of each loss
 is written out in its docstring and checked against finite differences in the tests. The
@@ -20,6 +22,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from retina_np import backend
 from retina_np.detection.boxes import box_iou, encode_boxes, validate_boxes
 from retina_np.detection.matcher import (
     BETWEEN_THRESHOLDS,
@@ -311,8 +314,9 @@ def retina_loss(
     The batch losses are the means over images, as torchvision computes them.
 
     Args:
-        cls_logits (ndarray[N, R, K]): classification logits.
-        box_deltas (ndarray[N, R, 4]): predicted ``dx, dy, dw, dh``.
+        cls_logits (ndarray[N, R, K]): classification logits (numpy, or a numba.cuda device
+            array: the losses then run on the GPU and the gradients stay there).
+        box_deltas (ndarray[N, R, 4]): predicted ``dx, dy, dw, dh``, on the same device.
         anchors (ndarray[R, 4]): anchors in the same order (shared by the images).
         targets (list[dict]): per image ``{"boxes": (M, 4), "labels": (M,)}``; M may be 0.
         num_classes (int | None): K, checked against ``cls_logits`` when given.
@@ -324,20 +328,22 @@ def retina_loss(
         tuple: ``losses`` dict with ``"classification"``, ``"box_regression"``, ``"total"``
         (their sum) and ``"num_foreground"`` (over the batch), all Python floats;
         ``d_cls_logits`` (ndarray[N, R, K]) and ``d_box_deltas`` (ndarray[N, R, 4]), the
-        gradients of ``total``, in the dtypes of the inputs.
+        gradients of ``total``, in the dtypes and on the device of the inputs.
 
     Raises:
         ValueError: on inconsistent shapes, or a target with a degenerate or non-finite box
             or a label outside 0..K-1 (the message names the image and the box).
     """
-    cls_logits = np.asarray(cls_logits)
-    box_deltas = np.asarray(box_deltas)
-    if cls_logits.ndim != 3:
+    device = backend.device_of(cls_logits)
+    if device == "cpu":
+        cls_logits = np.ascontiguousarray(cls_logits)
+        box_deltas = np.asarray(box_deltas)
+    if len(cls_logits.shape) != 3:
         raise ValueError(f"cls_logits must be (N, R, K), got {cls_logits.shape}")
     batch, num_anchors, k = cls_logits.shape
     if num_classes is not None and num_classes != k:
         raise ValueError(f"num_classes={num_classes} but cls_logits has {k} classes")
-    if box_deltas.shape != (batch, num_anchors, 4):
+    if tuple(box_deltas.shape) != (batch, num_anchors, 4):
         raise ValueError(f"box_deltas must be {(batch, num_anchors, 4)}, got {box_deltas.shape}")
     if len(targets) != batch:
         raise ValueError(f"{len(targets)} targets given for a batch of {batch}")
@@ -346,13 +352,17 @@ def retina_loss(
     anchors = np.asarray(anchors, dtype=cls_logits.dtype)
     if anchors.shape != (num_anchors, 4):
         raise ValueError(f"anchors must be {(num_anchors, 4)}, got {anchors.shape}")
-    alpha_k = _alpha_for_kernel(alpha)
+    _alpha_for_kernel(alpha)  # checks alpha
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
+    box_beta = beta if box_loss == "smooth_l1" else 0.0  # smooth-L1 with beta 0 is L1
 
-    cls_logits = np.ascontiguousarray(cls_logits)
-    d_cls_logits = np.empty_like(cls_logits)  # (N, R, K)
-    d_box_deltas = np.zeros_like(box_deltas)  # (N, R, 4)
+    # Matching runs on the host, where the anchors and the targets are; the focal and box
+    # losses run where the head outputs are (the CPU kernels, or their CUDA twins on a GPU),
+    # given the per-anchor results of the matching.
+    kernels = backend.kernels_for(cls_logits, box_deltas)
+    d_cls_logits = kernels.empty_like(cls_logits)  # (N, R, K): every element is written
+    d_box_deltas = kernels.zeros_like(box_deltas)  # (N, R, 4): zero but foreground rows
     cls_total = box_total = 0.0
     num_foreground_total = 0
     for b, target in enumerate(targets):
@@ -370,17 +380,17 @@ def retina_loss(
 
         anchor_class = matches.copy()  # (R,): class of foreground anchors, sentinels kept
         anchor_class[foreground] = labels[matches[foreground]]
-        cls_sum = _focal_loss_anchor_classes(
-            cls_logits[b], anchor_class, alpha_k, float(gamma), 1.0 / (norm * batch),
-            d_cls_logits[b],
+        cls_sum, _ = kernels.focal_loss_anchor_classes(
+            cls_logits[b], backend.to_device(anchor_class, device), alpha, float(gamma),
+            1.0 / (norm * batch), out=d_cls_logits[b],
         )
 
         target_deltas = encode_boxes(boxes[matches[foreground]], anchors[foreground])  # (F, 4)
-        if box_loss == "smooth_l1":
-            box_sum, d_fg = smooth_l1_loss(box_deltas[b, foreground], target_deltas, beta)
-        else:
-            box_sum, d_fg = l1_loss(box_deltas[b, foreground], target_deltas)
-        d_box_deltas[b, foreground] = d_fg / (norm * batch)
+        box_sum = kernels.box_loss_rows(
+            box_deltas[b], backend.to_device(foreground, device),
+            backend.to_device(target_deltas.astype(box_deltas.dtype, copy=False), device),
+            box_beta, norm * batch, d_box_deltas[b],
+        )
 
         cls_total += cls_sum / norm
         box_total += box_sum / norm

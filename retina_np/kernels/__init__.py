@@ -20,6 +20,9 @@ The kernels (shapes in the comments):
     batchnorm2d_stats(x)                                  # -> mean (C,), var (C,) biased
     batchnorm2d_forward(x, mean, invstd, gamma, beta)     # -> y = (x-mean)*invstd*gamma+beta
     batchnorm2d_backward(dy, x, mean, invstd, gamma)      # training mode -> dx, dgamma, dbeta
+    groupnorm_forward(x, gamma, beta, groups, eps)        # G = groups of C/G channels -> y,
+                                                          #   mean (N,G), invstd (N,G)
+    groupnorm_backward(dy, x, mean, invstd, gamma, groups)  # -> dx, dgamma (C,), dbeta (C,)
     relu_forward(x)                                       # -> y
     relu_backward(dy, y)                                  # -> dx = dy * (y > 0)
     maxpool2d_forward(x, k, stride, padding)              # -> y (N,C,Ho,Wo), argmax (int64, h*W+w)

@@ -273,6 +273,101 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
     return dx, dgamma, dbeta
 
 
+# ----------------------------------------------------------------------------- group norm
+# Group g of image n, channels g*Cg .. (g+1)*Cg - 1 (Cg = C/G), is one contiguous run of
+# M = Cg*H*W values: x seen as (N*G, M) has one row per group, and each prange task owns one
+# row, so no two tasks write the same element. Statistics in float64, as for batch norm.
+@njit(parallel=True, cache=True)
+def groupnorm_forward(x, gamma, beta, groups, eps):
+    """x (N, C, H, W), gamma, beta (C,) -> y (N, C, H, W), mean (N, G), invstd (N, G).
+
+    Per (n, g): mean and biased variance over (c, h, w) of the group (two float64 passes);
+    y = (x - mean) * invstd * gamma[c] + beta[c], invstd = 1 / sqrt(var + eps).
+    """
+    N, C, H, W = x.shape
+    Cg, HW = C // groups, H * W
+    M = Cg * HW
+    xg = x.reshape(N * groups, M)
+    y = np.empty_like(x)
+    yg = y.reshape(N * groups, M)
+    mean = np.empty((N, groups), x.dtype)
+    invstd = np.empty((N, groups), x.dtype)
+    for ng in prange(N * groups):
+        n, g = ng // groups, ng % groups
+        row, out = xg[ng], yg[ng]
+        s = 0.0
+        for i in range(M):
+            s += row[i]
+        mu = s / M
+        ss = 0.0
+        for i in range(M):
+            d = row[i] - mu
+            ss += d * d
+        istd = 1.0 / np.sqrt(ss / M + eps)
+        mean[n, g] = mu
+        invstd[n, g] = istd
+        for j in range(Cg):  # y from the float64 statistics, before they are rounded
+            c = g * Cg + j
+            scale, shift = istd * float(gamma[c]), float(beta[c])
+            for i in range(j * HW, (j + 1) * HW):
+                out[i] = (row[i] - mu) * scale + shift
+    return y, mean, invstd
+
+
+@njit(parallel=True, cache=True)
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
+    """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,).
+
+    Per group, with dxhat = dy * gamma[c]: dx = invstd * (dxhat - mean(dxhat) - xhat *
+    mean(dxhat * xhat)), as batch norm's. Each task first sums dy and dy * xhat per channel of
+    its image (float64); those (N, C) sums give both the group means (weighted by gamma) and,
+    added over the images afterwards, dbeta and dgamma.
+    """
+    N, C, H, W = x.shape
+    Cg, HW = C // groups, H * W
+    M = Cg * HW
+    xg, dyg = x.reshape(N * groups, M), dy.reshape(N * groups, M)
+    dx = np.empty_like(x)
+    dxg = dx.reshape(N * groups, M)
+    sum_dy = np.empty((N, C))  # float64
+    sum_dy_xhat = np.empty((N, C))
+    for ng in prange(N * groups):
+        n, g = ng // groups, ng % groups
+        mu, istd = float(mean[n, g]), float(invstd[n, g])
+        row, drow, out = xg[ng], dyg[ng], dxg[ng]
+        sum_dxhat = 0.0
+        sum_dxhat_xhat = 0.0
+        for j in range(Cg):
+            c = g * Cg + j
+            s0 = 0.0
+            s1 = 0.0
+            for i in range(j * HW, (j + 1) * HW):
+                s0 += drow[i]
+                s1 += drow[i] * ((row[i] - mu) * istd)
+            sum_dy[n, c] = s0
+            sum_dy_xhat[n, c] = s1
+            sum_dxhat += float(gamma[c]) * s0
+            sum_dxhat_xhat += float(gamma[c]) * s1
+        mean_dxhat, mean_dxhat_xhat = sum_dxhat / M, sum_dxhat_xhat / M
+        for j in range(Cg):
+            c = g * Cg + j
+            gc = float(gamma[c])
+            for i in range(j * HW, (j + 1) * HW):
+                xhat = (row[i] - mu) * istd
+                out[i] = istd * (drow[i] * gc - mean_dxhat - xhat * mean_dxhat_xhat)
+    dgamma = np.empty(C, x.dtype)
+    dbeta = np.empty(C, x.dtype)
+    for c in range(C):  # over the images in order: the same bits for any number of threads
+        s0 = 0.0
+        s1 = 0.0
+        for n in range(N):
+            s0 += sum_dy[n, c]
+            s1 += sum_dy_xhat[n, c]
+        dbeta[c] = s0
+        dgamma[c] = s1
+    return dx, dgamma, dbeta
+
+
 # ----------------------------------------------------------------------------- elementwise
 # One thread: these stream memory, a second core gave them nothing measurable, and a
 # parallel=True function costs two to four times as long to compile.
@@ -418,3 +513,116 @@ def sgd_update_(param, grad, buf, lr, momentum, weight_decay):
     _sgd_update(param.reshape(-1), grad.reshape(-1), buf.reshape(-1), t(lr), t(momentum),
                 t(weight_decay))
     return param
+
+
+@njit(cache=True)
+def _adamw_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, bias1, bias2):
+    for i in range(p.size):
+        mi = beta1 * m[i] + (1 - beta1) * g[i]  # running mean of the gradient
+        vi = beta2 * v[i] + (1 - beta2) * g[i] * g[i]  # running mean of its square
+        m[i], v[i] = mi, vi
+        p[i] = p[i] - lr * (weight_decay * p[i] + (mi / bias1) / (np.sqrt(vi / bias2) + eps))
+
+
+def adamw_update_(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """torch.optim.AdamW's step ``step`` (1, 2, ...) in place: m, v = moving averages of grad
+    and grad**2; param -= lr * (wd * param + m_hat / (sqrt(v_hat) + eps)) with the
+    bias-corrected m_hat = m / (1 - beta1**step), v_hat = v / (1 - beta2**step)."""
+    t = param.dtype.type
+    _adamw_update(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr),
+                  t(beta1), t(beta2), t(eps), t(weight_decay), t(1 - beta1**step),
+                  t(1 - beta2**step))
+    return param
+
+
+# =============================================================================================
+# Twins of the CUDA kernels that keep a training step on the device (issue 7): the heads'
+# layout, the per-image loss kernels and the gradient norm. Same names and signatures as in
+# kernels/cuda.py; the heads, retina_loss and optim.grad_norm reach them through
+# backend.kernels_for.
+# =============================================================================================
+
+
+def empty_like(a):
+    """A new, uninitialised array of a's shape and dtype."""
+    return np.empty_like(a)
+
+
+def sum_squares(arrays):
+    """The sum of a * a over every element of every array in ``arrays``, accumulated in float64
+    -> a Python float (the squared global norm of the gradients)."""
+    total = 0.0
+    for a in arrays:
+        v = a.reshape(-1).astype(np.float64)
+        total += float(np.dot(v, v))
+    return total
+
+
+# ----------------------------------------------------------------------------- head layout
+def levels_to_rows(levels, per_anchor):
+    """Head outputs of the pyramid levels -> one row per anchor.
+
+    levels: list of (N, A*P, H, W) -> rows (N, R, P), R = sum of H*W*A; rows run level, y, x,
+    anchor, and channel a*P + p of pixel (y, x) becomes column p of row (y*W + x)*A + a of its
+    level's block: a reshape to (N, A, P, H, W) and one transpose to (N, H, W, A, P).
+    """
+    n = levels[0].shape[0]
+    counts = [x.shape[2] * x.shape[3] * (x.shape[1] // per_anchor) for x in levels]
+    rows = np.empty((n, sum(counts), per_anchor), levels[0].dtype)
+    row0 = 0
+    for x, count in zip(levels, counts):
+        _, c, h, w = x.shape
+        a = c // per_anchor
+        # the level's block of rows seen as (N, H, W, A, P): splitting an axis, so a view, and
+        # the transposed copy goes straight into the result (no concatenation afterwards)
+        block = rows[:, row0:row0 + count].reshape(n, h, w, a, per_anchor)
+        block[...] = x.reshape(n, a, per_anchor, h, w).transpose(0, 3, 4, 1, 2)
+        row0 += count
+    return rows
+
+
+def rows_to_levels(rows, level_hw, per_anchor):
+    """The inverse of ``levels_to_rows``: rows (N, R, P) -> list of (N, A*P, H, W), one per
+    (H, W) in level_hw (A = R / sum of H*W)."""
+    n = rows.shape[0]
+    a = rows.shape[1] // sum(h * w for h, w in level_hw)
+    levels, row0 = [], 0
+    for h, w in level_hw:
+        block = rows[:, row0:row0 + h * w * a].reshape(n, h, w, a, per_anchor)
+        levels.append(np.ascontiguousarray(block.transpose(0, 3, 4, 1, 2))
+                      .reshape(n, a * per_anchor, h, w))
+        row0 += h * w * a
+    return levels
+
+
+# ----------------------------------------------------------------------------- detection losses
+# The CPU loss kernels are written out in retina_np.detection.losses (where the maths is
+# explained); these give them the names and signatures of their CUDA twins. They import it
+# when called, because detection.losses imports retina_np.backend, which imports this module.
+
+
+def focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, grad_scale=1.0, out=None):
+    """Focal loss of one image (R, K) from per-anchor classes (R,) -> (loss sum, gradient).
+
+    The gradient, grad_scale * d loss / d logits, is written into ``out`` (R, K) when given.
+    See ``detection.losses._focal_anchor_range``.
+    """
+    from retina_np.detection.losses import _alpha_for_kernel, _focal_loss_anchor_classes
+
+    dlogits = np.empty_like(logits) if out is None else out
+    total = _focal_loss_anchor_classes(logits, anchor_class, _alpha_for_kernel(alpha),
+                                       float(gamma), grad_scale, dlogits)
+    return total, dlogits
+
+
+def box_loss_rows(pred, rows, target, beta, divisor, dpred):
+    """Smooth-L1 (beta > 0) or L1 (beta == 0) loss of pred[rows] (F, 4) against target (F, 4);
+    writes dpred[rows] = d loss / d pred[rows] / divisor and returns the loss sum.
+
+    See ``detection.losses.smooth_l1_loss``.
+    """
+    from retina_np.detection.losses import smooth_l1_loss
+
+    total, d_rows = smooth_l1_loss(pred[rows], target, beta)
+    dpred[rows] = d_rows / divisor
+    return total

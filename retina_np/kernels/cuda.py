@@ -6,28 +6,47 @@ device arrays (C-contiguous, float32 or float64) and returns new device arrays a
 number (loss sums) or inherently sequential (the last step of NMS). Import this module only
 through ``retina_np.backend``.
 
-The kernels live in four files, one idea each:
+The kernels live in five files, one idea each:
 
     cuda_conv.py         conv2d_forward, conv2d_backward_input, conv2d_backward_weight:
                          one tiled shared-memory GEMM (64x64x16 tiles, 4x4 outputs per thread)
                          read through three index maps (implicit GEMM), split-K when K is long
     cuda_reduce.py       bias_backward, batchnorm2d_stats, batchnorm2d_backward: per-channel
-                         sums in two deterministic passes ((C, S) blocks, then per channel)
+                         sums in two deterministic passes ((C, S) blocks, then per channel);
+                         sum_squares: whole arrays to one float64 number
     cuda_elementwise.py  relu, add, batch-norm apply, max pooling, nearest upsampling
-                         (backwards by gather), and the in-place utilities below
-    cuda_detection.py    focal loss, smooth-L1 / L1, box IoU, box decoding, bitmask NMS
+                         (backwards by gather), the heads' levels_to_rows / rows_to_levels,
+                         and the in-place utilities below
+    cuda_detection.py    focal loss, smooth-L1 / L1 (box_loss_rows: over the foreground rows
+                         of one image), box IoU, box decoding, bitmask NMS
+    cuda_norm.py         groupnorm_forward, groupnorm_backward: cuda_reduce's per-channel sums
+                         on views with one channel per (image, group) or (image, channel)
 
 plus ``cuda_config.py`` (every tunable: threads per block, tile sizes) and
 ``cuda_launch.py`` (allocation and launch helpers).
 
 Beyond the kernel contract, the optimiser and the layers use (CPU twins in ``cpu.py``):
 
+    empty_like(a)                                  # new uninitialised array like a
     zeros_like(a)                                  # new zero array like a
     fill_(a, value)                                # a[...] = value, in place
     scale_(a, s)                                   # a *= s, in place
     add_inplace_(a, b)                             # a += b, in place
     sgd_update_(param, grad, buf, lr, momentum, weight_decay)
         # in place, torch's rule: buf = momentum*buf + (grad + wd*param); param -= lr*buf
+    adamw_update_(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step)
+        # in place, torch.optim.AdamW's rule for step number `step` (1, 2, ...)
+    sum_squares(arrays)                            # sum of a*a over all, float64 -> float
+
+and the heads and the loss use (CPU twins in ``cpu.py``, the loss ones wrapping
+``retina_np.detection.losses``):
+
+    levels_to_rows(levels, per_anchor)             # [(N, A*P, H, W)] -> (N, R, P)
+    rows_to_levels(rows, level_hw, per_anchor)     # (N, R, P) -> [(N, A*P, H, W)]
+    focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, grad_scale, out=None)
+                                                   # (R, K) -> loss, d logits (into out)
+    box_loss_rows(pred, rows, target, beta, divisor, dpred)
+                                                   # (R, 4) at rows (F,) -> loss; into dpred
 """
 
 from retina_np.kernels.cuda_conv import (
@@ -38,6 +57,7 @@ from retina_np.kernels.cuda_conv import (
 from retina_np.kernels.cuda_detection import (
     batched_nms,
     box_iou,
+    box_loss_rows,
     decode_boxes,
     focal_loss_anchor_classes,
     l1_loss,
@@ -46,33 +66,42 @@ from retina_np.kernels.cuda_detection import (
     smooth_l1_loss,
 )
 from retina_np.kernels.cuda_elementwise import (
+    adamw_update_,
     add_forward,
     add_inplace_,
     batchnorm2d_forward,
     cast,
+    empty_like,
     fill_,
+    levels_to_rows,
     maxpool2d_backward,
     maxpool2d_forward,
     relu_backward,
     relu_forward,
+    rows_to_levels,
     scale_,
     sgd_update_,
     upsample_nearest_backward,
     upsample_nearest_forward,
     zeros_like,
 )
+from retina_np.kernels.cuda_norm import groupnorm_backward, groupnorm_forward
 from retina_np.kernels.cuda_reduce import (
     batchnorm2d_backward,
     batchnorm2d_stats,
     bias_backward,
+    sum_squares,
 )
 
 __all__ = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_backward",
     "batchnorm2d_stats", "batchnorm2d_forward", "batchnorm2d_backward",
+    "groupnorm_forward", "groupnorm_backward",
     "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
     "upsample_nearest_forward", "upsample_nearest_backward", "add_forward",
-    "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "cast",
+    "empty_like", "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "adamw_update_",
+    "cast",
+    "sum_squares", "levels_to_rows", "rows_to_levels",
     "focal_loss_anchor_classes", "sigmoid_focal_loss", "smooth_l1_loss", "l1_loss",
-    "box_iou", "decode_boxes", "nms", "batched_nms",
+    "box_loss_rows", "box_iou", "decode_boxes", "nms", "batched_nms",
 ]

@@ -1,5 +1,5 @@
-"""CUDA twins of the detection kernels: focal loss, smooth-L1 / L1, pairwise IoU, box decoding
-and non-maximum suppression.
+"""CUDA twins of the detection kernels: focal loss, smooth-L1 / L1 (also over the foreground
+rows of one image, ``box_loss_rows``), pairwise IoU, box decoding and non-maximum suppression.
 
 The CPU versions live in ``retina_np.detection`` (``losses.py``, ``boxes.py``, ``nms.py``);
 these take numba.cuda device arrays and follow the same formulas operation for operation. The
@@ -8,7 +8,8 @@ focal loss does not even copy its formula: its device function is the CPU's
 
 Loss kernels return ``(loss, gradient)`` like the CPU functions: the gradient is a device
 array, the loss a Python float: each block adds its elements' losses in float64 in shared
-memory, and the host adds the per-block partial sums (a few hundred numbers) in order.
+memory, and the host adds the per-block partial sums (a few hundred numbers) in order
+(``cuda_reduce.launch_and_sum``).
 
 NMS uses the bitmask algorithm (torchvision's CUDA ``nms``); see :func:`nms` for why.
 """
@@ -33,41 +34,12 @@ from retina_np.detection.losses import (
 from retina_np.detection.matcher import BETWEEN_THRESHOLDS
 from retina_np.kernels import cuda_config
 from retina_np.kernels import cuda_launch as cl
+from retina_np.kernels.cuda_reduce import block_sum_to, launch_and_sum
 
 _DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)  # detection.boxes' clamp of dw, dh
 
 # The CPU's focal-loss element (float64 maths from exp(-|x|)), compiled for the device.
 _focal_element_device = cuda.jit(device=True)(_focal_element.py_func)
-
-
-# ----------------------------------------------------------------------------- block sums
-@cuda.jit(device=True)
-def _block_sum_to(partial, sh, value, threads):
-    """Add ``value`` over the block (shared float64 tree); thread 0 writes partial[block]."""
-    t = cuda.threadIdx.x
-    sh[t] = value
-    cuda.syncthreads()
-    step = threads // 2
-    while step > 0:
-        if t < step:
-            sh[t] += sh[t + step]
-        cuda.syncthreads()
-        step //= 2
-    if t == 0:
-        partial[cuda.blockIdx.x] = sh[0]
-
-
-def _launch_with_partials(kernel_for_threads, n, *args):
-    """Launch a grid-stride loss kernel over n items; returns the float64 loss sum."""
-    threads = cuda_config.REDUCE_THREADS
-    if threads & (threads - 1):
-        raise ValueError(f"REDUCE_THREADS must be a power of two, got {threads}")
-    if n == 0:
-        return 0.0
-    blocks = cl.blocks_1d(n, threads)
-    partial = cl.empty(blocks, np.float64)
-    cl.launch(kernel_for_threads(threads), blocks, threads, *args, partial)
-    return float(np.sum(partial.copy_to_host()))
 
 
 # ----------------------------------------------------------------------------- focal loss
@@ -88,13 +60,13 @@ def _focal_anchor_classes_kernel(threads: int):
             loss, grad = _focal_element_device(float64(logits[i]), t, alpha, gamma)
             total += loss
             dlogits[i] = grad * grad_scale
-        _block_sum_to(partial, sh, total, threads)
+        block_sum_to(partial, sh, total, threads)
 
     return kernel
 
 
 def focal_loss_anchor_classes(logits, anchor_class, alpha=DEFAULT_FOCAL_ALPHA,
-                              gamma=DEFAULT_FOCAL_GAMMA, grad_scale=1.0):
+                              gamma=DEFAULT_FOCAL_GAMMA, grad_scale=1.0, out=None):
     """Focal loss of one image from per-anchor classes (the CPU's _focal_loss_anchor_classes).
 
     Args:
@@ -103,13 +75,15 @@ def focal_loss_anchor_classes(logits, anchor_class, alpha=DEFAULT_FOCAL_ALPHA,
             0 elsewhere), BELOW_LOW_THRESHOLD (all targets 0) or BETWEEN_THRESHOLDS (ignored).
         alpha (float | None), gamma (float): as in ``detection.sigmoid_focal_loss``.
         grad_scale (float): the gradient is returned multiplied by this.
+        out (device[R, K] | None): where to write the gradient (e.g. one image of a batch's
+            gradient); a new array when None.
 
     Returns:
         tuple[float, device[R, K]]: the unscaled loss sum and grad_scale * d loss / d logits.
     """
     R, K = logits.shape
-    dlogits = cl.empty((R, K), logits.dtype)
-    total = _launch_with_partials(
+    dlogits = cl.empty((R, K), logits.dtype) if out is None else out
+    total = launch_and_sum(
         _focal_anchor_classes_kernel, logits.size, cl.flat(logits), anchor_class, K,
         _alpha_for_kernel(alpha), float(gamma), float(grad_scale), cl.flat(dlogits))
     return total, dlogits
@@ -126,7 +100,7 @@ def _focal_dense_kernel(threads: int):
                                                gamma)
             total += loss
             dlogits[i] = grad
-        _block_sum_to(partial, sh, total, threads)
+        block_sum_to(partial, sh, total, threads)
 
     return kernel
 
@@ -140,7 +114,7 @@ def sigmoid_focal_loss(logits, targets, alpha=DEFAULT_FOCAL_ALPHA, gamma=DEFAULT
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     dlogits = cl.empty(logits.shape, logits.dtype)
-    total = _launch_with_partials(
+    total = launch_and_sum(
         _focal_dense_kernel, logits.size, cl.flat(logits), cl.flat(targets),
         _alpha_for_kernel(alpha), float(gamma), cl.flat(dlogits))
     return total, dlogits
@@ -168,7 +142,7 @@ def _smooth_l1_kernel(threads: int):
                     dpred[i] = -1
                 else:
                     dpred[i] = 0
-        _block_sum_to(partial, sh, total, threads)
+        block_sum_to(partial, sh, total, threads)
 
     return kernel
 
@@ -181,7 +155,7 @@ def smooth_l1_loss(pred, target, beta=DEFAULT_SMOOTH_L1_BETA):
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
     dpred = cl.empty(pred.shape, pred.dtype)
-    total = _launch_with_partials(_smooth_l1_kernel, pred.size, cl.flat(pred), cl.flat(target),
+    total = launch_and_sum(_smooth_l1_kernel, pred.size, cl.flat(pred), cl.flat(target),
                                   pred.dtype.type(beta), cl.flat(dpred))
     return total, dpred
 
@@ -189,6 +163,56 @@ def smooth_l1_loss(pred, target, beta=DEFAULT_SMOOTH_L1_BETA):
 def l1_loss(pred, target):
     """Summed L1 loss sum |pred - target| and its gradient sign(pred - target) (0 at 0)."""
     return smooth_l1_loss(pred, target, 0.0)
+
+
+@functools.cache
+def _box_loss_rows_kernel(threads: int, dtype: str):
+    ONE, ZERO = np.dtype(dtype).type(1), np.dtype(dtype).type(0)
+
+    @cuda.jit
+    def kernel(pred, rows, target, beta, divisor, dpred, partial):
+        # pred, dpred (R, 4); rows (F,); target (F, 4); one thread per (f, coordinate)
+        sh = cuda.shared.array(threads, float64)
+        total = 0.0
+        for i in range(cuda.grid(1), target.size, cuda.gridsize(1)):
+            f = i // 4
+            c = i - 4 * f
+            r = rows[f]
+            d = pred[r, c] - target[f, c]  # in the input dtype, as numpy
+            a = abs(d)
+            if a < beta:
+                total += float64(0.5) * float64(d) * float64(d) / float64(beta)
+                g = d / beta
+            else:  # beta == 0 (L1) always lands here: the gradient sign(d), 0 at d == 0
+                total += float64(a) - float64(0.5) * float64(beta)
+                g = ONE if d > 0 else (-ONE if d < 0 else ZERO)
+            dpred[r, c] = g / divisor  # the CPU's d / (norm * batch), in the input dtype
+        block_sum_to(partial, sh, total, threads)
+
+    return kernel
+
+
+def box_loss_rows(pred, rows, target, beta, divisor, dpred):
+    """Smooth-L1 (beta > 0) or L1 (beta == 0) box loss of the given rows of one image.
+
+    Args:
+        pred (device[R, 4]): predicted deltas of one image.
+        rows (device[F] int64): the foreground anchors, distinct.
+        target (device[F, 4]): their encoded ground-truth deltas (pred's dtype).
+        beta (float): the smooth-L1 switch point, >= 0.
+        divisor (float): the gradient is written divided by this (the loss normaliser).
+        dpred (device[R, 4]): output; dpred[rows] = d loss / d pred[rows] / divisor, the other
+            rows are left as they are.
+
+    Returns:
+        float: the loss summed over the F rows (not divided).
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    t = pred.dtype.type
+    name = np.dtype(pred.dtype).name
+    return launch_and_sum(lambda threads: _box_loss_rows_kernel(threads, name), target.size,
+                          pred, rows, target, t(beta), t(divisor), dpred)
 
 
 # ----------------------------------------------------------------------------- boxes

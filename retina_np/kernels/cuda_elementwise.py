@@ -1,5 +1,5 @@
-"""CUDA elementwise kernels: ReLU, add, batch-norm apply, max pooling, nearest upsampling,
-and the in-place utilities of the optimiser and the layers.
+"""CUDA elementwise kernels: ReLU, add, batch-norm apply, max pooling, nearest upsampling, the
+heads' channels-to-rows layout, and the in-place utilities of the optimiser and the layers.
 
 One thread per output element in a grid-stride loop (``for i in range(start, n, stride)``),
 so one launch of at most ``MAX_BLOCKS_1D`` blocks covers any size. Every backward here is a
@@ -9,6 +9,8 @@ to the CPU's bit for bit where the arithmetic is the same.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import cuda
@@ -222,6 +224,70 @@ def upsample_nearest_backward(dy, H, W):
     return dx
 
 
+# ----------------------------------------------------------------------------- head layout
+@cuda.jit
+def _level_to_rows_kernel(x, row0, rows):
+    # x (N, A*P, H, W) of one level -> its block of rows[:, row0:row0 + H*W*A, :] (N, R, P)
+    N, C, H, W = x.shape
+    P = rows.shape[2]
+    A = C // P
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        # i walks the block in its (n, y, x, a, p) order: neighbouring threads write
+        # neighbouring elements
+        p = i % P
+        a = (i // P) % A
+        w = (i // (P * A)) % W
+        h = (i // (P * A * W)) % H
+        n = i // (P * A * W * H)
+        rows[n, row0 + (h * W + w) * A + a, p] = x[n, a * P + p, h, w]
+
+
+def levels_to_rows(levels, per_anchor):
+    """Head outputs of the pyramid levels -> one row per anchor.
+
+    levels: list of (N, A*P, H, W) -> rows (N, R, P), R = sum of H*W*A; rows run level, y, x,
+    anchor, and channel a*P + p of pixel (y, x) becomes column p of row (y*W + x)*A + a of its
+    level's block. One launch per level, each writing its block of rows.
+    """
+    n = levels[0].shape[0]
+    counts = [x.shape[2] * x.shape[3] * (x.shape[1] // per_anchor) for x in levels]
+    rows = cl.empty((n, sum(counts), per_anchor), levels[0].dtype)
+    row0 = 0
+    for x, count in zip(levels, counts):
+        cl.launch_1d(_level_to_rows_kernel, x.size, x, row0, rows)
+        row0 += count
+    return rows
+
+
+@cuda.jit
+def _rows_to_level_kernel(rows, row0, x):
+    # the inverse: x (N, A*P, H, W) <- rows[:, row0:row0 + H*W*A, :]
+    N, C, H, W = x.shape
+    P = rows.shape[2]
+    A = C // P
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        w = i % W
+        h = (i // W) % H
+        c = (i // (W * H)) % C
+        n = i // (W * H * C)
+        a = c // P
+        x[n, c, h, w] = rows[n, row0 + (h * W + w) * A + a, c - a * P]
+
+
+def rows_to_levels(rows, level_hw, per_anchor):
+    """The inverse of ``levels_to_rows``: rows (N, R, P) -> list of (N, A*P, H, W), one per
+    (H, W) in level_hw (A = R / sum of H*W)."""
+    n = rows.shape[0]
+    a = rows.shape[1] // sum(h * w for h, w in level_hw)
+    levels, row0 = [], 0
+    for h, w in level_hw:
+        x = cl.empty((n, a * per_anchor, h, w), rows.dtype)
+        cl.launch_1d(_rows_to_level_kernel, x.size, rows, row0, x)
+        levels.append(x)
+        row0 += h * w * a
+    return levels
+
+
 # ----------------------------------------------------------------------------- utilities
 @cuda.jit
 def _fill_kernel(a, value):
@@ -233,6 +299,11 @@ def fill_(a, value):
     """a[...] = value, in place; returns a."""
     cl.launch_1d(_fill_kernel, a.size, cl.flat(a), float(value))
     return a
+
+
+def empty_like(a):
+    """A new, uninitialised device array of a's shape and dtype."""
+    return cl.empty(a.shape, a.dtype)
 
 
 def zeros_like(a):
@@ -282,6 +353,27 @@ def sgd_update_(param, grad, buf, lr, momentum, weight_decay):
     t = param.dtype.type
     cl.launch_1d(_sgd_kernel, param.size, cl.flat(param), cl.flat(grad), cl.flat(buf),
                  t(lr), t(momentum), t(weight_decay))
+    return param
+
+
+@cuda.jit
+def _adamw_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bias1, bias2):
+    for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
+        g = grad[i]
+        mi = beta1 * m[i] + (1 - beta1) * g
+        vi = beta2 * v[i] + (1 - beta2) * g * g
+        m[i] = mi
+        v[i] = vi
+        p = param[i]
+        param[i] = p - lr * (weight_decay * p + (mi / bias1) / (math.sqrt(vi / bias2) + eps))
+
+
+def adamw_update_(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    """torch.optim.AdamW's step ``step`` (1, 2, ...) in place; see kernels/cpu.py."""
+    t = param.dtype.type
+    cl.launch_1d(_adamw_kernel, param.size, cl.flat(param), cl.flat(grad), cl.flat(m),
+                 cl.flat(v), t(lr), t(beta1), t(beta2), t(eps), t(weight_decay),
+                 t(1 - beta1**step), t(1 - beta2**step))
     return param
 
 

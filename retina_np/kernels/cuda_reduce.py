@@ -1,4 +1,6 @@
-"""CUDA per-channel reductions: the bias gradient, batch statistics and the batch-norm backward.
+"""CUDA reductions: per-channel sums (the bias gradient, batch statistics, the batch-norm
+backward) and whole-array sums to one number (``sum_squares``; the loss kernels of
+``cuda_detection.py`` use the same ``launch_and_sum``).
 
 Each is a sum over (n, h, w) for every channel c of an (N, C, H, W) array: M = N*H*W values
 that lie in N runs of H*W contiguous elements. The reduction runs in two deterministic passes:
@@ -12,6 +14,11 @@ S is chosen so that C*S is about ``REDUCE_TARGET_BLOCKS`` (many channels: one ch
 channels with large maps: many), but never so many that a thread gets fewer than
 ``REDUCE_MIN_PER_THREAD`` values. No atomics: the same input gives the same bits every run.
 Sums are accumulated in float64, as the CPU kernels do.
+
+A sum to one Python number (a loss, a squared norm) is one grid-stride pass: each thread adds
+its elements in a float64 register, each block adds its threads' values with the same shared
+memory tree and writes one partial sum, and the host adds the partial sums (at most
+``MAX_BLOCKS_1D``) in order.
 """
 
 from __future__ import annotations
@@ -170,3 +177,69 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
     cl.launch_1d(_batchnorm_backward_dx_kernel, dx.size, cl.flat(dy), cl.flat(x), mean, invstd,
                  gamma, sum_dy, sum_dy_xhat, C, H * W, float(M), cl.flat(dx))
     return dx, cast(sum_dy_xhat, x.dtype), cast(sum_dy, x.dtype)
+
+
+# ----------------------------------------------------------------------------- sums to one number
+@cuda.jit(device=True)
+def block_sum_to(partial, sh, value, threads):
+    """Add ``value`` over the block (shared float64 tree); thread 0 writes partial[block]."""
+    t = cuda.threadIdx.x
+    sh[t] = value
+    cuda.syncthreads()
+    step = threads // 2
+    while step > 0:
+        if t < step:
+            sh[t] += sh[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        partial[cuda.blockIdx.x] = sh[0]
+
+
+def launch_and_sum(kernel_for_threads, n, *args):
+    """Launch a grid-stride kernel over n items that ends in ``block_sum_to``; returns the sum
+    of its per-block partial sums, a Python float (0.0 when n == 0)."""
+    threads = cuda_config.REDUCE_THREADS
+    if threads & (threads - 1):
+        raise ValueError(f"REDUCE_THREADS must be a power of two, got {threads}")
+    if n == 0:
+        return 0.0
+    blocks = cl.blocks_1d(n, threads)
+    partial = cl.empty(blocks, np.float64)
+    cl.launch(kernel_for_threads(threads), blocks, threads, *args, partial)
+    return float(np.sum(partial.copy_to_host()))
+
+
+@functools.cache
+def _sum_squares_kernel(threads: int):
+    @cuda.jit
+    def kernel(a, partial):
+        sh = cuda.shared.array(threads, float64)
+        total = 0.0
+        for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+            v = float64(a[i])
+            total += v * v
+        block_sum_to(partial, sh, total, threads)
+
+    return kernel
+
+
+def sum_squares(arrays):
+    """The sum of a * a over every element of every array in ``arrays``, accumulated in float64
+    -> a Python float (the squared global norm of the gradients).
+
+    One launch per array, each writing its per-block partial sums into its own part of one
+    buffer, and one copy to the host for all of them.
+    """
+    threads = cuda_config.REDUCE_THREADS
+    if threads & (threads - 1):
+        raise ValueError(f"REDUCE_THREADS must be a power of two, got {threads}")
+    blocks = [cl.blocks_1d(a.size, threads) if a.size else 0 for a in arrays]
+    partial = cl.empty(max(1, sum(blocks)), np.float64)
+    start = 0
+    for a, count in zip(arrays, blocks):
+        if count:
+            cl.launch(_sum_squares_kernel(threads), count, threads, cl.flat(a),
+                      partial[start:start + count])
+        start += count
+    return float(np.sum(partial.copy_to_host()[:start]))

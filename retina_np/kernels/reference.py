@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from retina_np.detection.matcher import BETWEEN_THRESHOLDS
+
 
 def _out_size(n_in, k, stride, padding):
     return (n_in + 2 * padding - k) // stride + 1
@@ -142,6 +144,63 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
     return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
+# ----------------------------------------------------------------------------- group norm
+def groupnorm_forward(x, gamma, beta, groups, eps):
+    """Per image n and group g (channels g*C/G .. (g+1)*C/G - 1), over (c, h, w) of the group:
+    mean and biased variance; y = (x - mean[n,g]) / sqrt(var[n,g] + eps) * gamma[c] + beta[c].
+
+    Returns y (N, C, H, W), mean (N, G) and invstd = 1 / sqrt(var + eps) (N, G).
+    """
+    N, C, H, W = x.shape
+    Cg = C // groups
+    M = Cg * H * W
+    y = np.zeros((N, C, H, W))
+    mean, invstd = np.zeros((N, groups)), np.zeros((N, groups))
+    for n in range(N):
+        for g in range(groups):
+            sites = [(c, h, w) for c in range(g * Cg, (g + 1) * Cg) for h in range(H)
+                     for w in range(W)]
+            mu = sum(float(x[n, c, h, w]) for c, h, w in sites) / M
+            var = sum((float(x[n, c, h, w]) - mu) ** 2 for c, h, w in sites) / M
+            istd = 1.0 / math.sqrt(var + eps)
+            mean[n, g], invstd[n, g] = mu, istd
+            for c, h, w in sites:
+                xhat = (float(x[n, c, h, w]) - mu) * istd
+                y[n, c, h, w] = xhat * float(gamma[c]) + float(beta[c])
+    return y.astype(x.dtype), mean.astype(x.dtype), invstd.astype(x.dtype)
+
+
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
+    """By the chain rule, as batchnorm2d_backward with a group (n, g) in place of a channel.
+
+    With M = C/G*H*W values per group, xc = x - mean, dxhat = dy * gamma[c]:
+    dvar = sum(dxhat*xc) * -invstd**3/2; dmean = -sum(dxhat)*invstd (sums over the group);
+    dx = dxhat*invstd + dvar*2*xc/M + dmean/M. gamma and beta are per channel, so
+    dgamma[c] = sum over (n, h, w) of dy * xhat and dbeta[c] = sum of dy.
+    """
+    N, C, H, W = x.shape
+    Cg = C // groups
+    M = Cg * H * W
+    dx, dgamma, dbeta = np.zeros((N, C, H, W)), np.zeros(C), np.zeros(C)
+    for n in range(N):
+        for g in range(groups):
+            sites = [(c, h, w) for c in range(g * Cg, (g + 1) * Cg) for h in range(H)
+                     for w in range(W)]
+            mu, istd = float(mean[n, g]), float(invstd[n, g])
+            dvar, dmean = 0.0, 0.0
+            for c, h, w in sites:
+                xc, d = float(x[n, c, h, w]) - mu, float(dy[n, c, h, w])
+                dgamma[c] += d * xc * istd
+                dbeta[c] += d
+                dvar += d * float(gamma[c]) * xc * -0.5 * istd**3
+                dmean += -d * float(gamma[c]) * istd
+            for c, h, w in sites:
+                xc = float(x[n, c, h, w]) - mu
+                dxhat = float(dy[n, c, h, w]) * float(gamma[c])
+                dx[n, c, h, w] = dxhat * istd + dvar * 2.0 * xc / M + dmean / M
+    return dx.astype(x.dtype), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
+
+
 # ----------------------------------------------------------------------------- elementwise
 def relu_forward(x):
     """y = max(x, 0)."""
@@ -224,3 +283,100 @@ def upsample_nearest_backward(dy, H, W):
                 for ow in range(Wo):
                     dx[n, c, oh * H // Ho, ow * W // Wo] += float(dy[n, c, oh, ow])
     return dx.astype(dy.dtype)
+
+
+# ----------------------------------------------------------------------------- head layout
+def levels_to_rows(levels, per_anchor):
+    """rows[n, r0 + (y*W + x)*A + a, p] = level[n, a*P + p, y, x], r0 = rows of earlier levels."""
+    n = levels[0].shape[0]
+    blocks = []
+    for x in levels:
+        _, c, h, w = x.shape
+        a_count = c // per_anchor
+        block = np.zeros((n, h * w * a_count, per_anchor))
+        for i in range(n):
+            for a in range(a_count):
+                for p in range(per_anchor):
+                    for y in range(h):
+                        for x_ in range(w):
+                            block[i, (y * w + x_) * a_count + a, p] = float(x[i, a * per_anchor + p,
+                                                                                y, x_])
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1).astype(levels[0].dtype)
+
+
+def rows_to_levels(rows, level_hw, per_anchor):
+    """The inverse of levels_to_rows: level[n, a*P + p, y, x] = rows[n, r0 + (y*W + x)*A + a, p]."""
+    n = rows.shape[0]
+    a_count = rows.shape[1] // sum(h * w for h, w in level_hw)
+    levels, r0 = [], 0
+    for h, w in level_hw:
+        x = np.zeros((n, a_count * per_anchor, h, w))
+        for i in range(n):
+            for a in range(a_count):
+                for p in range(per_anchor):
+                    for y in range(h):
+                        for x_ in range(w):
+                            x[i, a * per_anchor + p, y, x_] = float(rows[i, r0 + (y * w + x_)
+                                                                         * a_count + a, p])
+        levels.append(x.astype(rows.dtype))
+        r0 += h * w * a_count
+    return levels
+
+
+# ----------------------------------------------------------------------------- losses
+def sum_squares(arrays):
+    """The sum of a[i]**2 over every element of every array (a Python float)."""
+    return sum(float(v) ** 2 for a in arrays for v in np.asarray(a).reshape(-1))
+
+
+def focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, grad_scale=1.0, out=None):
+    """Focal loss of one image from per-anchor classes, and grad_scale * its gradient.
+
+    Anchor r of class k >= 0 has target 1 at class k and 0 elsewhere; BELOW_LOW_THRESHOLD
+    (background) targets 0 everywhere; BETWEEN_THRESHOLDS (ignored) adds nothing and gets a
+    zero gradient. For a logit
+    x with target t: p = sigmoid(x), p_t = p if t else 1 - p, m = 1 - p_t, alpha_t = alpha if t
+    else 1 - alpha (1 when alpha is None or < 0), FL = -alpha_t m^gamma log(p_t), and
+    dFL/dx = alpha_t [(p - t) m^gamma + gamma m^(gamma-1) p (1-p) (1-2t) (-log p_t)].
+    Only for moderate logits (|x| < 30): 1 - p is formed by subtraction.
+    """
+    R, K = logits.shape
+    grad = np.zeros((R, K))
+    total = 0.0
+    for r in range(R):
+        if anchor_class[r] == BETWEEN_THRESHOLDS:
+            continue
+        for k in range(K):
+            x, t = float(logits[r, k]), 1.0 if k == anchor_class[r] else 0.0
+            p = 1.0 / (1.0 + math.exp(-x))
+            p_t = p if t == 1.0 else 1.0 - p
+            a_t = 1.0 if alpha is None or alpha < 0 else (alpha if t == 1.0 else 1.0 - alpha)
+            ce = -math.log(p_t)
+            m = 1.0 - p_t
+            total += a_t * m**gamma * ce
+            dmod = gamma * m ** (gamma - 1.0) * p * (1.0 - p) * (1.0 - 2.0 * t) if m > 0 else 0.0
+            grad[r, k] = grad_scale * a_t * ((p - t) * m**gamma + dmod * ce)
+    grad = grad.astype(logits.dtype)
+    if out is not None:
+        out[...] = grad
+        grad = out
+    return total, grad
+
+
+def box_loss_rows(pred, rows, target, beta, divisor, dpred):
+    """Smooth-L1 of d = pred[rows[f], c] - target[f, c]: 0.5 d^2 / beta if |d| < beta, else
+    |d| - 0.5 beta (beta == 0: |d|); dpred[rows[f], c] = (d / beta or sign(d)) / divisor.
+    Returns the loss summed over the rows."""
+    total = 0.0
+    for f, r in enumerate(rows):
+        for c in range(4):
+            d = float(pred[r, c]) - float(target[f, c])
+            if abs(d) < beta:
+                total += 0.5 * d * d / beta
+                g = d / beta
+            else:
+                total += abs(d) - 0.5 * beta
+                g = float(np.sign(d))
+            dpred[r, c] = g / divisor
+    return total

@@ -34,6 +34,8 @@ class RetinaNetConfig:
     head_convs: int = 4  # 3x3 conv + ReLU layers in each subnet (paper: 4)
     head_init_std: float = 0.01  # normal(0, 0.01) weights, bias 0 (paper, section 4.1)
     prior_prob: float = 0.01  # pi: final class bias = -log((1 - pi) / pi) (section 3.3)
+    head_norm_groups: int = 0  # 0: no norm (paper, v1); 32: GroupNorm between each head conv
+    #   and its ReLU (torchvision v2)
 
     # --- anchors --------------------------------------------------------------------------------
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # base size on P3..P7 (paper)
@@ -94,6 +96,10 @@ class RetinaNetConfig:
         0.01 init shrinks the head's signal ~6x per 64-channel layer (0.01 * sqrt(9 * 64 / 2)),
         about 1e-4 over the five layers, and the classifier stalls for hundreds of steps;
         0.05 keeps it near unit scale. The prior-probability bias is kept.
+
+        GroupNorm (32 groups) sits between each head conv and its ReLU, as in torchvision's
+        RetinaNet v2 head: normalised head layers learn faster from scratch (1000 AdamW steps:
+        COCO AP 0.33 with it, 0.24 without; docs/performance.md).
         """
         return cls(
             num_classes=num_classes,
@@ -104,6 +110,7 @@ class RetinaNetConfig:
             frozen_bn=False,
             fpn_channels=64,
             head_init_std=0.05,
+            head_norm_groups=32,
             anchor_sizes=(12, 24, 48, 96, 192),
         )
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from retina_np.nn import Conv2d, Module, ReLU, Sequential, init
+from retina_np import backend
+from retina_np.nn import Conv2d, GroupNorm, Module, ReLU, Sequential, init
 
 
 def _head_conv(cin, cout, std, rng, bias=0.0):
@@ -20,23 +21,17 @@ def _head_conv(cin, cout, std, rng, bias=0.0):
 
 
 def to_rows(x, per_anchor):
-    """(N, A*P, H, W) -> (N, H*W*A, P): rows ordered y, x, anchor; channel index a*P + p."""
-    n, c, h, w = x.shape
-    a = c // per_anchor
-    return np.ascontiguousarray(
-        x.reshape(n, a, per_anchor, h, w).transpose(0, 3, 4, 1, 2).reshape(n, h * w * a, per_anchor)
-    )
+    """(N, A*P, H, W) -> (N, H*W*A, P): rows ordered y, x, anchor; channel index a*P + p.
+
+    One level of the kernel ``levels_to_rows`` (in ``kernels/cpu.py``: a reshape to
+    (N, A, P, H, W) and one transpose to (N, H, W, A, P)).
+    """
+    return backend.kernels_for(x).levels_to_rows([x], per_anchor)
 
 
 def from_rows(rows, h, w, per_anchor):
     """The inverse of ``to_rows``: (N, H*W*A, P) -> (N, A*P, H, W)."""
-    n = rows.shape[0]
-    a = rows.shape[1] // (h * w)
-    return np.ascontiguousarray(
-        rows.reshape(n, h, w, a, per_anchor)
-        .transpose(0, 3, 4, 1, 2)
-        .reshape(n, a * per_anchor, h, w)
-    )
+    return backend.kernels_for(rows).rows_to_levels(rows, [(h, w)], per_anchor)[0]
 
 
 class _Subnet(Module):
@@ -44,15 +39,21 @@ class _Subnet(Module):
 
     final_name = ""
 
-    def __init__(self, channels, out_per_anchor, num_anchors, num_convs, std, rng, final_bias):
+    def __init__(self, channels, out_per_anchor, num_anchors, num_convs, std, rng, final_bias,
+                 norm_groups=0):
         super().__init__()
         self.per_anchor = out_per_anchor
-        self.conv = Sequential(
-            *[
-                Sequential(_head_conv(channels, channels, std, rng), ReLU())
-                for _ in range(num_convs)
-            ]
-        )
+
+        def block():
+            if not norm_groups:  # the paper's (torchvision v1's) conv + ReLU
+                return Sequential(_head_conv(channels, channels, std, rng), ReLU())
+            # torchvision v2: conv, GroupNorm, ReLU; the conv has no bias, since the norm
+            # subtracts each group's mean (a bias would cancel) and adds its own shift
+            conv = Conv2d(channels, channels, 3, stride=1, padding=1, bias=False, rng=rng)
+            conv.weight.data = init.normal(conv.weight.shape, rng, std)
+            return Sequential(conv, GroupNorm(norm_groups, channels), ReLU())
+
+        self.conv = Sequential(*[block() for _ in range(num_convs)])
         setattr(
             self,
             self.final_name,
@@ -65,24 +66,18 @@ class _Subnet(Module):
 
     def forward(self, levels):
         """levels: list of (N, C, H, W) -> (N, R, P) with R = sum H*W*A over the levels."""
-        outs, shapes = [], []
-        for x in levels:
-            y = self.final(self.conv(x))  # (N, A*P, H, W)
-            outs.append(to_rows(y, self.per_anchor))  # (N, H*W*A, P)
-            shapes.append((y.shape[2], y.shape[3], y.shape[1] // self.per_anchor))
-        self._push(shapes)
-        return np.concatenate(outs, axis=1)
+        outs = [self.final(self.conv(x)) for x in levels]  # (N, A*P, H, W) per level
+        self._push([(y.shape[2], y.shape[3]) for y in outs])
+        # each level's channels become rows ordered y, x, anchor; the levels one after another
+        return backend.kernels_for(*outs).levels_to_rows(outs, self.per_anchor)  # (N, R, P)
 
     def backward(self, d_rows):
         """(N, R, P) -> list of gradients of the levels, in level order."""
-        shapes = self._pop()
-        rows_per_level = [h * w * a for h, w, a in shapes]
-        pieces = np.split(d_rows, np.cumsum(rows_per_level)[:-1], axis=1)
-        d_levels = [None] * len(shapes)
-        for i in range(len(shapes) - 1, -1, -1):  # reverse order: the layers' caches are stacks
-            h, w, _ = shapes[i]
-            dy = from_rows(pieces[i], h, w, self.per_anchor)
-            d_levels[i] = self.conv.backward(self.final.backward(dy))
+        level_hw = self._pop()
+        d_outs = backend.kernels_for(d_rows).rows_to_levels(d_rows, level_hw, self.per_anchor)
+        d_levels = [None] * len(level_hw)
+        for i in range(len(level_hw) - 1, -1, -1):  # reverse order: the layers' caches are stacks
+            d_levels[i] = self.conv.backward(self.final.backward(d_outs[i]))
         return d_levels
 
 
@@ -98,14 +93,17 @@ class RetinaNetHead(Module):
     """Both subnets; ``forward(levels)`` -> (cls_logits (N, R, K), box_deltas (N, R, 4))."""
 
     def __init__(
-        self, channels, num_anchors, num_classes, num_convs=4, std=0.01, prior_bias=0.0, rng=None
+        self, channels, num_anchors, num_classes, num_convs=4, std=0.01, prior_bias=0.0, rng=None,
+        norm_groups=0,
     ):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
         self.classification_head = ClassificationHead(
-            channels, num_classes, num_anchors, num_convs, std, rng, final_bias=prior_bias
+            channels, num_classes, num_anchors, num_convs, std, rng, final_bias=prior_bias,
+            norm_groups=norm_groups,
         )
-        self.regression_head = RegressionHead(channels, 4, num_anchors, num_convs, std, rng, 0.0)
+        self.regression_head = RegressionHead(channels, 4, num_anchors, num_convs, std, rng, 0.0,
+                                              norm_groups=norm_groups)
 
     def forward(self, levels):
         return self.classification_head(levels), self.regression_head(levels)
@@ -113,4 +111,6 @@ class RetinaNetHead(Module):
     def backward(self, d_cls, d_box):
         d_a = self.classification_head.backward(d_cls)
         d_b = self.regression_head.backward(d_box)
-        return [a + b for a, b in zip(d_a, d_b)]
+        # both subnets read every level, so its gradient is the sum; d_a holds new arrays (the
+        # input gradients of the first convs), so the sum can be taken in place
+        return [backend.kernels_for(a, b).add_inplace_(a, b) for a, b in zip(d_a, d_b)]

@@ -61,6 +61,7 @@ class RetinaNet(Module):
             c.head_init_std,
             c.prior_bias,
             rng,
+            norm_groups=c.head_norm_groups,
         )
         self._anchor_cache: dict[tuple[int, int], tuple[np.ndarray, list[int]]] = {}
 

@@ -129,6 +129,38 @@ class BatchNorm2d(Module):
         )
 
 
+class GroupNorm(Module):
+    """Group normalisation (Wu & He 2018), as torch.nn.GroupNorm: each image's channels are
+    split into ``num_groups`` groups normalised by their own statistics, then scaled and
+    shifted per channel (weight (C,), bias (C,)). No running statistics and no batch
+    dependence, so training and eval agree and any batch size works (RetinaNet v2's heads)."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, dtype=np.float32):
+        super().__init__()
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(f"GroupNorm: {num_channels} channels cannot be split into "
+                             f"{num_groups} groups")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.weight = Parameter(np.ones(num_channels, dtype))
+        self.bias = Parameter(np.zeros(num_channels, dtype))
+        self.name = "GroupNorm"
+
+    def forward(self, x):
+        y, cache = ops.groupnorm_forward(x, self.weight.data, self.bias.data, self.num_groups,
+                                         self.eps, name=self.name)
+        self._push(cache)
+        return y
+
+    def backward(self, dy):
+        dx, dgamma, dbeta = ops.groupnorm_backward(dy, self._pop())
+        _accumulate(self.weight, dgamma)
+        _accumulate(self.bias, dbeta)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
 class ReLU(Module):
     def forward(self, x):
         y, cache = ops.relu_forward(x)

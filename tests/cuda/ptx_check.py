@@ -120,6 +120,8 @@ def exercise_every_kernel():
         c = arr(3)
         K.batchnorm2d_forward(x, mean, c, c, c)
         K.batchnorm2d_backward(x, x, mean, c, c)
+        _, gn_mean, gn_invstd = K.groupnorm_forward(x, c, c, 3, 1e-5)
+        K.groupnorm_backward(x, x, gn_mean, gn_invstd, c, 3)
         K.relu_backward(x, K.relu_forward(x))
         K.add_forward(x, x)
         p, argmax = K.maxpool2d_forward(x, 3, 2, 1)
@@ -142,6 +144,14 @@ def exercise_every_kernel():
         scores = _host(rng.uniform(size=20).astype(dtype))
         K.nms(boxes, scores, 0.5)
         K.batched_nms(boxes, scores, _host(np.arange(20) % 3), 0.5)
+        # what a training step adds: the heads' layout, the per-image losses, the grad norm
+        rows = K.levels_to_rows([arr(2, 6, 3, 2), arr(2, 6, 1, 1)], 3)
+        K.rows_to_levels(rows, [(3, 2), (1, 1)], 3)
+        K.focal_loss_anchor_classes(logits, _host(np.zeros(20, np.int64)), 0.25, 2.0, 0.5,
+                                    out=K.empty_like(logits))
+        K.box_loss_rows(arr(20, 4), _host(np.array([1, 5, 7])), arr(3, 4), 1 / 9, 6,
+                        K.zeros_like(arr(20, 4)))
+        K.sum_squares([x, w, b])
 
 
 def main() -> int:

@@ -12,6 +12,7 @@ from retina_np.detection.losses import (
     smooth_l1_loss,
 )
 from retina_np.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
+from retina_np.kernels import cpu, reference
 from retina_np.kernels import cuda as kcuda
 
 
@@ -108,3 +109,58 @@ def test_nms_edge_cases(small_launches):
     one = np.array([[0, 0, 1, 1]], np.float32)
     np.testing.assert_array_equal(kcuda.nms(to_dev(one), to_dev(np.ones(1, np.float32)), 0.5),
                                   [0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_focal_loss_anchor_classes_into_one_image_of_a_batch(small_launches, rng, dtype):
+    """``out=``: the gradient goes into one image of the batch gradient, as retina_loss uses it;
+    the CPU twin (kernels.cpu) agrees, and both agree with the reference loops."""
+    N, R, K = 2, 11, 3
+    logits = (3 * rng.standard_normal((N, R, K))).astype(dtype)
+    anchor_class = rng.integers(0, K, R).astype(np.int64)
+    anchor_class[[0, 5]] = BELOW_LOW_THRESHOLD
+    anchor_class[[3]] = BETWEEN_THRESHOLDS
+    want_grad = np.full_like(logits, 7.0)
+    want, _ = cpu.focal_loss_anchor_classes(logits[1], anchor_class, 0.25, 2.0, 0.125,
+                                            out=want_grad[1])
+    d_grad = to_dev(np.full_like(logits, 7.0))
+    got, view = kcuda.focal_loss_anchor_classes(to_dev(logits[1]), to_dev(anchor_class), 0.25,
+                                                2.0, 0.125, out=d_grad[1])
+    assert view.shape == (R, K)
+    assert got == pytest.approx(want, rel=1e-12)
+    got_grad = host(d_grad)
+    assert (got_grad[0] == 7.0).all()  # the other image is untouched
+    assert_close(got_grad, want_grad, dtype)
+    ref, ref_grad = reference.focal_loss_anchor_classes(logits[1], anchor_class, 0.25, 2.0, 0.125)
+    assert want == pytest.approx(ref, rel=1e-10)
+    assert_close(want_grad[1], ref_grad, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [1 / 9, 0.0])
+def test_box_loss_rows(small_launches, rng, dtype, beta):
+    """The box loss over the foreground rows of one image (beta 0: L1), its gradient divided by
+    the normaliser and written into those rows only."""
+    R = 17
+    rows = np.array([0, 3, 4, 9, 15, 16], np.int64)  # 24 values: every launched thread works
+    pred = rng.normal(0, 0.3, (R, 4)).astype(dtype)
+    target = (pred[rows] + rng.uniform(-0.3, 0.3, (len(rows), 4))).astype(dtype)  # both sides
+    target[1, 2] = pred[rows[1], 2]  # a zero difference: gradient 0
+    divisor = 12
+    want_grad = np.full_like(pred, 5.0)
+    want = cpu.box_loss_rows(pred, rows, target, beta, divisor, want_grad)
+    d_grad = to_dev(np.full_like(pred, 5.0))
+    got = kcuda.box_loss_rows(to_dev(pred), to_dev(rows), to_dev(target), beta, divisor, d_grad)
+    assert isinstance(got, float)
+    assert got == pytest.approx(want, rel=1e-6 if dtype == np.float32 else 1e-12)
+    got_grad = host(d_grad)
+    others = np.setdiff1d(np.arange(R), rows)
+    assert (got_grad[others] == 5.0).all()
+    np.testing.assert_array_equal(got_grad, want_grad)  # the same float operations
+    ref_grad = np.full_like(pred, 5.0)
+    ref = reference.box_loss_rows(pred, rows, target, beta, divisor, ref_grad)
+    assert want == pytest.approx(ref, rel=1e-6 if dtype == np.float32 else 1e-12)
+    assert_close(want_grad, ref_grad, dtype)
+    empty = np.zeros(0, np.int64)
+    assert kcuda.box_loss_rows(to_dev(pred), to_dev(empty), to_dev(np.zeros((0, 4), dtype)),
+                               beta, divisor, d_grad) == 0.0

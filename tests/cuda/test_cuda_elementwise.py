@@ -6,7 +6,7 @@ from cuda_helpers import assert_close, host, to_dev
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retina_np.kernels import cpu
+from retina_np.kernels import cpu, reference
 from retina_np.kernels import cuda as kcuda
 
 
@@ -95,5 +95,54 @@ def test_sgd_update_is_torchs_rule(small_launches, rng, dtype):
         kcuda.sgd_update_(pd, gd, vd, lr, momentum, wd)
         v = momentum * v + (g + wd * p)
         p = p - lr * v
+    assert_close(host(vd), v, dtype, scale=10)
+    assert_close(host(pd), p, dtype, scale=10)
+
+
+# level sizes (H, W) of a head output, non-square so that a swapped H and W would show
+HEAD_LEVELS = [(3, 5), (2, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("per_anchor", [2, 4])
+def test_levels_to_rows_and_back(small_launches, rng, dtype, per_anchor):
+    """The heads' layout: the same rows as the CPU and the reference, and back (several
+    blocks and grid-stride loops: each level has more elements than the 24 launched threads)."""
+    A = 3
+    levels = [rng.standard_normal((2, A * per_anchor, h, w)).astype(dtype)
+              for h, w in HEAD_LEVELS]
+    rows = kcuda.levels_to_rows([to_dev(x) for x in levels], per_anchor)
+    want = cpu.levels_to_rows(levels, per_anchor)
+    assert rows.shape == (2, A * sum(h * w for h, w in HEAD_LEVELS), per_anchor)
+    assert rows.dtype == dtype
+    np.testing.assert_array_equal(host(rows), want)
+    np.testing.assert_array_equal(want, reference.levels_to_rows(levels, per_anchor))
+
+    d_rows = rng.standard_normal(want.shape).astype(dtype)
+    got = kcuda.rows_to_levels(to_dev(d_rows), HEAD_LEVELS, per_anchor)
+    want = cpu.rows_to_levels(d_rows, HEAD_LEVELS, per_anchor)
+    for g, w, r in zip(got, want, reference.rows_to_levels(d_rows, HEAD_LEVELS, per_anchor)):
+        np.testing.assert_array_equal(host(g), w)
+        np.testing.assert_array_equal(w, r)
+    for g, x in zip(kcuda.rows_to_levels(rows, HEAD_LEVELS, per_anchor), levels):
+        np.testing.assert_array_equal(host(g), x)  # the exact inverse
+
+
+def test_empty_like(small_launches):
+    d = kcuda.empty_like(to_dev(np.ones((2, 3), np.float64)))
+    assert d.shape == (2, 3) and d.dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adamw_update_equals_cpu(small_launches, rng, dtype):
+    from retina_np.kernels import cpu
+
+    p, g = (rng.standard_normal((5, 3, 3)).astype(dtype) for _ in range(2))
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    pd, gd, md, vd = to_dev(p), to_dev(g), to_dev(m), to_dev(v)
+    for step in (1, 2, 3):  # the moments and the bias correction carry over
+        cpu.adamw_update_(p, g, m, v, 0.01, 0.9, 0.999, 1e-8, 0.05, step)
+        kcuda.adamw_update_(pd, gd, md, vd, 0.01, 0.9, 0.999, 1e-8, 0.05, step)
+    assert_close(host(md), m, dtype, scale=10)
     assert_close(host(vd), v, dtype, scale=10)
     assert_close(host(pd), p, dtype, scale=10)

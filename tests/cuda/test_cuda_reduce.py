@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from cuda_helpers import assert_close, host, to_dev
 
-from retina_np.kernels import cpu, cuda_reduce
+from retina_np.kernels import cpu, cuda_reduce, reference
 from retina_np.kernels import cuda as kcuda
 
 
@@ -50,3 +50,16 @@ def test_reduce_threads_must_be_a_power_of_two(small_launches, rng):
     small_launches.REDUCE_THREADS = 6
     with pytest.raises(ValueError, match="power of two"):
         kcuda.bias_backward(to_dev(np.ones((1, 2, 3, 3), np.float32)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_squares(small_launches, rng, dtype):
+    """Several arrays (one empty), each over several blocks, one sum (the gradient norm)."""
+    arrays = [rng.standard_normal(shape).astype(dtype) for shape in
+              [(5, 3, 3, 3), (7,), (0, 4), (2, 9)]]
+    got = kcuda.sum_squares([to_dev(a) for a in arrays])
+    want = cpu.sum_squares(arrays)
+    assert isinstance(got, float)
+    assert got == pytest.approx(want, rel=1e-12)
+    assert want == pytest.approx(reference.sum_squares(arrays), rel=1e-12)
+    assert kcuda.sum_squares([]) == 0.0

@@ -1,5 +1,6 @@
 """The model learns: it overfits two images, and the prior-probability init matters."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -49,9 +50,12 @@ def test_overfits_two_images_and_then_finds_their_boxes(batch):
 
 def test_without_the_prior_init_training_is_much_worse(batch):
     """Paper, section 3.3: with b = 0 every anchor starts at p = 0.5 and the flood of easy
-    negatives dominates the loss; the first steps are far worse (or diverge)."""
-    with_prior = RetinaNet(RetinaNetConfig.shapes(), seed=0)
-    without = RetinaNet(RetinaNetConfig.shapes(), seed=0)
+    negatives dominates the loss; the first steps are far worse (or diverge). The paper's
+    head has no normalisation; GroupNorm in the head (the shapes preset's) lets the last layer
+    recover from a zero bias within these 20 steps, so the claim is checked on the paper's."""
+    paper_head = dataclasses.replace(RetinaNetConfig.shapes(), head_norm_groups=0)
+    with_prior = RetinaNet(paper_head, seed=0)
+    without = RetinaNet(paper_head, seed=0)
     without.head.classification_head.cls_logits.bias.data[...] = 0.0
     a = run(with_prior, batch, steps=20)
     b = run(without, batch, steps=20)
