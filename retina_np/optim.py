@@ -148,9 +148,12 @@ class LRSchedule:
     gamma: float = 0.1  # the drop factor (paper: 10x at 60k and 80k of 90k)
     cosine_steps: int = 0  # > 0: cosine decay over this many steps instead of milestones
 
-    def __call__(self, step: int) -> float:
+    def __call__(self, step: int, progress: float | None = None) -> float:
+        """The rate at ``step``; ``progress`` in [0, 1] overrides how far the cosine is."""
         if self.cosine_steps > 0:
             done = min(step, self.cosine_steps) / self.cosine_steps
+            if progress is not None:
+                done = min(1.0, max(0.0, progress))
             lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * done))
         else:
             lr = self.base_lr * self.gamma ** sum(step >= m for m in self.milestones)

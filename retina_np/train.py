@@ -45,6 +45,9 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 200  # steps between checkpoints (0: only at the end)
     max_minutes: float = 0.0  # >0: stop early (with a checkpoint) after this wall time
+    # With max_minutes and a cosine schedule, the cosine follows whichever runs out first,
+    # steps or time, so a run stopped by the clock still ends at a learning rate near 0. Such
+    # a run depends on the machine's speed: its losses are not reproducible step for step.
 
     def schedule(self) -> LRSchedule:
         return LRSchedule(
@@ -147,6 +150,7 @@ def train(
     # and decoding images is mostly numpy work that releases the GIL. Only that thread touches
     # the loader, and batch(epoch, i) depends on nothing but its arguments, so the data stay
     # exactly those of a run without it.
+    out_of_time = False  # stopped by max_minutes: finished as planned, not interrupted
     prefetch = ThreadPoolExecutor(max_workers=1)
     pending = prefetch.submit(loader.batch, *divmod(step, len(loader)))
     try:
@@ -156,7 +160,11 @@ def train(
                 images, targets, _, _ = pending.result()
                 pending = prefetch.submit(loader.batch, *divmod(step + 1, len(loader)))
                 t0 = time.perf_counter()
-                lr = schedule(step)
+                progress = None
+                if cfg.max_minutes > 0 and cfg.schedule_kind == "cosine":
+                    elapsed = (time.perf_counter() - start) / (60 * cfg.max_minutes)
+                    progress = max(step / cfg.steps, elapsed)
+                lr = schedule(step, progress)
                 losses = train_step(model, optimizer, images, targets, lr, cfg.clip_grad_norm)
                 _check_finite(losses, step + 1)
                 dt = time.perf_counter() - t0
@@ -185,6 +193,7 @@ def train(
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     checkpoint("last.npz")
                 if cfg.max_minutes > 0 and time.perf_counter() - start > 60 * cfg.max_minutes:
+                    out_of_time = True
                     break
     except KeyboardInterrupt:
         bar.close()
@@ -198,7 +207,7 @@ def train(
         prefetch.shutdown(wait=True, cancel_futures=True)
     bar.close()
     checkpoint("last.npz")
-    if step >= cfg.steps:
+    if step >= cfg.steps or out_of_time:
         checkpoint("final.npz")
     return records
 

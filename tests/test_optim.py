@@ -138,3 +138,10 @@ def test_cosine_schedule():
     assert s(100) == pytest.approx(0.0)
     assert s(150) == pytest.approx(0.0)
     assert s(25) == pytest.approx(0.1 * 0.5 * (1 + np.cos(np.pi / 4)))
+
+
+def test_cosine_schedule_follows_progress_when_given():
+    s = LRSchedule(base_lr=0.1, warmup_steps=0, cosine_steps=100)
+    assert s(10, progress=0.5) == pytest.approx(0.05)
+    assert s(10, progress=1.5) == pytest.approx(0.0)
+    assert s(10, progress=None) == pytest.approx(s(10))

@@ -88,3 +88,25 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path, data):
     assert load_checkpoint(tmp_path / "last.npz").step == 3
     assert json.loads((tmp_path / "log.jsonl").read_text().splitlines()[-1])["step"] == 3
     assert math.isfinite(read_log(tmp_path / "log.jsonl")[-1]["total"])
+
+
+def test_time_capped_cosine_run_follows_the_clock_and_keeps_a_final_checkpoint(
+    tmp_path, data, monkeypatch
+):
+    """A run stopped by max_minutes is finished as planned: final.npz is written, and its
+    cosine schedule decays with the elapsed fraction of the budget, not the step count."""
+    import retina_np.train as train_module
+
+    clock = iter(range(0, 10_000))  # every perf_counter call: one more "second"
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
+    cfg = quick_cfg(
+        steps=1000, lr=0.01, warmup_steps=0, schedule_kind="cosine", max_minutes=0.5,
+        checkpoint_every=0,
+    )
+    records = train(tiny(), data, tmp_path, cfg, progress=False)
+    assert 3 < len(records) < 1000  # 30 "seconds" of budget, a few clock calls per step
+    assert (tmp_path / "final.npz").exists()
+    lrs = [r["lr"] for r in records]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    # by steps the cosine would still be at ~100% of the rate; by the clock it is near 0
+    assert lrs[-1] < 0.1 * lrs[0]

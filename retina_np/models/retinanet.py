@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from retina_np import backend
 from retina_np.detection import generate_anchors, postprocess, retina_loss
 from retina_np.models.config import RetinaNetConfig
 from retina_np.models.fpn import FPN
@@ -136,7 +137,11 @@ class RetinaNet(Module):
         was_training = self.training
         self.eval()
         try:
-            cls_logits, box_deltas = self.forward(images)
+            # images go where the model is; the outputs come back to the host, where the
+            # top-k, decoding and NMS run (a few thousand candidates: not worth a GPU launch)
+            device = backend.device_of(self.parameters()[0].data)
+            cls_logits, box_deltas = self.forward(backend.to_device(images, device))
+            cls_logits, box_deltas = backend.to_numpy(cls_logits), backend.to_numpy(box_deltas)
         finally:
             self.train(was_training)
         hw = images.shape[-2:]
