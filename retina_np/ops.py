@@ -134,24 +134,10 @@ class BatchNorm2dCache(NamedTuple):
     name: str
 
 
-def _on_host(a) -> np.ndarray:
-    """(C,) vectors are combined on the host: a few numbers, not worth a kernel."""
-    return np.asarray(backend.to_numpy(a), np.float64)
-
-
 def _like(values: np.ndarray, ref):
     """`values` in ref's dtype, on ref's device."""
     values = values.astype(ref.dtype)
     return backend.to_device(values, "cuda") if backend.is_device_array(ref) else values
-
-
-def _assign(dst, values: np.ndarray) -> None:
-    """dst[...] = values, in place (dst may live on the GPU)."""
-    values = np.ascontiguousarray(values.astype(dst.dtype))
-    if backend.is_device_array(dst):
-        dst.copy_to_device(values)
-    else:
-        dst[...] = values
 
 
 def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
@@ -182,15 +168,12 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, mom
         if M < 2:
             raise ValueError(f"{name}: training needs more than one value per channel, "
                              f"got x {tuple(x.shape)}")
+        # the (C,) statistics stay where x is: no copy to the host in a GPU training step
         mean, var = k.batchnorm2d_stats(x)
-        mean_h, var_h = _on_host(mean), _on_host(var)
-        invstd = _like(1.0 / np.sqrt(var_h + eps), x)
-        _assign(running_mean, (1 - momentum) * _on_host(running_mean) + momentum * mean_h)
-        unbiased = var_h * (M / (M - 1))
-        _assign(running_var, (1 - momentum) * _on_host(running_var) + momentum * unbiased)
+        invstd = k.batchnorm2d_update_stats(mean, var, M, running_mean, running_var,
+                                            float(momentum), float(eps))
     else:
-        mean = _like(_on_host(running_mean), x)  # a copy: later training steps change it
-        invstd = _like(1.0 / np.sqrt(_on_host(running_var) + eps), x)
+        mean, invstd = k.batchnorm2d_eval_stats(running_mean, running_var, float(eps))
     y = k.batchnorm2d_forward(x, mean, invstd, gamma, beta)
     return y, BatchNorm2dCache(x, mean, invstd, gamma, bool(training), name)
 

@@ -18,6 +18,10 @@ The kernels (shapes in the comments):
     conv2d_backward_weight(dy, x, kh, kw, stride, padding)  # -> dw (F,C,kh,kw)
     bias_backward(dy)                                     # (N,F,Ho,Wo) -> db (F,)
     batchnorm2d_stats(x)                                  # -> mean (C,), var (C,) biased
+    batchnorm2d_update_stats(mean, var, count, running_mean, running_var, momentum, eps)
+                                                          # count = N*H*W >= 2 -> invstd (C,);
+                                                          #   running stats updated in place
+    batchnorm2d_eval_stats(running_mean, running_var, eps)  # -> mean copy (C,), invstd (C,)
     batchnorm2d_forward(x, mean, invstd, gamma, beta)     # -> y = (x-mean)*invstd*gamma+beta
     batchnorm2d_backward(dy, x, mean, invstd, gamma)      # training mode -> dx, dgamma, dbeta
     groupnorm_forward(x, gamma, beta, groups, eps)        # G = groups of C/G channels -> y,

@@ -228,6 +228,36 @@ def batchnorm2d_stats(x):
     return mean, var
 
 
+@njit(cache=True)
+def batchnorm2d_update_stats(mean, var, count, running_mean, running_var, momentum, eps):
+    """Batch mean, biased var (C,) of count >= 2 values -> invstd (C,) = 1 / sqrt(var + eps).
+
+    Updates the running statistics in place with torch's rule, the variance unbiased:
+    running = (1 - momentum) * running + momentum * batch. All in float64, then rounded.
+    """
+    C = mean.shape[0]
+    invstd = np.empty(C, mean.dtype)
+    bessel = count / (count - 1)
+    for c in range(C):
+        v = float(var[c])
+        invstd[c] = 1.0 / np.sqrt(v + eps)
+        running_mean[c] = (1 - momentum) * float(running_mean[c]) + momentum * float(mean[c])
+        running_var[c] = (1 - momentum) * float(running_var[c]) + momentum * (v * bessel)
+    return invstd
+
+
+@njit(cache=True)
+def batchnorm2d_eval_stats(running_mean, running_var, eps):
+    """Running statistics (C,) -> a copy of the mean (later training steps change it), invstd."""
+    C = running_mean.shape[0]
+    mean = np.empty(C, running_mean.dtype)
+    invstd = np.empty(C, running_mean.dtype)
+    for c in range(C):
+        mean[c] = running_mean[c]
+        invstd[c] = 1.0 / np.sqrt(float(running_var[c]) + eps)
+    return mean, invstd
+
+
 @njit(parallel=True, cache=True)
 def batchnorm2d_forward(x, mean, invstd, gamma, beta):
     """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta."""

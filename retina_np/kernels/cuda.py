@@ -14,7 +14,8 @@ The kernels live in five files, one idea each:
     cuda_reduce.py       bias_backward, batchnorm2d_stats, batchnorm2d_backward: per-channel
                          sums in two deterministic passes ((C, S) blocks, then per channel);
                          sum_squares: whole arrays to one float64 number
-    cuda_elementwise.py  relu, add, batch-norm apply, max pooling, nearest upsampling
+    cuda_elementwise.py  relu, add, batch-norm apply and statistics (running-statistics
+                         update, invstd), max pooling, nearest upsampling
                          (backwards by gather), the heads' levels_to_rows / rows_to_levels,
                          and the in-place utilities below
     cuda_detection.py    focal loss, smooth-L1 / L1 (box_loss_rows: over the foreground rows
@@ -69,7 +70,9 @@ from retina_np.kernels.cuda_elementwise import (
     adamw_update_,
     add_forward,
     add_inplace_,
+    batchnorm2d_eval_stats,
     batchnorm2d_forward,
+    batchnorm2d_update_stats,
     cast,
     empty_like,
     fill_,
@@ -95,7 +98,8 @@ from retina_np.kernels.cuda_reduce import (
 
 __all__ = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_backward",
-    "batchnorm2d_stats", "batchnorm2d_forward", "batchnorm2d_backward",
+    "batchnorm2d_stats", "batchnorm2d_update_stats", "batchnorm2d_eval_stats",
+    "batchnorm2d_forward", "batchnorm2d_backward",
     "groupnorm_forward", "groupnorm_backward",
     "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
     "upsample_nearest_forward", "upsample_nearest_backward", "add_forward",

@@ -1,5 +1,6 @@
-"""CUDA elementwise kernels: ReLU, add, batch-norm apply, max pooling, nearest upsampling, the
-heads' channels-to-rows layout, and the in-place utilities of the optimiser and the layers.
+"""CUDA elementwise kernels: ReLU, add, batch-norm apply and statistics (one thread per
+channel), max pooling, nearest upsampling, the heads' channels-to-rows layout, and the
+in-place utilities of the optimiser and the layers.
 
 One thread per output element in a grid-stride loop (``for i in range(start, n, stride)``),
 so one launch of at most ``MAX_BLOCKS_1D`` blocks covers any size. Every backward here is a
@@ -81,6 +82,42 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta):
     cl.launch_1d(_batchnorm_apply_kernel, x.size, cl.flat(x), mean, invstd, gamma, beta,
                  C, H * W, cl.flat(y))
     return y
+
+
+@cuda.jit
+def _batchnorm_update_stats_kernel(mean, var, count, running_mean, running_var, momentum, eps,
+                                   invstd):
+    bessel = count / (count - 1)
+    for c in range(cuda.grid(1), mean.size, cuda.gridsize(1)):
+        v = float(var[c])
+        invstd[c] = 1.0 / math.sqrt(v + eps)
+        running_mean[c] = (1 - momentum) * float(running_mean[c]) + momentum * float(mean[c])
+        running_var[c] = (1 - momentum) * float(running_var[c]) + momentum * (v * bessel)
+
+
+def batchnorm2d_update_stats(mean, var, count, running_mean, running_var, momentum, eps):
+    """Batch mean, biased var (C,) of count >= 2 values -> invstd (C,); updates the running
+    statistics in place (torch's rule, unbiased variance), in float64 as the CPU twin."""
+    invstd = cl.empty(mean.shape, mean.dtype)
+    cl.launch_1d(_batchnorm_update_stats_kernel, mean.size, mean, var, int(count), running_mean,
+                 running_var, float(momentum), float(eps), invstd)
+    return invstd
+
+
+@cuda.jit
+def _batchnorm_eval_stats_kernel(running_mean, running_var, eps, mean, invstd):
+    for c in range(cuda.grid(1), mean.size, cuda.gridsize(1)):
+        mean[c] = running_mean[c]
+        invstd[c] = 1.0 / math.sqrt(float(running_var[c]) + eps)
+
+
+def batchnorm2d_eval_stats(running_mean, running_var, eps):
+    """Running statistics (C,) -> a copy of the mean, invstd = 1 / sqrt(running_var + eps)."""
+    mean = cl.empty(running_mean.shape, running_mean.dtype)
+    invstd = cl.empty(running_mean.shape, running_mean.dtype)
+    cl.launch_1d(_batchnorm_eval_stats_kernel, mean.size, running_mean, running_var, float(eps),
+                 mean, invstd)
+    return mean, invstd
 
 
 # ----------------------------------------------------------------------------- max pooling

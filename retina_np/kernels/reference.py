@@ -104,6 +104,24 @@ def batchnorm2d_stats(x):
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
+def batchnorm2d_update_stats(mean, var, count, running_mean, running_var, momentum, eps):
+    """invstd = 1/sqrt(var + eps); in place running = (1-momentum)*running + momentum*batch,
+    with the unbiased variance var * count / (count - 1) (torch's rule)."""
+    invstd = np.zeros(len(mean))
+    for c in range(len(mean)):
+        v = float(var[c])
+        invstd[c] = 1.0 / math.sqrt(v + eps)
+        running_mean[c] = (1 - momentum) * float(running_mean[c]) + momentum * float(mean[c])
+        running_var[c] = (1 - momentum) * float(running_var[c]) + momentum * v * count / (count - 1)
+    return invstd.astype(mean.dtype)
+
+
+def batchnorm2d_eval_stats(running_mean, running_var, eps):
+    """A copy of running_mean, and invstd = 1/sqrt(running_var + eps)."""
+    invstd = [1.0 / math.sqrt(float(v) + eps) for v in running_var]
+    return running_mean.copy(), np.array(invstd).astype(running_mean.dtype)
+
+
 def batchnorm2d_forward(x, mean, invstd, gamma, beta):
     """y = (x - mean[c]) * invstd[c] * gamma[c] + beta[c]."""
     N, C, H, W = x.shape

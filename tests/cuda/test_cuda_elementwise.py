@@ -35,6 +35,28 @@ def test_batchnorm_apply(small_launches, rng):
     assert_close(host(y), cpu.batchnorm2d_forward(x, mean, invstd, gamma, beta))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batchnorm_update_and_eval_stats(small_launches, rng, dtype):
+    """One thread per channel, 11 channels over several blocks and a grid-stride loop; float64
+    arithmetic as the CPU twin (a real GPU may fuse a multiply-add: one rounding apart)."""
+    C, count, momentum, eps = 11, 37, 0.1, 1e-5
+    mean, running_mean = (rng.standard_normal(C).astype(dtype) for _ in range(2))
+    var, running_var = (rng.uniform(0.1, 3, C).astype(dtype) for _ in range(2))
+    d_rm, d_rv = to_dev(running_mean), to_dev(running_var)
+    invstd = kcuda.batchnorm2d_update_stats(to_dev(mean), to_dev(var), count, d_rm, d_rv,
+                                            momentum, eps)
+    want = cpu.batchnorm2d_update_stats(mean, var, count, running_mean, running_var,
+                                        momentum, eps)
+    rtol = 2 * np.finfo(dtype).eps
+    for got, expected in ((invstd, want), (d_rm, running_mean), (d_rv, running_var)):
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(host(got), expected, rtol=rtol)
+    eval_mean, eval_invstd = kcuda.batchnorm2d_eval_stats(d_rm, d_rv, eps)
+    want_invstd = cpu.batchnorm2d_eval_stats(running_mean, running_var, eps)[1]
+    np.testing.assert_array_equal(host(eval_mean), host(d_rm))
+    np.testing.assert_allclose(host(eval_invstd), want_invstd, rtol=rtol)
+
+
 @pytest.mark.parametrize("k,stride,padding", [(3, 2, 1), (2, 2, 0), (3, 1, 1), (1, 1, 0)])
 def test_maxpool(small_launches, rng, k, stride, padding):
     # small integers: many ties, so "the first maximum" is tested too

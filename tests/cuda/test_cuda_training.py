@@ -100,7 +100,7 @@ def _tiny_model(config):
 def test_training_step_on_device_equals_cpu(small_launches, monkeypatch, rng):
     """One train_step (forward, loss, backward, clipped SGD update) of RetinaNetConfig.tiny():
     the CPU model and a .to("cuda") copy give the same losses, gradients and parameters, and
-    only partial sums and per-channel vectors are copied to the host on the way.
+    only the float64 partial sums of the losses and of the gradient norm are copied to the host.
 
     Tolerances: the two runs add the same float32 numbers in different orders (blocked GEMMs
     against BLAS, tree against serial sums). Measured on the simulator: losses agree to 3e-8
@@ -156,11 +156,9 @@ def test_training_step_on_device_equals_cpu(small_launches, monkeypatch, rng):
     largest_update = max(np.abs(want_state[k] - before[k]).max() for k in cpu_params)
     assert largest_update > 1e-3  # the step moved the parameters far beyond the tolerance
 
-    # Copied to the host: the per-block partial sums of the losses and of the squared gradient
-    # norm (float64), and BatchNorm's per-channel statistics, which ops.batchnorm2d_forward
-    # combines with the running statistics on the host. Never an activation, a gradient or a
-    # parameter of more than one dimension.
-    widest = max(m.num_features for m in gpu_model.modules() if isinstance(m, BatchNorm2d))
+    # Copied to the host: only the per-block partial sums of the losses and of the squared
+    # gradient norm (float64 vectors). BatchNorm updates its running statistics on the device,
+    # and an activation, a gradient or a parameter never leaves it.
     assert copies
     for ndim, dtype, size in copies:
-        assert ndim == 1 and (dtype == np.float64 or size <= widest), (ndim, dtype, size)
+        assert ndim == 1 and dtype == np.float64, (ndim, dtype, size)

@@ -110,6 +110,35 @@ def test_batchnorm2d(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("count", [2, 7, 4096])
+def test_batchnorm2d_update_and_eval_stats(count, dtype):
+    rng = np.random.default_rng(0)
+    C, momentum, eps = 5, 0.1, 1e-5
+    mean, running_mean = (rng.standard_normal(C).astype(dtype) for _ in range(2))
+    var, running_var = (rng.uniform(0.1, 3, C).astype(dtype) for _ in range(2))
+    got_rm, got_rv = running_mean.copy(), running_var.copy()
+    want_rm, want_rv = running_mean.copy(), running_var.copy()
+    invstd = cpu.batchnorm2d_update_stats(mean, var, count, got_rm, got_rv, momentum, eps)
+    want = ref.batchnorm2d_update_stats(mean, var, count, want_rm, want_rv, momentum, eps)
+    for fast, slow in ((invstd, want), (got_rm, want_rm), (got_rv, want_rv)):
+        assert_close(fast, slow, dtype)
+    # exactly numpy's float64 arithmetic, rounded once (what ops did on the host before)
+    m64, v64 = mean.astype(np.float64), var.astype(np.float64)
+    np.testing.assert_array_equal(invstd, (1.0 / np.sqrt(v64 + eps)).astype(dtype))
+    np.testing.assert_array_equal(
+        got_rm, ((1 - momentum) * running_mean.astype(np.float64) + momentum * m64).astype(dtype))
+    np.testing.assert_array_equal(
+        got_rv, ((1 - momentum) * running_var.astype(np.float64)
+                 + momentum * (v64 * (count / (count - 1)))).astype(dtype))
+
+    eval_mean, eval_invstd = cpu.batchnorm2d_eval_stats(got_rm, got_rv, eps)
+    want_mean, want_invstd = ref.batchnorm2d_eval_stats(got_rm, got_rv, eps)
+    np.testing.assert_array_equal(eval_mean, want_mean)
+    assert eval_mean.dtype == np.dtype(dtype) and not np.shares_memory(eval_mean, got_rm)
+    assert_close(eval_invstd, want_invstd, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1,), (2, 3, 4, 5), (1, 1, 1, 1), (7, 3)])
 def test_elementwise(shape, dtype):
     rng = np.random.default_rng(0)
