@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-images", type=int, default=2000)
     p.add_argument("--val-images", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.002, help="AdamW learning rate (default 0.002)")
+    p.add_argument("--lr", type=float, default=0.004, help="AdamW learning rate (default 0.004)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 

@@ -42,7 +42,7 @@ def run_demo(
     train_images=2000,
     val_images=500,
     batch_size=8,
-    lr=0.002,
+    lr=0.004,
     seed=0,
     device="cpu",
 ) -> dict:
