@@ -151,9 +151,9 @@ class LRSchedule:
     def __call__(self, step: int, progress: float | None = None) -> float:
         """The rate at ``step``; ``progress`` in [0, 1] overrides how far the cosine is."""
         if self.cosine_steps > 0:
-            done = min(step, self.cosine_steps) / self.cosine_steps
-            if progress is not None:
-                done = min(1.0, max(0.0, progress))
+            if progress is None:
+                progress = step / self.cosine_steps
+            done = min(1.0, max(0.0, progress))
             lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * done))
         else:
             lr = self.base_lr * self.gamma ** sum(step >= m for m in self.milestones)

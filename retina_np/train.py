@@ -158,7 +158,8 @@ def train(
             while step < cfg.steps:
                 epoch = step // len(loader)
                 images, targets, _, _ = pending.result()
-                pending = prefetch.submit(loader.batch, *divmod(step + 1, len(loader)))
+                if step + 1 < cfg.steps:  # no batch is drawn for a step that never comes
+                    pending = prefetch.submit(loader.batch, *divmod(step + 1, len(loader)))
                 t0 = time.perf_counter()
                 progress = None
                 if cfg.max_minutes > 0 and cfg.schedule_kind == "cosine":

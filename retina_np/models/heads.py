@@ -14,9 +14,11 @@ from retina_np.nn import Conv2d, GroupNorm, Module, ReLU, Sequential, init
 
 
 def _head_conv(cin, cout, std, rng, bias=0.0):
-    conv = Conv2d(cin, cout, 3, stride=1, padding=1, bias=True, rng=rng)
+    """3x3 conv with normal(0, std) weights and a constant bias (``bias=None``: no bias)."""
+    conv = Conv2d(cin, cout, 3, stride=1, padding=1, bias=bias is not None, rng=rng)
     conv.weight.data = init.normal(conv.weight.shape, rng, std)
-    conv.bias.data = np.full(cout, bias, dtype=np.float32)
+    if bias is not None:
+        conv.bias.data = np.full(cout, bias, dtype=np.float32)
     return conv
 
 
@@ -49,8 +51,7 @@ class _Subnet(Module):
                 return Sequential(_head_conv(channels, channels, std, rng), ReLU())
             # torchvision v2: conv, GroupNorm, ReLU; the conv has no bias, since the norm
             # subtracts each group's mean (a bias would cancel) and adds its own shift
-            conv = Conv2d(channels, channels, 3, stride=1, padding=1, bias=False, rng=rng)
-            conv.weight.data = init.normal(conv.weight.shape, rng, std)
+            conv = _head_conv(channels, channels, std, rng, bias=None)
             return Sequential(conv, GroupNorm(norm_groups, channels), ReLU())
 
         self.conv = Sequential(*[block() for _ in range(num_convs)])
