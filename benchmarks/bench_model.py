@@ -30,7 +30,11 @@ import sys
 import time
 from collections import defaultdict
 
-import numpy as np
+# As `import retina_np` does: OpenBLAS's threads sleep right after a GEMM instead of spinning
+# ~0.1 s on a core the next Numba loop needs. Read when numpy loads OpenBLAS, so set first.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 
 def gemm_gflops(m=512, n=4096, k=576, repeat=5) -> float:
