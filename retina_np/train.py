@@ -144,7 +144,7 @@ def train(
         )
 
     records = []
-    start = time.perf_counter()
+    start, first_step = time.perf_counter(), step
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")
     # The next batch is drawn in a background thread while the current step computes: drawing
     # and decoding images is mostly numpy work that releases the GIL. Only that thread touches
@@ -188,6 +188,10 @@ def train(
                     box=f"{losses['box_regression']:.3f}",
                     img_s=f"{record['images_per_s']:.1f}",
                 )
+                if cfg.max_minutes > 0:  # the clock may end the run first: show where
+                    spent = time.perf_counter() - start
+                    left_steps = (60 * cfg.max_minutes - spent) * (step - first_step) / spent
+                    bar.total = min(cfg.steps, step + max(0, round(left_steps)))
                 bar.update(1)
                 if on_step is not None:
                     on_step(record)
@@ -195,6 +199,7 @@ def train(
                     checkpoint("last.npz")
                 if cfg.max_minutes > 0 and time.perf_counter() - start > 60 * cfg.max_minutes:
                     out_of_time = True
+                    bar.total = step  # it ends full
                     break
     except KeyboardInterrupt:
         bar.close()

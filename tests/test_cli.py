@@ -59,6 +59,20 @@ def test_help_runs():
         assert command in result.stdout
 
 
+@pytest.mark.parametrize("preset", [None, "28"])
+def test_importing_the_package_first_shortens_openblas_spinning(preset):
+    """The command imports retina_np before numpy, which sets OPENBLAS_THREAD_TIMEOUT (read
+    when numpy loads OpenBLAS) unless the user chose a value."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    code = "import retina_np.cli, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.stdout.strip() == (preset or "4")
+
+
 def test_train_evaluate_detect_end_to_end(run_dir, coco_dir, tmp_path, capsys):
     ckpt = run_dir / "final.npz"
     assert (

@@ -110,3 +110,33 @@ def test_time_capped_cosine_run_follows_the_clock_and_keeps_a_final_checkpoint(
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     # by steps the cosine would still be at ~100% of the rate; by the clock it is near 0
     assert lrs[-1] < 0.1 * lrs[0]
+
+
+def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data, monkeypatch):
+    """The progress bar's total is the step where the clock will stop the run, not the
+    (much larger) step ceiling, so its percentage and time left are those of the real run."""
+    import retina_np.train as train_module
+
+    clock = iter(range(0, 10_000))
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
+    totals = []
+
+    class Bar:  # records the total shown at each update
+        def __init__(self, total, **kw):
+            self.total = total
+
+        def update(self, n):
+            totals.append(self.total)
+
+        def set_postfix(self, **kw):
+            pass
+
+        def close(self):
+            totals.append(self.total)
+
+    monkeypatch.setattr(train_module, "tqdm", Bar)
+    cfg = quick_cfg(steps=1000, max_minutes=0.5, checkpoint_every=0)
+    records = train(tiny(), data, tmp_path, cfg)
+    assert len(totals) == len(records) + 1 and len(records) < 100
+    assert totals[-1] == len(records)  # the bar ends full
+    assert all(t < 100 for t in totals)  # never the ceiling of 1000
