@@ -60,6 +60,7 @@ def _instrument():
     for cls in (
         layers.Conv2d,
         layers.BatchNorm2d,
+        layers.GroupNorm,
         layers.ReLU,
         layers.MaxPool2d,
         layers.Upsample,

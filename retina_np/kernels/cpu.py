@@ -13,7 +13,8 @@ idle workers spin by default and steal the cores from the BLAS threads (a 3x slo
 measured on 2 cores), so unless the user chose otherwise they are asked to sleep. OpenBLAS's
 idle threads spin too (~0.1 s after every GEMM), which halves the speed of the im2col loop
 that follows; ``OPENBLAS_THREAD_TIMEOUT=4`` stops that, but OpenBLAS reads it only when numpy
-loads it, so it has to be in the environment before numpy is imported (docs/performance.md).
+loads it, so it has to be in the environment before numpy is imported: ``retina_np/__init__.py``
+sets it (docs/performance.md).
 """
 
 from __future__ import annotations
