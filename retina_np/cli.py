@@ -137,9 +137,7 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         optimizer=args.optimizer,
-        weight_decay=args.weight_decay
-        if args.weight_decay is not None
-        else {"sgd": 1e-4, "adamw": 0.05}[args.optimizer],
+        weight_decay=args.weight_decay,  # None: the optimizer's own
         schedule_kind=args.schedule,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,

@@ -83,7 +83,6 @@ def run_demo(
         batch_size=batch_size,
         lr=lr,
         optimizer="adamw",
-        weight_decay=0.05,
         schedule_kind="cosine",
         cache_images=True,  # 2000 images of 128x128: 98 MB, drawn once
         seed=seed,

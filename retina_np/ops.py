@@ -71,13 +71,16 @@ class Conv2dCache(NamedTuple):
     padding: int
     y_shape: tuple  # (N, F, Ho, Wo)
     name: str
+    columns: list | None = None  # the CPU forward's unfolded x, if it kept it (kernels/cpu.py)
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d"):
+def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d", keep_columns=False):
     """Cross-correlation with zero padding, as torch's conv2d.
 
     Args:
         x (N, C, H, W), w (F, C, kh, kw), b (F,) or None; float32 or float64, one dtype.
+        keep_columns: let the kernel keep its unfolded x in the cache, so that the weight
+            gradient need not unfold it again (training; costs memory, capped in cpu.py).
     Returns:
         y (N, F, Ho, Wo) with Ho = (H + 2*padding - kh) // stride + 1, and the cache.
     """
@@ -102,8 +105,9 @@ def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d"):
             f"{H + 2 * padding}x{W + 2 * padding} (x {tuple(x.shape)}, padding {padding})"
         )
     x, w, b = _contiguous(x), _contiguous(w), _contiguous(b)
-    y = backend.kernels_for(x, w, b).conv2d_forward(x, w, b, stride, padding)
-    return y, Conv2dCache(x, w, b is not None, stride, padding, tuple(y.shape), name)
+    columns = [] if keep_columns else None
+    y = backend.kernels_for(x, w, b).conv2d_forward(x, w, b, stride, padding, columns)
+    return y, Conv2dCache(x, w, b is not None, stride, padding, tuple(y.shape), name, columns)
 
 
 def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True):
@@ -119,7 +123,7 @@ def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True):
         if need_input_grad
         else None
     )
-    dw = k.conv2d_backward_weight(dy, x, kh, kw, cache.stride, cache.padding)
+    dw = k.conv2d_backward_weight(dy, x, kh, kw, cache.stride, cache.padding, cache.columns)
     db = k.bias_backward(dy) if cache.has_bias else None
     return dx, dw, db
 

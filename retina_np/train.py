@@ -33,7 +33,8 @@ class TrainConfig:
     lr: float = 0.01  # the paper's 0.01 at batch 16; linear scaling is up to you
     optimizer: str = "sgd"  # "sgd" (paper) or "adamw" (optim.AdamW: faster from scratch)
     momentum: float = 0.9  # paper (SGD only)
-    weight_decay: float = 1e-4  # paper, SGD (not on biases and norm parameters); AdamW ~0.05
+    # None: the optimizer's own, SGD 1e-4 (paper) or AdamW 0.05; never on biases and norms
+    weight_decay: float | None = None
     warmup_steps: int = 100  # linear warm-up avoids early divergence at full rate
     warmup_factor: float = 1.0 / 3.0
     schedule_kind: str = "step"  # "step" (milestones) or "cosine" (decay to 0 at `steps`)
@@ -60,9 +61,10 @@ class TrainConfig:
 
     def make_optimizer(self, named_parameters):
         """The optimizer this config names."""
+        decay = {} if self.weight_decay is None else {"weight_decay": self.weight_decay}
         if self.optimizer == "adamw":
-            return AdamW(named_parameters, self.lr, weight_decay=self.weight_decay)
-        return SGD(named_parameters, self.lr, self.momentum, self.weight_decay)
+            return AdamW(named_parameters, self.lr, **decay)
+        return SGD(named_parameters, self.lr, self.momentum, **decay)
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):

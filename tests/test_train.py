@@ -140,3 +140,12 @@ def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data,
     assert len(totals) == len(records) + 1 and len(records) < 100
     assert totals[-1] == len(records)  # the bar ends full
     assert all(t < 100 for t in totals)  # never the ceiling of 1000
+
+
+@pytest.mark.parametrize(
+    "optimizer, weight_decay, expected", [("sgd", None, 1e-4), ("adamw", None, 0.05),
+                                          ("adamw", 0.0, 0.0), ("sgd", 3e-4, 3e-4)]
+)
+def test_weight_decay_defaults_to_the_optimizers_own(optimizer, weight_decay, expected):
+    cfg = TrainConfig(optimizer=optimizer, weight_decay=weight_decay)
+    assert cfg.make_optimizer(tiny().named_parameters()).weight_decay == expected

@@ -12,10 +12,13 @@ package's: N batch, C/F channels in/out, H/W height/width, kh/kw kernel size, Ho
 
 The kernels (shapes in the comments):
 
-    conv2d_forward(x, w, b, stride, padding)              # x (N,C,H,W), w (F,C,kh,kw), b (F,)
-                                                          #   -> y (N,F,Ho,Wo)
+    conv2d_forward(x, w, b, stride, padding, columns=None)  # x (N,C,H,W), w (F,C,kh,kw),
+                                                          #   b (F,) -> y (N,F,Ho,Wo)
     conv2d_backward_input(dy, w, H, W, stride, padding)   # dy (N,F,Ho,Wo) -> dx (N,C,H,W)
-    conv2d_backward_weight(dy, x, kh, kw, stride, padding)  # -> dw (F,C,kh,kw)
+    conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None)  # -> dw (F,C,kh,kw)
+                                                          #   columns: a list in which cpu.py's
+                                                          #   forward keeps its unfolded x for
+                                                          #   the weight gradient (others: unused)
     bias_backward(dy)                                     # (N,F,Ho,Wo) -> db (F,)
     batchnorm2d_stats(x)                                  # -> mean (C,), var (C,) biased
     batchnorm2d_update_stats(mean, var, count, running_mean, running_var, momentum, eps)

@@ -32,6 +32,13 @@ from numba import njit, prange  # noqa: E402
 # unfold into hundreds of megabytes). Limits from 2^18 to 2^22 ran equally fast.
 COLS_MAX_ELEMENTS = 1 << 20
 
+# The largest unfolded input (elements, all tiles together; 8 MB in float32) that the forward
+# keeps for the weight gradient when the caller asks (``columns=[]``): the weight gradient then
+# multiplies with it instead of unfolding the same input a second time. The shapes preset's
+# head convolutions on P3 (1.2M elements each) are kept; the stem (4.8M) and large images are
+# unfolded again, so that training a big model does not hold hundreds of megabytes.
+KEEP_MAX_ELEMENTS = 1 << 21
+
 
 def _out_size(n_in: int, k: int, stride: int, padding: int) -> int:
     return (n_in + 2 * padding - k) // stride + 1
@@ -53,13 +60,18 @@ def _tiles(N: int, Ho: int, row_elements: int):
     return [(n, n + 1, oh0, min(oh0 + rows, Ho)) for n in range(N) for oh0 in range(0, Ho, rows)]
 
 
-def _tile_matrices(N: int, Ho: int, K: int, Wo: int, dtype):
+def _tile_matrices(N: int, Ho: int, K: int, Wo: int, dtype, keep: bool = False):
     """Yield (n0, n1, oh0, oh1, cols): the tiles, each with a (K, n*(oh1-oh0)*Wo) matrix to
-    fill, all views of one buffer (allocating, and page-faulting, one per tile costs time)."""
+    fill, all views of one buffer (allocating, and page-faulting, one per tile costs time).
+
+    keep: every tile gets its own part of the buffer, so all of them outlive the loop."""
     tiles = _tiles(N, Ho, K * Wo)
-    buffer = np.empty(max((n1 - n0) * (oh1 - oh0) for n0, n1, oh0, oh1 in tiles) * K * Wo, dtype)
-    for n0, n1, oh0, oh1 in tiles:
-        yield n0, n1, oh0, oh1, buffer[:K * (n1 - n0) * (oh1 - oh0) * Wo].reshape(K, -1)
+    sizes = [K * (n1 - n0) * (oh1 - oh0) * Wo for n0, n1, oh0, oh1 in tiles]
+    buffer = np.empty(sum(sizes) if keep else max(sizes), dtype)
+    offset = 0
+    for (n0, n1, oh0, oh1), size in zip(tiles, sizes):
+        yield n0, n1, oh0, oh1, buffer[offset:offset + size].reshape(K, -1)
+        offset += size if keep else 0
 
 
 def _columns(a, n0, n1, l0, l1):
@@ -130,8 +142,12 @@ def _is_pointwise(kh, kw, stride, padding):
     return kh == 1 and kw == 1 and stride == 1 and padding == 0
 
 
-def conv2d_forward(x, w, b, stride, padding):
-    """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo)."""
+def conv2d_forward(x, w, b, stride, padding, columns=None):
+    """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo).
+
+    columns: None, or an empty list that receives the unfolded input, tile by tile, when it
+    is at most KEEP_MAX_ELEMENTS (for ``conv2d_backward_weight``; it stays empty otherwise).
+    """
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
     Ho, Wo = _out_size(H, kh, stride, padding), _out_size(W, kw, stride, padding)
@@ -142,8 +158,11 @@ def conv2d_forward(x, w, b, stride, padding):
         np.matmul(w2, x.reshape(N, C, H * W), out=y3)  # (F, C) @ (N, C, L) -> (N, F, L)
     else:
         xp = _pad(x, padding)
-        for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype):
+        keep = columns is not None and C * kh * kw * N * Ho * Wo <= KEEP_MAX_ELEMENTS
+        for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype, keep):
             _im2col(xp[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
+            if keep:
+                columns.append(cols)
             if n1 - n0 == 1:
                 np.matmul(w2, cols, out=y3[n0, :, oh0 * Wo:oh1 * Wo])
             else:  # (F, n*L) -> (n, F, L)
@@ -169,8 +188,11 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     return np.ascontiguousarray(dxp[:, :, padding:padding + H, padding:padding + W])
 
 
-def conv2d_backward_weight(dy, x, kh, kw, stride, padding):
-    """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw)."""
+def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
+    """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw).
+
+    columns: the forward's unfolded x (``conv2d_forward(..., columns=[])``), if it kept it.
+    """
     N, F, Ho, Wo = dy.shape
     C = x.shape[1]
     dy3 = dy.reshape(N, F, Ho * Wo)
@@ -180,6 +202,9 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding):
         for n0, n1, oh0, oh1 in _tiles(N, Ho, C * Wo):
             l0, l1 = oh0 * Wo, oh1 * Wo
             dw += _columns(dy3, n0, n1, l0, l1) @ _columns(x3, n0, n1, l0, l1).T
+    elif columns:  # the same tiles as the forward's, already unfolded
+        for (n0, n1, oh0, oh1), cols in zip(_tiles(N, Ho, C * kh * kw * Wo), columns):
+            dw += _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo) @ cols.T
     else:
         xp = _pad(x, padding)
         for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype):

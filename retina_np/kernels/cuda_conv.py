@@ -348,8 +348,12 @@ def _shape_geo(C, H, W, F, Ho, Wo, kh, kw, stride, padding):
 
 
 # ----------------------------------------------------------------------------- the contract
-def conv2d_forward(x, w, b, stride, padding):
-    """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo)."""
+def conv2d_forward(x, w, b, stride, padding, columns=None):
+    """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo).
+
+    columns: as in cpu.py; this version keeps nothing in it (the GEMM kernels read x
+    directly, nothing is unfolded).
+    """
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
     Ho, Wo = _out_size(H, kh, stride, padding), _out_size(W, kw, stride, padding)
@@ -373,8 +377,11 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     return dx
 
 
-def conv2d_backward_weight(dy, x, kh, kw, stride, padding):
-    """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw)."""
+def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
+    """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw).
+
+    columns: as in cpu.py; not used here (x is read directly).
+    """
     N, F, Ho, Wo = dy.shape
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     dw = cl.empty((F, C, kh, kw), dy.dtype)

@@ -19,8 +19,11 @@ def _out_size(n_in, k, stride, padding):
 
 
 # ----------------------------------------------------------------------------- convolution
-def conv2d_forward(x, w, b, stride, padding):
-    """y[n,f,oh,ow] = b[f] + sum_{c,i,j} x[n, c, oh*s-p+i, ow*s-p+j] * w[f,c,i,j], zero padding."""
+def conv2d_forward(x, w, b, stride, padding, columns=None):
+    """y[n,f,oh,ow] = b[f] + sum_{c,i,j} x[n, c, oh*s-p+i, ow*s-p+j] * w[f,c,i,j], zero padding.
+
+    columns: as in cpu.py; this version keeps nothing in it (nothing is unfolded).
+    """
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
     Ho, Wo = _out_size(H, kh, stride, padding), _out_size(W, kw, stride, padding)
@@ -59,8 +62,11 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     return dx.astype(dy.dtype)
 
 
-def conv2d_backward_weight(dy, x, kh, kw, stride, padding):
-    """dw[f,c,i,j] = sum_{n,oh,ow} dy[n,f,oh,ow] * x[n, c, oh*s-p+i, ow*s-p+j]."""
+def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
+    """dw[f,c,i,j] = sum_{n,oh,ow} dy[n,f,oh,ow] * x[n, c, oh*s-p+i, ow*s-p+j].
+
+    columns: as in cpu.py; not used here (x is read directly).
+    """
     N, F, Ho, Wo = dy.shape
     C, H, W = x.shape[1:]
     dw = np.zeros((F, C, kh, kw))

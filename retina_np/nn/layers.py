@@ -61,8 +61,9 @@ class Conv2d(Module):
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
-        y, cache = ops.conv2d_forward(
-            x, self.weight.data, b, self.stride, self.padding, name=self.name
+        y, cache = ops.conv2d_forward(  # training: backward reuses the unfolded x
+            x, self.weight.data, b, self.stride, self.padding, name=self.name,
+            keep_columns=self.training,
         )
         self._push(cache)
         return y

@@ -76,6 +76,32 @@ def test_conv2d_tiled(case, monkeypatch):
         check_conv(case, np.float64, with_bias=False)
 
 
+@pytest.mark.parametrize("case", [(3, 2, 3, 5, 4, 3, 1, 1), (3, 2, 2, 7, 5, 3, 2, 1),
+                                  (2, 3, 2, 9, 7, 7, 2, 3)])
+@pytest.mark.parametrize("tile_limit", [40, 200, 1 << 20])
+def test_conv2d_weight_gradient_from_the_forwards_columns(case, tile_limit, monkeypatch):
+    """The forward's kept unfolding (every tile its own matrix) gives the weight gradient that
+    unfolding x again gives, bit for bit; above KEEP_MAX_ELEMENTS nothing is kept."""
+    monkeypatch.setattr(cpu, "COLS_MAX_ELEMENTS", tile_limit)
+    N, C, F, H, W, k, s, p = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((F, C, k, k))
+    columns = []
+    y = cpu.conv2d_forward(x, w, None, s, p, columns)
+    assert np.array_equal(y, cpu.conv2d_forward(x, w, None, s, p))
+    assert len(columns) == len(cpu._tiles(N, y.shape[2], C * k * k * y.shape[3]))
+    dy = rng.standard_normal(y.shape)
+    again = cpu.conv2d_backward_weight(dy, x, k, k, s, p)
+    assert np.array_equal(cpu.conv2d_backward_weight(dy, x, k, k, s, p, columns), again)
+    assert_close(again, ref.conv2d_backward_weight(dy, x, k, k, s, p), np.float64)
+
+    monkeypatch.setattr(cpu, "KEEP_MAX_ELEMENTS", C * k * k * y[:, 0].size - 1)
+    too_big = []
+    cpu.conv2d_forward(x, w, None, s, p, too_big)
+    assert too_big == []
+
+
 @given(n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3), h=st.integers(1, 6),
        w=st.integers(1, 6), k=st.sampled_from([1, 2, 3, 5]), s=st.integers(1, 3),
        p=st.integers(0, 3), dtype=st.sampled_from(DTYPES), with_bias=st.booleans())
