@@ -89,8 +89,9 @@ def bench_train(repeat: int) -> dict:
     from retina_np.data import DataLoader, ShapesDataset
     from retina_np.models import RetinaNet, RetinaNetConfig
     from retina_np.optim import SGD
-    from retina_np.train import train_step
+    from retina_np.train import keep_freed_memory, train_step
 
+    keep_freed_memory()  # as train() does
     times, flops = _instrument()
     model = RetinaNet(RetinaNetConfig.shapes())
     loader = DataLoader(ShapesDataset(8 * (repeat + 2)), 8)
