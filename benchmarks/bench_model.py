@@ -66,19 +66,24 @@ def _instrument():
         layers.Upsample,
         layers.Add,
     ):
-        for method in ("forward", "backward"):
+        methods = ["forward", "backward"]
+        if cls is layers.Conv2d:  # the heads' convolutions, on all levels at once
+            methods += ["forward_levels", "backward_levels"]
+        for method in methods:
             original = getattr(cls, method)
+            key = f"{cls.__name__}.{method.replace('_levels', '')}"
 
-            def wrapped(self, *args, _f=original, _key=f"{cls.__name__}.{method}", **kw):
+            def wrapped(self, *args, _f=original, _key=key, _method=method, **kw):
                 t = time.perf_counter()
                 out = _f(self, *args, **kw)
                 times[_key] += time.perf_counter() - t
-                if _key == "Conv2d.forward":
-                    n, f, ho, wo = out.shape
-                    k = self.kernel_size
-                    macs = n * f * ho * wo * self.in_channels * k * k
-                    # forward, weight gradient and (but for the stem) input gradient
-                    flops["conv"] += 2 * macs * (3 if self.needs_input_grad else 2)
+                if _method in ("forward", "forward_levels"):
+                    for y in (out if _method == "forward_levels" else [out]):
+                        n, f, ho, wo = y.shape
+                        k = self.kernel_size
+                        macs = n * f * ho * wo * self.in_channels * k * k
+                        # forward, weight gradient and (but for the stem) input gradient
+                        flops["conv"] += 2 * macs * (3 if self.needs_input_grad else 2)
                 return out
 
             setattr(cls, method, wrapped)

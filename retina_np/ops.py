@@ -74,16 +74,8 @@ class Conv2dCache(NamedTuple):
     columns: list | None = None  # the CPU forward's unfolded x, if it kept it (kernels/cpu.py)
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d", keep_columns=False):
-    """Cross-correlation with zero padding, as torch's conv2d.
-
-    Args:
-        x (N, C, H, W), w (F, C, kh, kw), b (F,) or None; float32 or float64, one dtype.
-        keep_columns: let the kernel keep its unfolded x in the cache, so that the weight
-            gradient need not unfold it again (training; costs memory, capped in cpu.py).
-    Returns:
-        y (N, F, Ho, Wo) with Ho = (H + 2*padding - kh) // stride + 1, and the cache.
-    """
+def _check_conv(name, x, w, b, stride, padding) -> tuple[int, int]:
+    """Checks conv2d's arguments -> (stride, padding) as ints."""
     _check_4d(name, "x", x)
     if len(w.shape) != 4:
         raise ValueError(f"{name}: weight must be 4-D (F, C, kh, kw), got shape {tuple(w.shape)}")
@@ -104,6 +96,20 @@ def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d", keep_columns=Fal
             f"{name}: kernel {kh}x{kw} is larger than the padded input "
             f"{H + 2 * padding}x{W + 2 * padding} (x {tuple(x.shape)}, padding {padding})"
         )
+    return stride, padding
+
+
+def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d", keep_columns=False):
+    """Cross-correlation with zero padding, as torch's conv2d.
+
+    Args:
+        x (N, C, H, W), w (F, C, kh, kw), b (F,) or None; float32 or float64, one dtype.
+        keep_columns: let the kernel keep its unfolded x in the cache, so that the weight
+            gradient need not unfold it again (training; costs memory, capped in cpu.py).
+    Returns:
+        y (N, F, Ho, Wo) with Ho = (H + 2*padding - kh) // stride + 1, and the cache.
+    """
+    stride, padding = _check_conv(name, x, w, b, stride, padding)
     x, w, b = _contiguous(x), _contiguous(w), _contiguous(b)
     columns = [] if keep_columns else None
     y = backend.kernels_for(x, w, b).conv2d_forward(x, w, b, stride, padding, columns)
@@ -126,6 +132,59 @@ def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True):
     dw = k.conv2d_backward_weight(dy, x, kh, kw, cache.stride, cache.padding, cache.columns)
     db = k.bias_backward(dy) if cache.has_bias else None
     return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- conv2d on levels
+class Conv2dLevelsCache(NamedTuple):
+    xs: list  # the inputs, one (N, C, H_l, W_l) per level
+    w: object  # (F, C, kh, kw)
+    has_bias: bool
+    stride: int
+    padding: int
+    y_shapes: list  # (N, F, Ho_l, Wo_l) per level
+    name: str
+    columns: list | None = None  # the CPU forward's joint unfolded matrix, if it kept it
+
+
+def conv2d_levels_forward(xs, w, b, stride=1, padding=0, name="conv2d", keep_columns=False):
+    """The same convolution (one w, one b) of every input in the list xs, as the heads apply
+    theirs to every pyramid level: ``[conv2d_forward(x, ...)[0] for x in xs]``, computed
+    together (on the CPU: one GEMM over all levels, kernels/cpu.py).
+
+    Args:
+        xs: a non-empty list of (N, C, H_l, W_l), one N, C and dtype; w, b, stride, padding,
+            keep_columns as for ``conv2d_forward``.
+    Returns:
+        the list of y_l (N, F, Ho_l, Wo_l), and the cache.
+    """
+    if not xs:
+        raise ValueError(f"{name}: no inputs")
+    for x in xs:
+        stride, padding = _check_conv(name, x, w, b, stride, padding)
+        if tuple(x.shape[:2]) != tuple(xs[0].shape[:2]) or x.dtype != xs[0].dtype:
+            raise ValueError(
+                f"{name}: every level needs the same batch size, channels and dtype, got "
+                + ", ".join(f"{tuple(a.shape)} {a.dtype}" for a in xs)
+            )
+    xs = [_contiguous(x) for x in xs]
+    w, b = _contiguous(w), _contiguous(b)
+    columns = [] if keep_columns else None
+    ys = backend.kernels_for(*xs, w, b).conv2d_forward_levels(xs, w, b, stride, padding, columns)
+    shapes = [tuple(y.shape) for y in ys]
+    return ys, Conv2dLevelsCache(xs, w, b is not None, stride, padding, shapes, name, columns)
+
+
+def conv2d_levels_backward(dys, cache: Conv2dLevelsCache, need_input_grad=True):
+    """dys, one (N, F, Ho_l, Wo_l) per level -> dxs (list) or None, dw (F, C, kh, kw) and db
+    (F,) or None, both summed over the levels."""
+    if len(dys) != len(cache.xs):
+        raise ValueError(f"{cache.name}: {len(dys)} gradients for {len(cache.xs)} levels")
+    for dy, shape in zip(dys, cache.y_shapes):
+        _check_grad(cache.name, dy, shape, np.dtype(cache.w.dtype))
+    dys = [_contiguous(dy) for dy in dys]
+    k = backend.kernels_for(*dys, cache.w)
+    return k.conv2d_backward_levels(dys, cache.xs, cache.w, cache.stride, cache.padding,
+                                    cache.has_bias, need_input_grad, cache.columns)
 
 
 # ----------------------------------------------------------------------------- batchnorm2d

@@ -38,6 +38,15 @@ The kernels (shapes in the comments):
     upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)
     add_forward(a, b)                                     # -> a + b
 
+The heads apply one convolution to every pyramid level; ``cpu.py`` and ``cuda.py`` (not the
+reference: it is the single-input kernels above, level by level, ``levels.py``) also have
+
+    conv2d_forward_levels(xs, w, b, stride, padding, columns=None)  # xs: list of (N,C,H_l,W_l)
+                                                          #   -> list of y_l (N,F,Ho_l,Wo_l)
+    conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_grad,
+                           columns=None)                  # -> dxs (list) or None, dw, db or
+                                                          #   None (summed over the levels)
+
 In-place utilities for the optimizer and gradient accumulation (each returns its first
 argument): ``zeros_like(a)``, ``fill_(a, value)``, ``scale_(a, s)``, ``add_inplace_(a, b)``,
 ``sgd_update_(param, grad, buf, lr, momentum, weight_decay)``.

@@ -20,11 +20,14 @@ sets it (docs/performance.md).
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba starts its OpenMP pool
 
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
+
+from retina_np.kernels import levels  # noqa: E402
 
 # About the largest im2col matrix (elements; 4 MB in float32). The output is cut into tiles
 # whose unfolded input stays this small: several whole images when they are small (one larger
@@ -92,49 +95,102 @@ def _pad(x, padding):
 
 
 # ----------------------------------------------------------------------------- convolution
+@njit(cache=True)
+def _unfold_row(xp, c, i, j, stride, oh0, oh1, Wo, row, col0):
+    """Row (c, i, j) of the im2col matrix of padded images xp (n, C, Hp, Wp), output rows
+    oh0:oh1, into row[col0:]: row[col0 + (m, oh, ow)] = xp[m, c, oh*s + i, ow*s + j].
+
+    Each (image, output row) is a copy between two views indexed from 0: with stride 1 the
+    source is a unit-step slice, which numba knows to be contiguous, and the loop vectorises.
+    Element-by-element indexing into xp (with its negative-index checks) ran 2-4x slower,
+    and slice assignment (``dst[:] = src``) 1.5x slower on the 16x16 maps of the heads.
+    """
+    rows = oh1 - oh0
+    for m in range(xp.shape[0]):
+        for oh in range(oh0, oh1):
+            start = col0 + (m * rows + oh - oh0) * Wo
+            dst = row[start:start + Wo]
+            if stride == 1:
+                src = xp[m, c, oh + i, j:j + Wo]
+                for t in range(Wo):
+                    dst[t] = src[t]
+            else:
+                strided = xp[m, c, oh * stride + i, j:j + (Wo - 1) * stride + 1:stride]
+                for t in range(Wo):
+                    dst[t] = strided[t]
+
+
 @njit(parallel=True, cache=True)
 def _im2col(xp, kh, kw, stride, oh0, oh1, Wo, cols):
     """Unfold output rows oh0:oh1 of padded images xp (n, C, Hp, Wp) into cols.
 
     cols (C*kh*kw, n*(oh1-oh0)*Wo): cols[(c, i, j), (m, oh, ow)] = xp[m, c, oh*s + i, ow*s + j].
-    Each (row, image, output row) is one slice copy: numba compiles those to vector loops,
-    while element-by-element indexing (with its negative-index checks) ran 2-4x slower.
     """
-    n, C = xp.shape[0], xp.shape[1]
-    rows = oh1 - oh0
-    for r in prange(C * kh * kw):
+    for r in prange(cols.shape[0]):
         c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
-        for m in range(n):
+        _unfold_row(xp, c, i, j, stride, oh0, oh1, Wo, cols[r], 0)
+
+
+@njit(parallel=True, cache=True)
+def _im2col_levels(xps, kh, kw, stride, starts, cols):
+    """Unfold several padded inputs xps (a tuple of (n, C, Hp_l, Wp_l)) side by side into cols
+    (C*kh*kw, starts[-1]): input l fills columns starts[l]:starts[l+1], as ``_im2col`` would.
+
+    One parallel loop over (row, input) pairs, the inputs inner, so that each thread gets its
+    share of every input (the first pyramid level holds three quarters of the work).
+    """
+    levels, K = len(xps), cols.shape[0]
+    for t in prange(K * levels):
+        r, level = t // levels, t % levels
+        c, i, j = r // (kh * kw), (r // kw) % kh, r % kw
+        xp = xps[level]
+        Ho = (xp.shape[2] - kh) // stride + 1
+        Wo = (xp.shape[3] - kw) // stride + 1
+        _unfold_row(xp, c, i, j, stride, 0, Ho, Wo, cols[r], starts[level])
+
+
+@njit(cache=True)
+def _fold_plane(dcols, col0, m, c, kh, kw, stride, oh0, oh1, Wo, plane):
+    """The adjoint of ``_unfold_row`` for one (image m, channel c): add every column entry of
+    dcols that came from plane (Hp, Wp) back onto its pixel."""
+    rows = oh1 - oh0
+    for i in range(kh):
+        for j in range(kw):
+            row = dcols[(c * kh + i) * kw + j]
             for oh in range(oh0, oh1):
-                start = (m * rows + oh - oh0) * Wo
-                if stride == 1:  # a unit-step slice: numba knows it is contiguous
-                    cols[r, start:start + Wo] = xp[m, c, oh + i, j:j + Wo]
+                start = col0 + (m * rows + oh - oh0) * Wo
+                src = row[start:start + Wo]
+                if stride == 1:
+                    dst = plane[oh + i, j:j + Wo]
+                    for t in range(Wo):  # indexing views from 0: a loop that vectorises
+                        dst[t] += src[t]
                 else:
-                    cols[r, start:start + Wo] = xp[m, c, oh * stride + i,
-                                                   j:j + (Wo - 1) * stride + 1:stride]
+                    dst = plane[oh * stride + i, j:j + (Wo - 1) * stride + 1:stride]
+                    for t in range(Wo):
+                        dst[t] += src[t]
 
 
 @njit(parallel=True, cache=True)
 def _col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp):
     """The adjoint of _im2col: add dcols (C*kh*kw, n*(oh1-oh0)*Wo) into dxp (n, C, Hp, Wp)."""
     n, C = dxp.shape[0], dxp.shape[1]
-    rows = oh1 - oh0
     for mc in prange(n * C):  # one (image, channel) plane per task: no two tasks share a pixel
         m, c = mc // C, mc % C
-        for i in range(kh):
-            for j in range(kw):
-                row = dcols[(c * kh + i) * kw + j]
-                for oh in range(oh0, oh1):
-                    start = (m * rows + oh - oh0) * Wo
-                    src = row[start:start + Wo]
-                    if stride == 1:
-                        dst = dxp[m, c, oh + i, j:j + Wo]
-                        for t in range(Wo):  # indexing views from 0: a loop that vectorises
-                            dst[t] += src[t]
-                    else:
-                        dst = dxp[m, c, oh * stride + i, j:j + (Wo - 1) * stride + 1:stride]
-                        for t in range(Wo):
-                            dst[t] += src[t]
+        _fold_plane(dcols, 0, m, c, kh, kw, stride, oh0, oh1, Wo, dxp[m, c])
+
+
+@njit(parallel=True, cache=True)
+def _col2im_add_levels(dcols, kh, kw, stride, starts, dxps):
+    """The adjoint of ``_im2col_levels``: add dcols into the padded gradients dxps (a tuple
+    of (n, C, Hp_l, Wp_l), every one with the same n and C)."""
+    levels, n, C = len(dxps), dxps[0].shape[0], dxps[0].shape[1]
+    for t in prange(n * C * levels):  # one (image, channel, input) plane per task
+        mc, level = t // levels, t % levels
+        dxp = dxps[level]
+        Ho = (dxp.shape[2] - kh) // stride + 1
+        Wo = (dxp.shape[3] - kw) // stride + 1
+        _fold_plane(dcols, starts[level], mc // C, mc % C, kh, kw, stride, 0, Ho, Wo,
+                    dxp[mc // C, mc % C])
 
 
 def _is_pointwise(kh, kw, stride, padding):
@@ -211,6 +267,105 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
             _im2col(xp[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
             dw += _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo) @ cols.T  # (F, n*L) @ (n*L, K)
     return dw.reshape(F, C, kh, kw)
+
+
+# --- the same convolution on every pyramid level ------------------------------------------
+# RetinaNet's heads apply each convolution, with the same weights, to all five levels. The
+# small levels (4x4 to 1x1 on a 128x128 image) cost mostly fixed overheads per call, so the
+# levels are unfolded side by side into one matrix, columns ordered level, image, position,
+# and each pass is ONE GEMM. Inputs whose joint matrix would exceed KEEP_MAX_ELEMENTS (large
+# images) run level by level through the functions above instead.
+
+
+def _level_starts(hws, N, kh, kw, stride, padding):
+    """Column offsets of the levels in the joint matrix: (levels + 1,) int64, and the (Ho, Wo)
+    of every level."""
+    out_hw = [(_out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding))
+              for h, w in hws]
+    starts = np.cumsum([0] + [N * ho * wo for ho, wo in out_hw]).astype(np.int64)
+    return starts, out_hw
+
+
+def _split_levels(y, starts, out_hw, N, b=None):
+    """The joint (F, T) result -> a list of (N, F, Ho, Wo), with the bias (F,) added."""
+    F = y.shape[0]
+    ys = []
+    for level, (ho, wo) in enumerate(out_hw):
+        block = y[:, starts[level]:starts[level + 1]].reshape(F, N, ho * wo).transpose(1, 0, 2)
+        out = np.empty((N, F, ho, wo), y.dtype)
+        if b is None:
+            out.reshape(N, F, ho * wo)[...] = block
+        else:
+            np.add(block, b.reshape(1, F, 1), out=out.reshape(N, F, ho * wo))
+        ys.append(out)
+    return ys
+
+
+def _joint_levels(xs, w, stride, padding):
+    """(starts, out_hw), or None where the joint matrix would be too large."""
+    N, C = xs[0].shape[0], xs[0].shape[1]
+    _, _, kh, kw = w.shape
+    starts, out_hw = _level_starts([x.shape[2:] for x in xs], N, kh, kw, stride, padding)
+    if C * kh * kw * starts[-1] > KEEP_MAX_ELEMENTS:
+        return None
+    return starts, out_hw
+
+
+def conv2d_forward_levels(xs, w, b, stride, padding, columns=None):
+    """One convolution of several inputs: xs, a list of (N, C, H_l, W_l) with the same N and
+    C -> a list of y_l (N, F, Ho_l, Wo_l), equal to ``conv2d_forward`` on each.
+
+    columns: None, or an empty list that receives the joint unfolded matrix (training), for
+    ``conv2d_backward_levels``.
+    """
+    joint = _joint_levels(xs, w, stride, padding)
+    if joint is None:
+        return levels.conv2d_forward_by_level(sys.modules[__name__], xs, w, b, stride, padding)
+    starts, out_hw = joint
+    F, C, kh, kw = w.shape
+    cols = np.empty((C * kh * kw, starts[-1]), xs[0].dtype)  # (C*kh*kw, T), T = sum N*L_l
+    _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
+    if columns is not None:
+        columns.append(cols)
+    y = w.reshape(F, C * kh * kw) @ cols  # (F, T): every level in one product
+    return _split_levels(y, starts, out_hw, xs[0].shape[0], b)
+
+
+def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_grad,
+                           columns=None):
+    """The backward of ``conv2d_forward_levels``: dys, a list of (N, F, Ho_l, Wo_l) -> (dxs, a
+    list of (N, C, H_l, W_l) or None; dw (F, C, kh, kw) summed over the levels; db (F,) or
+    None). columns: the forward's list (it holds the joint matrix if it kept one)."""
+    F, C, kh, kw = w.shape
+    joint = _joint_levels(xs, w, stride, padding)
+    if joint is None:
+        return levels.conv2d_backward_by_level(sys.modules[__name__], dys, xs, w, stride,
+                                               padding, has_bias, need_input_grad)
+    starts, out_hw = joint
+    N, K = xs[0].shape[0], C * kh * kw
+    d_joint = np.empty((F, starts[-1]), dys[0].dtype)  # dy of every level as one (F, T) matrix
+    for level, dy in enumerate(dys):
+        block = d_joint[:, starts[level]:starts[level + 1]].reshape(F, N, -1)
+        block[...] = dy.reshape(N, F, -1).transpose(1, 0, 2)
+    if columns:
+        cols = columns[0]
+    else:
+        cols = np.empty((K, starts[-1]), xs[0].dtype)
+        _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
+    dw = (d_joint @ cols.T).reshape(w.shape)  # (F, T) @ (T, C*kh*kw)
+    # summed in float64 per output channel, as bias_backward
+    db = d_joint.sum(axis=1, dtype=np.float64).astype(d_joint.dtype) if has_bias else None
+    if not need_input_grad:
+        return None, dw, db
+    dcols = w.reshape(F, K).T @ d_joint  # (C*kh*kw, T)
+    p = padding
+    dxps = tuple(np.zeros((N, C, x.shape[2] + 2 * p, x.shape[3] + 2 * p), dcols.dtype)
+                 for x in xs)
+    _col2im_add_levels(dcols, kh, kw, stride, starts, dxps)
+    # the gradient that fell on the padding belongs to no input: crop it away
+    dxs = [np.ascontiguousarray(dxp[:, :, p:dxp.shape[2] - p, p:dxp.shape[3] - p])
+           for dxp in dxps]
+    return dxs, dw, db
 
 
 @njit(cache=True)

@@ -11,6 +11,8 @@ The kernels live in five files, one idea each:
     cuda_conv.py         conv2d_forward, conv2d_backward_input, conv2d_backward_weight:
                          one tiled shared-memory GEMM (64x64x16 tiles, 4x4 outputs per thread)
                          read through three index maps (implicit GEMM), split-K when K is long
+                         (conv2d_forward_levels, conv2d_backward_levels, below: one launch
+                         per pyramid level, kernels/levels.py)
     cuda_reduce.py       bias_backward, batchnorm2d_stats, batchnorm2d_backward: per-channel
                          sums in two deterministic passes ((C, S) blocks, then per channel);
                          sum_squares: whole arrays to one float64 number
@@ -50,6 +52,9 @@ and the heads and the loss use (CPU twins in ``cpu.py``, the loss ones wrapping
                                                    # (R, 4) at rows (F,) -> loss; into dpred
 """
 
+import sys
+
+from retina_np.kernels import levels
 from retina_np.kernels.cuda_conv import (
     conv2d_backward_input,
     conv2d_backward_weight,
@@ -98,6 +103,7 @@ from retina_np.kernels.cuda_reduce import (
 
 __all__ = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_backward",
+    "conv2d_forward_levels", "conv2d_backward_levels",
     "batchnorm2d_stats", "batchnorm2d_update_stats", "batchnorm2d_eval_stats",
     "batchnorm2d_forward", "batchnorm2d_backward",
     "groupnorm_forward", "groupnorm_backward",
@@ -109,3 +115,15 @@ __all__ = [
     "focal_loss_anchor_classes", "sigmoid_focal_loss", "smooth_l1_loss", "l1_loss",
     "box_loss_rows", "box_iou", "decode_boxes", "nms", "batched_nms",
 ]
+
+
+def conv2d_forward_levels(xs, w, b, stride, padding, columns=None):
+    """One conv2d_forward launch per level (kernels/levels.py); ``columns`` is unused."""
+    return levels.conv2d_forward_by_level(sys.modules[__name__], xs, w, b, stride, padding)
+
+
+def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_grad,
+                           columns=None):
+    """Level by level (kernels/levels.py): dxs or None, dw and db summed over the levels."""
+    return levels.conv2d_backward_by_level(sys.modules[__name__], dys, xs, w, stride, padding,
+                                           has_bias, need_input_grad)

@@ -1,8 +1,9 @@
 """RetinaNet's classification and box subnets (paper, section 4), torchvision's names.
 
 Each subnet is ``num_convs`` x (3x3 conv, ReLU) and a final 3x3 conv; its weights are shared
-by every pyramid level, so one forward pass calls each conv once per level and backward calls
-them back in reverse level order (the layers keep a stack of caches).
+by every pyramid level, so each conv runs once on the list of all levels (``Conv2d
+.forward_levels``) and the ReLU (and norm) once per level, keeping a stack of caches that
+backward takes back in reverse level order.
 """
 
 from __future__ import annotations
@@ -66,8 +67,15 @@ class _Subnet(Module):
         return getattr(self, self.final_name)
 
     def forward(self, levels):
-        """levels: list of (N, C, H, W) -> (N, R, P) with R = sum H*W*A over the levels."""
-        outs = [self.final(self.conv(x)) for x in levels]  # (N, A*P, H, W) per level
+        """levels: list of (N, C, H, W) -> (N, R, P) with R = sum H*W*A over the levels.
+
+        Layer by layer: each conv runs on every level at once (its weights are shared, so on
+        the CPU the levels make one GEMM), the norm and ReLU level by level.
+        """
+        xs = levels
+        for block in self.conv:
+            xs = _block_forward(block, xs)
+        outs = self.final.forward_levels(xs)  # (N, A*P, H, W) per level
         self._push([(y.shape[2], y.shape[3]) for y in outs])
         # each level's channels become rows ordered y, x, anchor; the levels one after another
         return backend.kernels_for(*outs).levels_to_rows(outs, self.per_anchor)  # (N, R, P)
@@ -76,10 +84,28 @@ class _Subnet(Module):
         """(N, R, P) -> list of gradients of the levels, in level order."""
         level_hw = self._pop()
         d_outs = backend.kernels_for(d_rows).rows_to_levels(d_rows, level_hw, self.per_anchor)
-        d_levels = [None] * len(level_hw)
-        for i in range(len(level_hw) - 1, -1, -1):  # reverse order: the layers' caches are stacks
-            d_levels[i] = self.conv.backward(self.final.backward(d_outs[i]))
+        d_levels = self.final.backward_levels(d_outs)
+        for block in reversed(list(self.conv)):
+            d_levels = _block_backward(block, d_levels)
         return d_levels
+
+
+def _block_forward(block, xs):
+    """One head layer, Sequential(conv, [norm], ReLU), on the list of levels xs."""
+    conv, *rest = block
+    xs = conv.forward_levels(xs)
+    for layer in rest:
+        xs = [layer(x) for x in xs]
+    return xs
+
+
+def _block_backward(block, d_levels):
+    """The backward of ``_block_forward``. The per-level layers keep one cache per level on a
+    stack, so they go back through the levels in reverse order."""
+    conv, *rest = block
+    for layer in reversed(rest):
+        d_levels = [layer.backward(d) for d in reversed(d_levels)][::-1]
+    return conv.backward_levels(d_levels)
 
 
 class ClassificationHead(_Subnet):

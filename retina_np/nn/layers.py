@@ -70,10 +70,32 @@ class Conv2d(Module):
 
     def backward(self, dy):
         dx, dw, db = ops.conv2d_backward(dy, self._pop(), need_input_grad=self.needs_input_grad)
+        self._accumulate(dw, db)
+        return dx
+
+    def forward_levels(self, xs):
+        """This convolution of every input in the list xs (the pyramid levels, for the heads'
+        shared weights) -> the list of outputs; on the CPU all levels make one GEMM."""
+        b = self.bias.data if self.bias is not None else None
+        ys, cache = ops.conv2d_levels_forward(
+            xs, self.weight.data, b, self.stride, self.padding, name=self.name,
+            keep_columns=self.training,
+        )
+        self._push(cache)
+        return ys
+
+    def backward_levels(self, dys):
+        """The backward of ``forward_levels``: the list of input gradients; the parameter
+        gradients of all levels are added into ``.grad``."""
+        dxs, dw, db = ops.conv2d_levels_backward(dys, self._pop(),
+                                                 need_input_grad=self.needs_input_grad)
+        self._accumulate(dw, db)
+        return dxs
+
+    def _accumulate(self, dw, db):
         _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, db)
-        return dx
 
     def extra_repr(self) -> str:
         return (

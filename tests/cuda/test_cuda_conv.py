@@ -81,3 +81,30 @@ def test_bad_tile_settings_are_refused(small_launches, rng):
     x, w, b, _ = _conv_case(rng, np.float32, 1, 1, 0, N=1, C=1, F=1, H=2, W=2)
     with pytest.raises(ValueError, match="GEMM"):
         kcuda.conv2d_forward(to_dev(x), to_dev(w), to_dev(b), 1, 0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_levels_match_cpu(small_launches, rng, bias):
+    """The heads' convolution of several levels: level by level on the device, one joint
+    GEMM on the CPU; the same outputs and gradients (weight and bias summed over levels)."""
+    sizes = [(5, 4), (3, 2), (1, 1)]
+    xs = [rng.standard_normal((2, 3, h, w)).astype(np.float32) for h, w in sizes]
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32) if bias else None
+    want_ys = cpu.conv2d_forward_levels(xs, w, b, 1, 1)
+    ys = kcuda.conv2d_forward_levels([to_dev(x) for x in xs], to_dev(w),
+                                     None if b is None else to_dev(b), 1, 1, [])
+    dys = [rng.standard_normal(y.shape).astype(np.float32) for y in want_ys]
+    for y, want in zip(ys, want_ys, strict=True):
+        assert_close(host(y), want, scale=10)
+    want_dxs, want_dw, want_db = cpu.conv2d_backward_levels(dys, xs, w, 1, 1, bias, True)
+    dxs, dw, db = kcuda.conv2d_backward_levels([to_dev(d) for d in dys],
+                                               [to_dev(x) for x in xs], to_dev(w), 1, 1,
+                                               bias, True)
+    for dx, want in zip(dxs, want_dxs, strict=True):
+        assert_close(host(dx), want, scale=10)
+    assert_close(host(dw), want_dw, scale=10)
+    if bias:
+        assert_close(host(db), want_db, scale=10)
+    else:
+        assert db is None
