@@ -394,11 +394,12 @@ def sgd_update_(param, grad, buf, lr, momentum, weight_decay):
 
 
 @cuda.jit
-def _adamw_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bias1, bias2):
+def _adamw_kernel(param, grad, m, v, lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps,
+                  weight_decay, bias1, bias2):
     for i in range(cuda.grid(1), param.size, cuda.gridsize(1)):
         g = grad[i]
-        mi = beta1 * m[i] + (1 - beta1) * g
-        vi = beta2 * v[i] + (1 - beta2) * g * g
+        mi = beta1 * m[i] + one_minus_beta1 * g
+        vi = beta2 * v[i] + one_minus_beta2 * g * g
         m[i] = mi
         v[i] = vi
         p = param[i]
@@ -406,11 +407,12 @@ def _adamw_kernel(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, bias1,
 
 
 def adamw_update_(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    """torch.optim.AdamW's step ``step`` (1, 2, ...) in place; see kernels/cpu.py."""
+    """torch.optim.AdamW's step ``step`` (1, 2, ...) in place; see kernels/cpu.py. Every
+    scalar is rounded to the parameter's dtype, so float32 runs in float32 arithmetic."""
     t = param.dtype.type
     cl.launch_1d(_adamw_kernel, param.size, cl.flat(param), cl.flat(grad), cl.flat(m),
-                 cl.flat(v), t(lr), t(beta1), t(beta2), t(eps), t(weight_decay),
-                 t(1 - beta1**step), t(1 - beta2**step))
+                 cl.flat(v), t(lr), t(beta1), t(beta2), t(1 - beta1), t(1 - beta2), t(eps),
+                 t(weight_decay), t(1 - beta1**step), t(1 - beta2**step))
     return param
 
 

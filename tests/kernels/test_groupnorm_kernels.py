@@ -76,3 +76,22 @@ def test_one_value_per_group():
     np.testing.assert_array_equal(dx, 0.0)
     np.testing.assert_array_equal(dbeta, 2.0)
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parallel_and_serial_paths_agree_bit_for_bit(dtype, monkeypatch):
+    """Small inputs run the rows serially, large ones in a prange over the rows: the same
+    rows in the same order, so the same bits (and both equal the reference)."""
+    shape, groups = (3, 8, 5, 4), 4
+    rng = np.random.default_rng(5)
+    x, dy = (rng.standard_normal(shape).astype(dtype) for _ in range(2))
+    gamma, beta = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
+    results = []
+    for limit in (x.size + 1, 0):  # serial, then parallel
+        monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", limit)
+        y, mean, invstd = cpu.groupnorm_forward(x, gamma, beta, groups, EPS)
+        results.append((y, mean, invstd) + cpu.groupnorm_backward(dy, x, mean, invstd, gamma,
+                                                                  groups))
+        check(shape, groups, dtype, seed=5)
+    for serial, parallel in zip(*results):
+        np.testing.assert_array_equal(serial, parallel)
