@@ -77,7 +77,7 @@ def _instrument():
                 t = time.perf_counter()
                 out = _f(self, *args, **kw)
                 times[_key] += time.perf_counter() - t
-                if _method in ("forward", "forward_levels"):
+                if _key == "Conv2d.forward":  # forward or forward_levels
                     for y in (out if _method == "forward_levels" else [out]):
                         n, f, ho, wo = y.shape
                         k = self.kernel_size

@@ -252,21 +252,30 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
     N, F, Ho, Wo = dy.shape
     C = x.shape[1]
     dy3 = dy.reshape(N, F, Ho * Wo)
-    dw = np.zeros((F, C * kh * kw), dy.dtype)
+    dwt = np.zeros((C * kh * kw, F), dy.dtype)  # dw transposed, see _weight_gradient_t
     if _is_pointwise(kh, kw, stride, padding):  # x itself is the (C, L) matrix
         x3 = x.reshape(N, C, Ho * Wo)
         for n0, n1, oh0, oh1 in _tiles(N, Ho, C * Wo):
             l0, l1 = oh0 * Wo, oh1 * Wo
-            dw += _columns(dy3, n0, n1, l0, l1) @ _columns(x3, n0, n1, l0, l1).T
+            dwt += _weight_gradient_t(_columns(dy3, n0, n1, l0, l1), _columns(x3, n0, n1, l0, l1))
     elif columns:  # the same tiles as the forward's, already unfolded
         for (n0, n1, oh0, oh1), cols in zip(_tiles(N, Ho, C * kh * kw * Wo), columns):
-            dw += _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo) @ cols.T
+            dwt += _weight_gradient_t(_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols)
     else:
         xp = _pad(x, padding)
         for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype):
             _im2col(xp[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
-            dw += _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo) @ cols.T  # (F, n*L) @ (n*L, K)
-    return dw.reshape(F, C, kh, kw)
+            dwt += _weight_gradient_t(_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols)
+    return np.ascontiguousarray(dwt.T).reshape(F, C, kh, kw)
+
+
+def _weight_gradient_t(dy_cols, cols):
+    """dy_cols (F, L), cols (K, L) -> (dy_cols @ cols.T).T, the (K, F) transposed weight
+    gradient, computed as cols @ dy_cols.T: with few output channels OpenBLAS runs this
+    orientation of the same product much faster (with the faster unfolding, the weight
+    gradient of ``benchmarks/bench_kernels.py --quick`` went from 25 to 48 GFLOP/s on the
+    16-channel stem, 65 to 97 on the 64-channel P3 head convolution)."""
+    return cols @ dy_cols.T
 
 
 # --- the same convolution on every pyramid level ------------------------------------------
@@ -352,7 +361,7 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
     else:
         cols = np.empty((K, starts[-1]), xs[0].dtype)
         _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
-    dw = (d_joint @ cols.T).reshape(w.shape)  # (F, T) @ (T, C*kh*kw)
+    dw = np.ascontiguousarray(_weight_gradient_t(d_joint, cols).T).reshape(w.shape)
     # summed in float64 per output channel, as bias_backward
     db = d_joint.sum(axis=1, dtype=np.float64).astype(d_joint.dtype) if has_bias else None
     if not need_input_grad:
