@@ -252,30 +252,47 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
     N, F, Ho, Wo = dy.shape
     C = x.shape[1]
     dy3 = dy.reshape(N, F, Ho * Wo)
-    dwt = np.zeros((C * kh * kw, F), dy.dtype)  # dw transposed, see _weight_gradient_t
     if _is_pointwise(kh, kw, stride, padding):  # x itself is the (C, L) matrix
         x3 = x.reshape(N, C, Ho * Wo)
-        for n0, n1, oh0, oh1 in _tiles(N, Ho, C * Wo):
-            l0, l1 = oh0 * Wo, oh1 * Wo
-            dwt += _weight_gradient_t(_columns(dy3, n0, n1, l0, l1), _columns(x3, n0, n1, l0, l1))
+        pairs = ((_columns(dy3, n0, n1, l0 * Wo, l1 * Wo), _columns(x3, n0, n1, l0 * Wo, l1 * Wo))
+                 for n0, n1, l0, l1 in _tiles(N, Ho, C * Wo))
     elif columns:  # the same tiles as the forward's, already unfolded
-        for (n0, n1, oh0, oh1), cols in zip(_tiles(N, Ho, C * kh * kw * Wo), columns):
-            dwt += _weight_gradient_t(_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols)
+        pairs = ((_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols)
+                 for (n0, n1, oh0, oh1), cols in zip(_tiles(N, Ho, C * kh * kw * Wo), columns))
     else:
-        xp = _pad(x, padding)
-        for n0, n1, oh0, oh1, cols in _tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype):
-            _im2col(xp[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
-            dwt += _weight_gradient_t(_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols)
-    return np.ascontiguousarray(dwt.T).reshape(F, C, kh, kw)
+        pairs = _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo)
+    return _weight_gradient(pairs, F, C * kh * kw, dy.dtype).reshape(F, C, kh, kw)
 
 
-def _weight_gradient_t(dy_cols, cols):
-    """dy_cols (F, L), cols (K, L) -> (dy_cols @ cols.T).T, the (K, F) transposed weight
-    gradient, computed as cols @ dy_cols.T: with few output channels OpenBLAS runs this
-    orientation of the same product much faster (with the faster unfolding, the weight
-    gradient of ``benchmarks/bench_kernels.py --quick`` went from 25 to 48 GFLOP/s on the
-    16-channel stem, 65 to 97 on the 64-channel P3 head convolution)."""
-    return cols @ dy_cols.T
+def _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo):
+    """Yield (dy's columns (F, L), x unfolded (K, L)) tile by tile, each tile unfolded into
+    the same buffer once the previous one has been used."""
+    xp = _pad(x, padding)
+    for n0, n1, oh0, oh1, cols in _tile_matrices(x.shape[0], Ho, x.shape[1] * kh * kw, Wo,
+                                                 x.dtype):
+        _im2col(xp[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
+        yield _columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols
+
+
+# The weight gradient is a sum of dy_cols (F, L) @ cols.T (L, K) products. With few output
+# channels OpenBLAS runs the transposed product, cols @ dy_cols.T, much faster (the 16-channel
+# stem and layer1: 44-57 -> 95-104 GFLOP/s, the heads' 64 channels 134 -> 168, one ad-hoc
+# timing of the bare GEMMs); the transposed sum then needs one copy back, which for large
+# gradients (ResNet-50's last stage: 2.4M elements) costs more than the product gains.
+WGRAD_TRANSPOSED_MAX = 1 << 18
+
+
+def _weight_gradient(pairs, F, K, dtype):
+    """The sum of dy_cols @ cols.T over (dy_cols (F, L), cols (K, L)) pairs -> dw (F, K)."""
+    if F * K <= WGRAD_TRANSPOSED_MAX:
+        dwt = np.zeros((K, F), dtype)
+        for dy_cols, cols in pairs:
+            dwt += cols @ dy_cols.T  # (K, L) @ (L, F)
+        return np.ascontiguousarray(dwt.T)
+    dw = np.zeros((F, K), dtype)
+    for dy_cols, cols in pairs:
+        dw += dy_cols @ cols.T  # (F, L) @ (L, K)
+    return dw
 
 
 # --- the same convolution on every pyramid level ------------------------------------------
@@ -361,7 +378,7 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
     else:
         cols = np.empty((K, starts[-1]), xs[0].dtype)
         _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
-    dw = np.ascontiguousarray(_weight_gradient_t(d_joint, cols).T).reshape(w.shape)
+    dw = _weight_gradient([(d_joint, cols)], F, K, d_joint.dtype).reshape(w.shape)
     # summed in float64 per output channel, as bias_backward
     db = d_joint.sum(axis=1, dtype=np.float64).astype(d_joint.dtype) if has_bias else None
     if not need_input_grad:

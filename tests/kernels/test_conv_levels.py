@@ -74,6 +74,14 @@ def test_pyramid_shapes_float32():
     assert len(columns) == 1 and columns[0].shape == (16 * 9, 4 * (256 + 64 + 16 + 4 + 1))
 
 
+def test_large_weight_gradient_orientation(monkeypatch):
+    """Gradients above WGRAD_TRANSPOSED_MAX are computed as dy @ cols.T directly."""
+    monkeypatch.setattr(cpu, "WGRAD_TRANSPOSED_MAX", 0)
+    rng = np.random.default_rng(4)
+    xs, w, b = _levels_case(rng, 2, 3, 4, [(5, 4), (2, 3)], 3)
+    _check(xs, w, b, 1, 1, rng, tol=1e-10)
+
+
 def test_too_large_runs_level_by_level(monkeypatch):
     """Above KEEP_MAX_ELEMENTS there is no joint matrix: the same results, nothing kept."""
     monkeypatch.setattr(cpu, "KEEP_MAX_ELEMENTS", 10)

@@ -76,6 +76,18 @@ def test_conv2d_tiled(case, monkeypatch):
         check_conv(case, np.float64, with_bias=False)
 
 
+@pytest.mark.parametrize("case", [(3, 2, 3, 5, 4, 3, 1, 1), (2, 3, 4, 6, 4, 1, 1, 0),
+                                  (1, 3, 2, 9, 7, 7, 2, 3)])
+@pytest.mark.parametrize("transposed_max", [0, 1 << 18])
+def test_conv2d_weight_gradient_both_orientations(case, transposed_max, monkeypatch):
+    """The weight gradient as dy @ cols.T (large gradients) or as the transposed product
+    cols @ dy.T copied back (small ones): both equal the reference, with and without tiles."""
+    monkeypatch.setattr(cpu, "WGRAD_TRANSPOSED_MAX", transposed_max)
+    check_conv(case, np.float64)
+    monkeypatch.setattr(cpu, "COLS_MAX_ELEMENTS", 40)
+    check_conv(case, np.float64, with_bias=False)
+
+
 @pytest.mark.parametrize("case", [(3, 2, 3, 5, 4, 3, 1, 1), (3, 2, 2, 7, 5, 3, 2, 1),
                                   (2, 3, 2, 9, 7, 7, 2, 3)])
 @pytest.mark.parametrize("tile_limit", [40, 200, 1 << 20])
