@@ -412,9 +412,10 @@ def bias_backward(dy):
 # ----------------------------------------------------------------------------- batch norm
 # Per-channel values are read with np.float64(...): numba's float() keeps a float32 a float32.
 # Sums in float64 are one long chain of dependent additions (each waits ~4 cycles for the
-# last); four partial sums, added at the end, run four chains side by side: the group-norm
-# forward ran 1.6x faster on the shapes preset's P3 maps (0.27 -> 0.17 ms). The order is
-# fixed, so the bits do not depend on the number of threads.
+# last); four partial sums, added at the end, run four chains side by side: batch norm's
+# statistics of the stem's output 0.46 -> 0.20-0.22 ms, group norm's forward on P3 0.24 ->
+# 0.14-0.18 ms (benchmarks/bench_step_parts.py). The order is fixed, so the bits do not
+# depend on the number of threads.
 @njit(cache=True)
 def _sum(a, lo, hi):
     """a[lo:hi].sum() in float64, as four interleaved partial sums."""
@@ -858,8 +859,9 @@ def adamw_update_(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     float32 model updates in float32 arithmetic (``1 - beta1`` inside the kernel is float64
     and pulled the loop into float64), and the kernel uses numpy's error model (a division by
     zero gives inf instead of raising; here no divisor can be zero), without which numba
-    checks each division and the loop does not vectorise. Both together: 5.7 ms -> 0.41 ms
-    for 841k float32 parameters (the shapes preset), the same bits in float64.
+    checks each division and the loop does not vectorise. Both together: the step over the
+    shapes preset's 80 parameter tensors (841k values) 5.8 ms -> 0.78 ms
+    (``benchmarks/bench_step_parts.py``), the same bits in float64.
     """
     t = param.dtype.type
     _adamw_update(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr),
