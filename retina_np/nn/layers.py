@@ -70,7 +70,7 @@ class Conv2d(Module):
 
     def backward(self, dy):
         dx, dw, db = ops.conv2d_backward(dy, self._pop(), need_input_grad=self.needs_input_grad)
-        self._accumulate(dw, db)
+        self._add_grads(dw, db)
         return dx
 
     def forward_levels(self, xs):
@@ -89,10 +89,10 @@ class Conv2d(Module):
         gradients of all levels are added into ``.grad``."""
         dxs, dw, db = ops.conv2d_levels_backward(dys, self._pop(),
                                                  need_input_grad=self.needs_input_grad)
-        self._accumulate(dw, db)
+        self._add_grads(dw, db)
         return dxs
 
-    def _accumulate(self, dw, db):
+    def _add_grads(self, dw, db):
         _accumulate(self.weight, dw)
         if self.bias is not None:
             _accumulate(self.bias, db)
