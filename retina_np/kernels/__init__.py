@@ -38,8 +38,10 @@ The kernels (shapes in the comments):
     upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)
     add_forward(a, b)                                     # -> a + b
 
-The heads apply one convolution to every pyramid level; ``cpu.py`` and ``cuda.py`` (not the
-reference: it is the single-input kernels above, level by level, ``levels.py``) also have
+The heads apply one convolution to every pyramid level, so ``cpu.py`` and ``cuda.py`` also
+have the two functions below (``reference.py`` does not: they equal its single-input kernels
+applied level by level, which is what ``levels.py`` does for any kernel module, and what the
+tests compare with):
 
     conv2d_forward_levels(xs, w, b, stride, padding, columns=None)  # xs: list of (N,C,H_l,W_l)
                                                           #   -> list of y_l (N,F,Ho_l,Wo_l)
