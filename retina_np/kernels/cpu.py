@@ -337,6 +337,13 @@ def _joint_levels(xs, w, stride, padding):
     return starts, out_hw
 
 
+def _unfold_levels(xs, kh, kw, stride, padding, starts):
+    """The joint unfolded matrix of the levels xs: (C*kh*kw, T), T = starts[-1] = sum N*L_l."""
+    cols = np.empty((xs[0].shape[1] * kh * kw, starts[-1]), xs[0].dtype)
+    _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
+    return cols
+
+
 def conv2d_forward_levels(xs, w, b, stride, padding, columns=None):
     """One convolution of several inputs: xs, a list of (N, C, H_l, W_l) with the same N and
     C -> a list of y_l (N, F, Ho_l, Wo_l), equal to ``conv2d_forward`` on each.
@@ -349,8 +356,7 @@ def conv2d_forward_levels(xs, w, b, stride, padding, columns=None):
         return levels.conv2d_forward_by_level(sys.modules[__name__], xs, w, b, stride, padding)
     starts, out_hw = joint
     F, C, kh, kw = w.shape
-    cols = np.empty((C * kh * kw, starts[-1]), xs[0].dtype)  # (C*kh*kw, T), T = sum N*L_l
-    _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
+    cols = _unfold_levels(xs, kh, kw, stride, padding, starts)
     if columns is not None:
         columns.append(cols)
     y = w.reshape(F, C * kh * kw) @ cols  # (F, T): every level in one product
@@ -373,11 +379,7 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
     for level, dy in enumerate(dys):
         block = d_joint[:, starts[level]:starts[level + 1]].reshape(F, N, -1)
         block[...] = dy.reshape(N, F, -1).transpose(1, 0, 2)
-    if columns:
-        cols = columns[0]
-    else:
-        cols = np.empty((K, starts[-1]), xs[0].dtype)
-        _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
+    cols = columns[0] if columns else _unfold_levels(xs, kh, kw, stride, padding, starts)
     dw = _weight_gradient([(d_joint, cols)], F, K, d_joint.dtype).reshape(w.shape)
     # summed in float64 per output channel, as bias_backward
     db = d_joint.sum(axis=1, dtype=np.float64).astype(d_joint.dtype) if has_bias else None
