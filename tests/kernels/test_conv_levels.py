@@ -65,6 +65,16 @@ def test_levels_equal_level_by_level(n, c, f, sizes, k, s, p, bias):
     _check(xs, w, b, s, p, rng, tol=1e-10)
 
 
+@given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4),
+       sizes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=5),
+       k=st.sampled_from([3, 5]), bias=st.booleans())
+def test_same_levels_equal_level_by_level(n, c, f, sizes, k, bias):
+    """Stride 1, padding k // 2: the unpadded joint unfolding (cpu._im2col_same_levels)."""
+    rng = np.random.default_rng(0)
+    xs, w, b = _levels_case(rng, n, c, f, sizes, k, bias=bias)
+    _check(xs, w, b, 1, k // 2, rng, tol=1e-10)
+
+
 def test_pyramid_shapes_float32():
     """The heads' case: five levels from 16x16 down to 1x1, one joint matrix kept."""
     rng = np.random.default_rng(1)

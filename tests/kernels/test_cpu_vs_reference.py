@@ -123,6 +123,31 @@ def test_conv2d_drawn(n, c, f, h, w, k, s, p, dtype, with_bias):
     check_conv((n, c, f, h, w, k, s, p), dtype, with_bias)
 
 
+@given(n=st.integers(1, 3), c=st.integers(1, 3), f=st.integers(1, 3), h=st.integers(1, 9),
+       w=st.integers(1, 9), k=st.sampled_from([3, 5, 7]),
+       tile_limit=st.sampled_from([30, 300, 1 << 20]), dtype=st.sampled_from(DTYPES))
+def test_same_convolution_drawn(n, c, f, h, w, k, tile_limit, dtype):
+    """Stride 1 and padding k // 2 take the unpadded "same" path (cpu._im2col_same): maps
+    smaller than the kernel, several images per tile, and bands of rows of one image."""
+    assert cpu._is_same(k, k, 1, k // 2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cpu, "COLS_MAX_ELEMENTS", tile_limit)
+        check_conv((n, c, f, h, w, k, 1, k // 2), dtype, with_bias=False)
+
+
+def test_same_unfolding_is_the_padded_unfolding():
+    """Row by row, the same matrix as padding x and running the general _im2col."""
+    rng = np.random.default_rng(5)
+    for n, c, h, w, k in [(2, 3, 5, 4, 3), (3, 2, 1, 1, 3), (1, 2, 3, 2, 5), (2, 1, 6, 7, 7)]:
+        x = rng.standard_normal((n, c, h, w))
+        p = k // 2
+        want = np.empty((c * k * k, n * h * w))
+        cpu._im2col(cpu._pad(x, p), k, k, 1, 0, h, w, want)
+        got = np.full_like(want, np.nan)  # every entry must be written
+        cpu._im2col_same(cpu._channel_major(x), n, h, w, k, 0, h, got)
+        assert np.array_equal(got, want)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 4, 5), (3, 2, 1, 1), (1, 4, 3, 3)])
 def test_batchnorm2d(shape, dtype):
