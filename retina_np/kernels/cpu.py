@@ -692,14 +692,15 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta):
     """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta."""
     N, C, H, W = x.shape
     y = np.empty_like(x)
+    xf, yf = x.reshape(N * C, H * W), y.reshape(N * C, H * W)
+    to = x.dtype.type
     for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        # in float64 like the statistics: float32 rounding of (x - mean) would not cancel
-        mu, shift = np.float64(mean[c]), np.float64(beta[c])
-        scale = np.float64(invstd[c]) * np.float64(gamma[c])
-        for h in range(H):
-            for w in range(W):
-                y[n, c, h, w] = (x[n, c, h, w] - mu) * scale + shift
+        c = nc % C
+        # the coefficient in float64, rounded once; the elementwise part in x's dtype
+        m, a, b = to(mean[c]), to(np.float64(invstd[c]) * np.float64(gamma[c])), to(beta[c])
+        src, dst = xf[nc], yf[nc]
+        for i in range(H * W):
+            dst[i] = (src[i] - m) * a + b
     return y
 
 
@@ -711,7 +712,8 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
     dx = np.empty_like(x)
     dgamma = np.empty(C, x.dtype)
     dbeta = np.empty(C, x.dtype)
-    xf, dyf = x.reshape(N, C, H * W), dy.reshape(N, C, H * W)
+    xf, dyf, dxf = x.reshape(N, C, H * W), dy.reshape(N, C, H * W), dx.reshape(N, C, H * W)
+    to = x.dtype.type
     for c in prange(C):
         # float64 sums and products, as the statistics
         mu, istd = np.float64(mean[c]), np.float64(invstd[c])
@@ -724,11 +726,12 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
         # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)): the mean and the variance
         # both depend on every x, which removes dy's mean and its component along xhat.
         scale, mean_dy, mean_dy_xhat = np.float64(gamma[c]) * istd, sum_dy / M, sum_dy_xhat / M
+        # the coefficients rounded once to x's dtype, the elementwise part in it
+        m, s, k, mdy = to(mu), to(scale), to(istd * mean_dy_xhat), to(mean_dy)
         for n in range(N):
-            for h in range(H):
-                for w in range(W):
-                    xhat = (x[n, c, h, w] - mu) * istd
-                    dx[n, c, h, w] = scale * (dy[n, c, h, w] - mean_dy - xhat * mean_dy_xhat)
+            src, d, dst = xf[n, c], dyf[n, c], dxf[n, c]
+            for i in range(H * W):
+                dst[i] = (d[i] - mdy - (src[i] - m) * k) * s
         dgamma[c] = sum_dy_xhat
         dbeta[c] = sum_dy
     return dx, dgamma, dbeta
@@ -737,7 +740,10 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
 # ----------------------------------------------------------------------------- group norm
 # Group g of image n, channels g*Cg .. (g+1)*Cg - 1 (Cg = C/G), is one contiguous run of
 # M = Cg*H*W values: x seen as (N*G, M) has one row per group, and each task owns one row, so
-# no two tasks write the same element. Statistics in float64, as for batch norm.
+# no two tasks write the same element. As for batch norm, the sums are float64 and the
+# per-channel coefficients are computed from them in float64 and rounded once to x's dtype;
+# the per-element arithmetic runs in x's dtype, since a float32 vector holds twice as many
+# lanes as a float64 one (group norm on P3, forward and backward: 0.46 -> 0.21 ms).
 #
 # Waking the sleeping worker threads for a parallel loop costs ~45 us (OMP_WAIT_POLICY=
 # PASSIVE, see the top of this file), more than a whole group norm of a small pyramid level
@@ -752,6 +758,7 @@ def _groupnorm_forward_rows(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd, star
     """Rows start:stop of xg (N*G, M): statistics into mean, invstd (N*G,), y into yg."""
     M = Cg * HW
     groups = gamma.shape[0] // Cg
+    to = xg.dtype.type
     for ng in range(start, stop):
         row, out = xg[ng], yg[ng]
         mu = _sum(row, 0, M) / M
@@ -759,11 +766,13 @@ def _groupnorm_forward_rows(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd, star
         mean[ng] = mu
         invstd[ng] = istd
         g = ng % groups
-        for j in range(Cg):  # y from the float64 statistics, before they are rounded
+        m = to(mu)
+        for j in range(Cg):  # y = (x - mu) * a + beta, a from the float64 statistics
             c = g * Cg + j
-            scale, shift = istd * np.float64(gamma[c]), np.float64(beta[c])
-            for i in range(j * HW, (j + 1) * HW):
-                out[i] = (row[i] - mu) * scale + shift
+            a, b = to(istd * np.float64(gamma[c])), to(beta[c])
+            src, dst = row[j * HW:(j + 1) * HW], out[j * HW:(j + 1) * HW]
+            for i in range(HW):
+                dst[i] = (src[i] - m) * a + b
 
 
 @njit(parallel=True, cache=True)
@@ -798,6 +807,7 @@ def _groupnorm_backward_rows(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_dy, 
     (N, C)."""
     M = Cg * HW
     groups = gamma.shape[0] // Cg
+    to = xg.dtype.type
     for ng in range(start, stop):
         n, g = ng // groups, ng % groups
         mu, istd = np.float64(mean[ng]), np.float64(invstd[ng])
@@ -812,12 +822,16 @@ def _groupnorm_backward_rows(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_dy, 
             sum_dxhat += np.float64(gamma[c]) * s0
             sum_dxhat_xhat += np.float64(gamma[c]) * s1
         mean_dxhat, mean_dxhat_xhat = sum_dxhat / M, sum_dxhat_xhat / M
+        # dx = invstd * (dy * gamma - mean_dxhat - (x - mu) * invstd * mean_dxhat_xhat), the
+        # coefficients from the float64 sums rounded once to x's dtype
+        m, s, k = to(mu), to(istd), to(istd * mean_dxhat_xhat)
+        mdx = to(mean_dxhat)
         for j in range(Cg):
-            c = g * Cg + j
-            gc = np.float64(gamma[c])
-            for i in range(j * HW, (j + 1) * HW):
-                xhat = (row[i] - mu) * istd
-                out[i] = istd * (drow[i] * gc - mean_dxhat - xhat * mean_dxhat_xhat)
+            gc = gamma[g * Cg + j]
+            lo, hi = j * HW, (j + 1) * HW
+            src, d, dst = row[lo:hi], drow[lo:hi], out[lo:hi]
+            for i in range(HW):
+                dst[i] = (d[i] * gc - mdx - (src[i] - m) * k) * s
 
 
 @njit(parallel=True, cache=True)
