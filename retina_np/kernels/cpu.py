@@ -922,23 +922,28 @@ def maxpool2d_forward(x, k, stride, padding):
     N, C, H, W = x.shape
     Ho = (H + 2 * padding - k) // stride + 1
     Wo = (W + 2 * padding - k) // stride + 1
-    y = np.empty((N, C, Ho, Wo), x.dtype)
-    argmax = np.empty((N, C, Ho, Wo), np.int64)
+    y = np.empty((N * C, Ho * Wo), x.dtype)
+    argmax = np.empty((N * C, Ho * Wo), np.int64)
+    xf = x.reshape(N * C, H * W)
     for nc in prange(N * C):
-        plane = x[nc // C, nc % C]
+        plane, y_row, a_row = xf[nc], y[nc], argmax[nc]
         for oh in range(Ho):
             h_lo, h_hi = max(0, oh * stride - padding), min(H, oh * stride - padding + k)
             for ow in range(Wo):
                 w_lo, w_hi = max(0, ow * stride - padding), min(W, ow * stride - padding + k)
                 # the padding is -inf, never a maximum: only real pixels are compared
-                best, best_at = plane[h_lo, w_lo], h_lo * W + w_lo
+                best_at = h_lo * W + w_lo
+                best = plane[best_at]
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
-                        if plane[h, w] > best:
-                            best, best_at = plane[h, w], h * W + w
-                y[nc // C, nc % C, oh, ow] = best
-                argmax[nc // C, nc % C, oh, ow] = best_at
-    return y, argmax
+                        v = plane[h * W + w]
+                        # selects, not a branch: which pixel is largest is unpredictable
+                        take = v > best
+                        best = v if take else best
+                        best_at = h * W + w if take else best_at
+                y_row[oh * Wo + ow] = best
+                a_row[oh * Wo + ow] = best_at
+    return y.reshape(N, C, Ho, Wo), argmax.reshape(N, C, Ho, Wo)
 
 
 @njit(cache=True)
