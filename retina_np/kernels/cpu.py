@@ -270,51 +270,43 @@ def _fold_row_same(row, n, H, W, oh0, oh1, di, dj, plane):
         dst[t] += src[t]
 
 
+# A "same" unfolding works on pieces: runs of n whole images (or a band of output rows oh0:oh1
+# of one image) of a channel-major input, each described by one row of a geometry table
+# (int64): (n, H, W, oh0, oh1, in_start, out_start), the piece's columns in the input (C, *)
+# starting at in_start and its columns in the unfolded matrix at out_start. A convolution's
+# tile is one piece, the heads' pyramid one piece per level: one kernel serves both.
+GEOMETRY_COLUMNS = 7
+
+
+def _geometry(pieces):
+    """(pieces, 7) int64 from (n, H, W, oh0, oh1, in_start, out_start) tuples."""
+    return np.array(pieces, np.int64).reshape(-1, GEOMETRY_COLUMNS)
+
+
 @njit(parallel=True, cache=True)
-def _im2col_same(xc, n, H, W, k, oh0, oh1, cols):
-    """Unfold output rows oh0:oh1 of n images, channel-major xc (C, n*H*W), for a "same" k x k
-    convolution: cols (C*k*k, n*(oh1-oh0)*W), rows ordered (c, i, j) as ``_im2col``'s."""
-    p = k // 2
-    for r in prange(cols.shape[0]):
+def _im2col_same(xc, k, geometry, cols):
+    """Unfold the pieces of a channel-major input xc (C, *) for a "same" k x k convolution into
+    cols (C*k*k, *), rows ordered (c, i, j) as ``_im2col``'s."""
+    pieces, p = geometry.shape[0], k // 2
+    for t in prange(cols.shape[0] * pieces):  # (row, piece) pairs, the pieces inner
+        r, piece = t // pieces, t % pieces
         c, i, j = r // (k * k), (r // k) % k, r % k
-        _unfold_row_same(xc[c], n, H, W, oh0, oh1, i - p, j - p, cols[r])
+        n, H, W, oh0, oh1, a, b = geometry[piece]
+        _unfold_row_same(xc[c, a:a + n * H * W], n, H, W, oh0, oh1, i - p, j - p,
+                         cols[r, b:b + n * (oh1 - oh0) * W])
 
 
 @njit(parallel=True, cache=True)
-def _im2col_same_levels(xcs, n, k, hw, starts, cols):
-    """``_im2col_same`` of several channel-major inputs xcs (a tuple of (C, n*H_l*W_l), sizes
-    hw (levels, 2)) side by side: input l fills columns starts[l]:starts[l+1]."""
-    levels, p = len(xcs), k // 2
-    for t in prange(cols.shape[0] * levels):  # (row, level) pairs, as in _im2col_levels
-        r, level = t // levels, t % levels
-        c, i, j = r // (k * k), (r // k) % k, r % k
-        H, W = hw[level, 0], hw[level, 1]
-        _unfold_row_same(xcs[level][c], n, H, W, 0, H, i - p, j - p,
-                         cols[r, starts[level]:starts[level + 1]])
-
-
-@njit(parallel=True, cache=True)
-def _col2im_same_add(dcols, n, H, W, k, oh0, oh1, dxc):
-    """The adjoint of ``_im2col_same``: add dcols into the channel-major gradient dxc
-    (C, n*H*W). dcols is scratch (its padding entries are zeroed)."""
-    p = k // 2
-    for c in prange(dxc.shape[0]):  # one channel per task: no two tasks share a pixel
+def _col2im_same_add(dcols, k, geometry, dxc):
+    """The adjoint of ``_im2col_same``: add dcols into the channel-major gradient dxc (C, *).
+    dcols is scratch (its padding entries are zeroed)."""
+    pieces, p = geometry.shape[0], k // 2
+    for t in prange(dxc.shape[0] * pieces):  # one (channel, piece) per task: no shared pixel
+        c, piece = t // pieces, t % pieces
+        n, H, W, oh0, oh1, a, b = geometry[piece]
         for ij in range(k * k):
-            _fold_row_same(dcols[c * k * k + ij], n, H, W, oh0, oh1, ij // k - p, ij % k - p,
-                           dxc[c])
-
-
-@njit(parallel=True, cache=True)
-def _col2im_same_add_levels(dcols, n, k, hw, starts, dxcs):
-    """The adjoint of ``_im2col_same_levels``: add dcols into the channel-major gradients dxcs
-    (a tuple of (C, n*H_l*W_l)). dcols is scratch."""
-    levels, C, p = len(dxcs), dxcs[0].shape[0], k // 2
-    for t in prange(C * levels):  # one (channel, level) plane per task
-        c, level = t // levels, t % levels
-        H, W = hw[level, 0], hw[level, 1]
-        for ij in range(k * k):
-            _fold_row_same(dcols[c * k * k + ij, starts[level]:starts[level + 1]], n, H, W, 0,
-                           H, ij // k - p, ij % k - p, dxcs[level][c])
+            _fold_row_same(dcols[c * k * k + ij, b:b + n * (oh1 - oh0) * W], n, H, W, oh0, oh1,
+                           ij // k - p, ij % k - p, dxc[c, a:a + n * H * W])
 
 
 def _is_pointwise(kh, kw, stride, padding):
@@ -358,7 +350,8 @@ def _unfolder(x, kh, kw, stride, padding, Wo):
     H, W = x.shape[2], x.shape[3]
     if _is_same(kh, kw, stride, padding):
         def unfold(n0, n1, oh0, oh1, cols):
-            _im2col_same(_channel_major(x[n0:n1]), n1 - n0, H, W, kh, oh0, oh1, cols)
+            geometry = _geometry([(n1 - n0, H, W, oh0, oh1, 0, 0)])
+            _im2col_same(_channel_major(x[n0:n1]), kh, geometry, cols)
         return unfold
     xp = _pad(x, padding)
 
@@ -390,11 +383,12 @@ def _backward_input_same(dy3, w2t, N, C, H, W, k):
     dx = np.zeros((N, C, H, W), dy3.dtype)
     for n0, n1, oh0, oh1, dcols in _tile_matrices(N, H, C * k * k, W, dy3.dtype):
         np.matmul(w2t, _columns(dy3, n0, n1, oh0 * W, oh1 * W), out=dcols)
+        geometry = _geometry([(n1 - n0, H, W, oh0, oh1, 0, 0)])
         if n1 - n0 == 1:  # one image (maybe a band of its rows): fold straight into dx
-            _col2im_same_add(dcols, 1, H, W, k, oh0, oh1, dx[n0].reshape(C, H * W))
+            _col2im_same_add(dcols, k, geometry, dx[n0].reshape(C, H * W))
         else:  # whole images: fold channel-major, then back to (n, C, H, W)
             dxc = np.zeros((C, (n1 - n0) * H * W), dy3.dtype)
-            _col2im_same_add(dcols, n1 - n0, H, W, k, 0, H, dxc)
+            _col2im_same_add(dcols, k, geometry, dxc)
             dx[n0:n1] = dxc.reshape(C, n1 - n0, H, W).transpose(1, 0, 2, 3)
     return dx
 
@@ -496,16 +490,29 @@ def _unfold_levels(xs, kh, kw, stride, padding, starts):
     """The joint unfolded matrix of the levels xs: (C*kh*kw, T), T = starts[-1] = sum N*L_l."""
     cols = np.empty((xs[0].shape[1] * kh * kw, starts[-1]), xs[0].dtype)
     if _is_same(kh, kw, stride, padding):
-        _im2col_same_levels(tuple(_channel_major(x) for x in xs), xs[0].shape[0], kh,
-                            _sizes(xs), starts, cols)
+        xc, geometry = _channel_major_levels(xs, starts)
+        _im2col_same(xc, kh, geometry, cols)
     else:
         _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
     return cols
 
 
-def _sizes(xs):
-    """(levels, 2) int64: (H, W) of every level."""
-    return np.array([x.shape[2:] for x in xs], np.int64).reshape(len(xs), 2)
+def _level_geometry(xs, starts):
+    """The geometry table of a "same" convolution of the levels xs, one piece per level, in a
+    channel-major input laid out as the joint matrix's columns (in_start = out_start)."""
+    return _geometry([(x.shape[0], x.shape[2], x.shape[3], 0, x.shape[2], a, a)
+                      for x, a in zip(xs, starts)])
+
+
+def _channel_major_levels(xs, starts):
+    """The levels xs (N, C, H_l, W_l) side by side, channel-major: (C, T), level l in columns
+    starts[l]:starts[l+1]; and their geometry table."""
+    N, C = xs[0].shape[:2]
+    xc = np.empty((C, starts[-1]), xs[0].dtype)
+    for level, x in enumerate(xs):
+        block = xc[:, starts[level]:starts[level + 1]].reshape(C, N, -1)
+        block[...] = x.reshape(N, C, -1).transpose(1, 0, 2)
+    return xc, _level_geometry(xs, starts)
 
 
 def conv2d_forward_levels(xs, w, b, stride, padding, columns=None):
@@ -551,10 +558,11 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
         return None, dw, db
     dcols = w.reshape(F, K).T @ d_joint  # (C*kh*kw, T)
     if _is_same(kh, kw, stride, padding):  # folded channel-major, without padding
-        dxcs = tuple(np.zeros((C, N * x.shape[2] * x.shape[3]), dcols.dtype) for x in xs)
-        _col2im_same_add_levels(dcols, N, kh, _sizes(xs), starts, dxcs)
-        dxs = [np.ascontiguousarray(dxc.reshape(C, N, *x.shape[2:]).transpose(1, 0, 2, 3))
-               for dxc, x in zip(dxcs, xs)]
+        dxc = np.zeros((C, starts[-1]), dcols.dtype)
+        _col2im_same_add(dcols, kh, _level_geometry(xs, starts), dxc)
+        dxs = [np.ascontiguousarray(dxc[:, starts[level]:starts[level + 1]]
+                                    .reshape(C, N, *x.shape[2:]).transpose(1, 0, 2, 3))
+               for level, x in enumerate(xs)]
         return dxs, dw, db
     p = padding
     dxps = tuple(np.zeros((N, C, x.shape[2] + 2 * p, x.shape[3] + 2 * p), dcols.dtype)

@@ -69,7 +69,8 @@ def test_levels_equal_level_by_level(n, c, f, sizes, k, s, p, bias):
        sizes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=5),
        k=st.sampled_from([3, 5]), bias=st.booleans())
 def test_same_levels_equal_level_by_level(n, c, f, sizes, k, bias):
-    """Stride 1, padding k // 2: the unpadded joint unfolding (cpu._im2col_same_levels)."""
+    """Stride 1, padding k // 2: the unpadded joint unfolding (cpu._im2col_same, one piece
+    per level)."""
     rng = np.random.default_rng(0)
     xs, w, b = _levels_case(rng, n, c, f, sizes, k, bias=bias)
     _check(xs, w, b, 1, k // 2, rng, tol=1e-10)
