@@ -220,6 +220,11 @@ def _channel_major(x):
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3)).reshape(x.shape[1], -1)
 
 
+def _from_channel_major(xc, n, H, W):
+    """The inverse of ``_channel_major``: (C, n*H*W) -> (n, C, H, W), a transposed view."""
+    return xc.reshape(xc.shape[0], n, H, W).transpose(1, 0, 2, 3)
+
+
 @njit(cache=True)
 def _shifted_range(n, H, W, oh0, oh1, di, dj):
     """For a row of n images' output rows oh0:oh1 and the tap offset (di, dj): entry t of the
@@ -389,7 +394,7 @@ def _backward_input_same(dy3, w2t, N, C, H, W, k):
         else:  # whole images: fold channel-major, then back to (n, C, H, W)
             dxc = np.zeros((C, (n1 - n0) * H * W), dy3.dtype)
             _col2im_same_add(dcols, k, geometry, dxc)
-            dx[n0:n1] = dxc.reshape(C, n1 - n0, H, W).transpose(1, 0, 2, 3)
+            dx[n0:n1] = _from_channel_major(dxc, n1 - n0, H, W)
     return dx
 
 
@@ -560,8 +565,8 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
     if _is_same(kh, kw, stride, padding):  # folded channel-major, without padding
         dxc = np.zeros((C, starts[-1]), dcols.dtype)
         _col2im_same_add(dcols, kh, _level_geometry(xs, starts), dxc)
-        dxs = [np.ascontiguousarray(dxc[:, starts[level]:starts[level + 1]]
-                                    .reshape(C, N, *x.shape[2:]).transpose(1, 0, 2, 3))
+        dxs = [np.ascontiguousarray(
+                   _from_channel_major(dxc[:, starts[level]:starts[level + 1]], N, *x.shape[2:]))
                for level, x in enumerate(xs)]
         return dxs, dw, db
     p = padding
