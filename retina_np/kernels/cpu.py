@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from retina_np.kernels import levels  # noqa: E402
+from retina_np.kernels.threads import side_by_side  # noqa: E402, F401 - the heads' subnets
 
 # About the largest im2col matrix (elements; 4 MB in float32). The output is cut into tiles
 # whose unfolded input stays this small: several whole images when they are small (one larger
@@ -96,7 +97,7 @@ def _pad(x, padding):
 
 
 # ----------------------------------------------------------------------------- convolution
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _unfold_row(xp, c, i, j, stride, oh0, oh1, Wo, row, col0):
     """Row (c, i, j) of the im2col matrix of padded images xp (n, C, Hp, Wp), output rows
     oh0:oh1, into row[col0:]: row[col0 + (m, oh, ow)] = xp[m, c, oh*s + i, ow*s + j].
@@ -121,7 +122,7 @@ def _unfold_row(xp, c, i, j, stride, oh0, oh1, Wo, row, col0):
                     dst[t] = strided[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col(xp, kh, kw, stride, oh0, oh1, Wo, cols):
     """Unfold output rows oh0:oh1 of padded images xp (n, C, Hp, Wp) into cols.
 
@@ -132,7 +133,7 @@ def _im2col(xp, kh, kw, stride, oh0, oh1, Wo, cols):
         _unfold_row(xp, c, i, j, stride, oh0, oh1, Wo, cols[r], 0)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col_levels(xps, kh, kw, stride, starts, cols):
     """Unfold several padded inputs xps (a tuple of (n, C, Hp_l, Wp_l)) side by side into cols
     (C*kh*kw, starts[-1]): input l fills columns starts[l]:starts[l+1], as ``_im2col`` would.
@@ -150,7 +151,7 @@ def _im2col_levels(xps, kh, kw, stride, starts, cols):
         _unfold_row(xp, c, i, j, stride, 0, Ho, Wo, cols[r], starts[level])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fold_plane(dcols, col0, m, c, kh, kw, stride, oh0, oh1, Wo, plane):
     """The adjoint of ``_unfold_row`` for one (image m, channel c): add every column entry of
     dcols that came from plane (Hp, Wp) back onto its pixel."""
@@ -171,7 +172,7 @@ def _fold_plane(dcols, col0, m, c, kh, kw, stride, oh0, oh1, Wo, plane):
                         dst[t] += src[t]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp):
     """The adjoint of _im2col: add dcols (C*kh*kw, n*(oh1-oh0)*Wo) into dxp (n, C, Hp, Wp)."""
     n, C = dxp.shape[0], dxp.shape[1]
@@ -180,7 +181,7 @@ def _col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp):
         _fold_plane(dcols, 0, m, c, kh, kw, stride, oh0, oh1, Wo, dxp[m, c])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _col2im_add_levels(dcols, kh, kw, stride, starts, dxps):
     """The adjoint of ``_im2col_levels``: add dcols into the padded gradients dxps (a tuple
     of (n, C, Hp_l, Wp_l), every one with the same n and C)."""
@@ -225,7 +226,7 @@ def _from_channel_major(xc, n, H, W):
     return xc.reshape(xc.shape[0], n, H, W).transpose(1, 0, 2, 3)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _shifted_range(n, H, W, oh0, oh1, di, dj):
     """For a row of n images' output rows oh0:oh1 and the tap offset (di, dj): entry t of the
     row reads entry t + shift of the channel-major plane, for t in t0:t1 (the entries whose
@@ -234,7 +235,7 @@ def _shifted_range(n, H, W, oh0, oh1, di, dj):
     return max(0, -shift), min(n * (oh1 - oh0) * W, n * H * W - shift), shift
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _zero_padding(row, n, H, W, oh0, oh1, di, dj):
     """Set to zero the entries of an unfolded row (n images, output rows oh0:oh1) whose pixel
     (oh + di, ow + dj) lies in the padding: whole output rows when oh + di is outside 0:H, else
@@ -252,7 +253,7 @@ def _zero_padding(row, n, H, W, oh0, oh1, di, dj):
                     row[start + ow] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _unfold_row_same(plane, n, H, W, oh0, oh1, di, dj, row):
     """One row (tap offset (di, dj)) of the unfolded matrix of a "same" convolution: row
     (n*(oh1-oh0)*W,) from one channel's channel-major plane (n*H*W,)."""
@@ -263,7 +264,7 @@ def _unfold_row_same(plane, n, H, W, oh0, oh1, di, dj, row):
     _zero_padding(row, n, H, W, oh0, oh1, di, dj)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fold_row_same(row, n, H, W, oh0, oh1, di, dj, plane):
     """The adjoint of ``_unfold_row_same``: add row onto the pixels its entries came from.
     row is scratch: its padding entries are set to zero first, so that one contiguous add
@@ -288,7 +289,7 @@ def _geometry(pieces):
     return np.array(pieces, np.int64).reshape(-1, GEOMETRY_COLUMNS)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col_same(xc, k, geometry, cols):
     """Unfold the pieces of a channel-major input xc (C, *) for a "same" k x k convolution into
     cols (C*k*k, *), rows ordered (c, i, j) as ``_im2col``'s."""
@@ -301,7 +302,7 @@ def _im2col_same(xc, k, geometry, cols):
                          cols[r, b:b + n * (oh1 - oh0) * W])
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _col2im_same_add(dcols, k, geometry, dxc):
     """The adjoint of ``_im2col_same``: add dcols into the channel-major gradient dxc (C, *).
     dcols is scratch (its padding entries are zeroed)."""
@@ -579,7 +580,7 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
     return dxs, dw, db
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def bias_backward(dy):
     """dy (N, F, Ho, Wo) -> db (F,), summed in float64."""
     N, F, Ho, Wo = dy.shape
@@ -601,7 +602,7 @@ def bias_backward(dy):
 # statistics of the stem's output 0.46 -> 0.20-0.22 ms, group norm's forward on P3 0.24 ->
 # 0.14-0.18 ms (benchmarks/bench_step_parts.py). The order is fixed, so the bits do not
 # depend on the number of threads.
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sum(a, lo, hi):
     """a[lo:hi].sum() in float64, as four interleaved partial sums."""
     s0 = s1 = s2 = s3 = 0.0
@@ -616,7 +617,7 @@ def _sum(a, lo, hi):
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sum_sq_dev(a, lo, hi, mu):
     """((a[lo:hi] - mu) ** 2).sum() in float64, as four interleaved partial sums."""
     s0 = s1 = s2 = s3 = 0.0
@@ -633,7 +634,7 @@ def _sum_sq_dev(a, lo, hi, mu):
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sum_dot_xhat(dy, x, lo, hi, mu, istd):
     """(dy[lo:hi].sum(), (dy * (x - mu) * istd)[lo:hi].sum()) in float64, two partial sums
     each."""
@@ -650,7 +651,7 @@ def _sum_dot_xhat(dy, x, lo, hi, mu, istd):
     return a0 + a1, b0 + b1
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def batchnorm2d_stats(x):
     """x (N, C, H, W) -> mean (C,), biased var (C,), accumulated in float64 (two passes)."""
     N, C, H, W = x.shape
@@ -671,7 +672,7 @@ def batchnorm2d_stats(x):
     return mean, var
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def batchnorm2d_update_stats(mean, var, count, running_mean, running_var, momentum, eps):
     """Batch mean, biased var (C,) of count >= 2 values -> invstd (C,) = 1 / sqrt(var + eps).
 
@@ -689,7 +690,7 @@ def batchnorm2d_update_stats(mean, var, count, running_mean, running_var, moment
     return invstd
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def batchnorm2d_eval_stats(running_mean, running_var, eps):
     """Running statistics (C,) -> a copy of the mean (later training steps change it), invstd."""
     C = running_mean.shape[0]
@@ -701,7 +702,7 @@ def batchnorm2d_eval_stats(running_mean, running_var, eps):
     return mean, invstd
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def batchnorm2d_forward(x, mean, invstd, gamma, beta):
     """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta."""
     N, C, H, W = x.shape
@@ -718,7 +719,7 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def batchnorm2d_backward(dy, x, mean, invstd, gamma):
     """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
     N, C, H, W = x.shape
@@ -767,7 +768,7 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _groupnorm_forward_rows(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd, start, stop):
     """Rows start:stop of xg (N*G, M): statistics into mean, invstd (N*G,), y into yg."""
     M = Cg * HW
@@ -789,7 +790,7 @@ def _groupnorm_forward_rows(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd, star
                 dst[i] = (src[i] - m) * a + b
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _groupnorm_forward_parallel(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd):
     for ng in prange(xg.shape[0]):
         _groupnorm_forward_rows(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd, ng, ng + 1)
@@ -814,7 +815,7 @@ def groupnorm_forward(x, gamma, beta, groups, eps):
     return y, mean, invstd
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _groupnorm_backward_rows(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_dy, sum_dy_xhat,
                              start, stop):
     """Rows start:stop of (N*G, M): dx into dxg, per-channel sums into sum_dy, sum_dy_xhat
@@ -848,7 +849,7 @@ def _groupnorm_backward_rows(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_dy, 
                 dst[i] = (d[i] * gc - mdx - (src[i] - m) * k) * s
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _groupnorm_backward_parallel(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_dy,
                                  sum_dy_xhat):
     for ng in prange(xg.shape[0]):
@@ -856,7 +857,7 @@ def _groupnorm_backward_parallel(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_
                                  ng, ng + 1)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sum_over_images(sums, dtype_like):
     """(N, C) float64 -> (C,) in dtype_like's dtype, added over the images in order: the same
     bits for any number of threads."""
@@ -895,7 +896,7 @@ def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
 # ----------------------------------------------------------------------------- elementwise
 # One thread: these stream memory, a second core gave them nothing measurable, and a
 # parallel=True function costs two to four times as long to compile.
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def relu_forward(x):
     """x (any shape) -> max(x, 0)."""
     xf = x.reshape(-1)
@@ -905,7 +906,7 @@ def relu_forward(x):
     return y.reshape(x.shape)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def relu_backward(dy, y):
     """dy, y (same shape) -> dx = dy where y > 0, else 0."""
     dyf, yf = dy.reshape(-1), y.reshape(-1)
@@ -915,7 +916,7 @@ def relu_backward(dy, y):
     return dx.reshape(dy.shape)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def add_forward(a, b):
     """a, b (same shape) -> a + b."""
     af, bf = a.reshape(-1), b.reshape(-1)
@@ -926,7 +927,7 @@ def add_forward(a, b):
 
 
 # ----------------------------------------------------------------------------- max pooling
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def maxpool2d_forward(x, k, stride, padding):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int64 as h*W + w (first max).
 
@@ -959,7 +960,7 @@ def maxpool2d_forward(x, k, stride, padding):
     return y.reshape(N, C, Ho, Wo), argmax.reshape(N, C, Ho, Wo)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxpool2d_backward(dy, argmax, H, W):
     """dy, argmax (N, C, Ho, Wo) -> dx (N, C, H, W): each dy goes to its window's maximum."""
     N, C, Ho, Wo = dy.shape
@@ -972,7 +973,7 @@ def maxpool2d_backward(dy, argmax, H, W):
 
 
 # ----------------------------------------------------------------------------- upsampling
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def upsample_nearest_forward(x, Ho, Wo):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), y[.., oh, ow] = x[.., oh*H//Ho, ow*W//Wo]."""
     N, C, H, W = x.shape
@@ -988,7 +989,7 @@ def upsample_nearest_forward(x, Ho, Wo):
     return y
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def upsample_nearest_backward(dy, H, W):
     """dy (N, C, Ho, Wo) -> dx (N, C, H, W): each source pixel sums the outputs it was copied to."""
     N, C, Ho, Wo = dy.shape
@@ -1028,7 +1029,7 @@ def add_inplace_(a, b):
     return a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sgd_update(p, g, v, lr, momentum, weight_decay):
     for i in range(p.size):
         vi = v[i] * momentum + (g[i] + p[i] * weight_decay)
@@ -1044,7 +1045,7 @@ def sgd_update_(param, grad, buf, lr, momentum, weight_decay):
     return param
 
 
-@njit(cache=True, error_model="numpy")  # see adamw_update_
+@njit(cache=True, nogil=True, error_model="numpy")  # see adamw_update_
 def _adamw_update(p, g, m, v, lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps,
                   weight_decay, bias1, bias2):
     for i in range(p.size):
@@ -1087,7 +1088,7 @@ def empty_like(a):
     return np.empty_like(a)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sum_squares(a):
     """(a * a).sum() of a flat array in float64, as four interleaved partial sums."""
     s0 = s1 = s2 = s3 = 0.0

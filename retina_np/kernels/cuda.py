@@ -46,6 +46,9 @@ and the heads and the loss use (CPU twins in ``cpu.py``, the loss ones wrapping
 
     levels_to_rows(levels, per_anchor)             # [(N, A*P, H, W)] -> (N, R, P)
     rows_to_levels(rows, level_hw, per_anchor)     # (N, R, P) -> [(N, A*P, H, W)]
+    side_by_side(*tasks)                           # [task() for task in tasks]: the launches
+                                                   #   queue on the GPU anyway (cpu.py runs
+                                                   #   them at once, kernels/threads.py)
     focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, grad_scale, out=None)
                                                    # (R, K) -> loss, d logits (into out)
     box_loss_rows(pred, rows, target, beta, divisor, dpred)
@@ -111,7 +114,7 @@ __all__ = [
     "upsample_nearest_forward", "upsample_nearest_backward", "add_forward",
     "empty_like", "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "adamw_update_",
     "cast",
-    "sum_squares", "levels_to_rows", "rows_to_levels",
+    "sum_squares", "levels_to_rows", "rows_to_levels", "side_by_side",
     "focal_loss_anchor_classes", "sigmoid_focal_loss", "smooth_l1_loss", "l1_loss",
     "box_loss_rows", "box_iou", "decode_boxes", "nms", "batched_nms",
 ]
@@ -127,3 +130,8 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
     """Level by level (kernels/levels.py): dxs or None, dw and db summed over the levels."""
     return levels.conv2d_backward_by_level(sys.modules[__name__], dys, xs, w, stride, padding,
                                            has_bias, need_input_grad)
+
+
+def side_by_side(*tasks):
+    """The tasks one after another: their kernel launches queue on the device in order."""
+    return [task() for task in tasks]

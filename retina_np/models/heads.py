@@ -133,11 +133,16 @@ class RetinaNetHead(Module):
                                               norm_groups=norm_groups)
 
     def forward(self, levels):
-        return self.classification_head(levels), self.regression_head(levels)
+        # the subnets share nothing but their input: on the CPU they run side by side, each
+        # on its share of the cores (kernels/threads.py)
+        cls, box = backend.kernels_for(*levels).side_by_side(
+            lambda: self.classification_head(levels), lambda: self.regression_head(levels))
+        return cls, box
 
     def backward(self, d_cls, d_box):
-        d_a = self.classification_head.backward(d_cls)
-        d_b = self.regression_head.backward(d_box)
+        d_a, d_b = backend.kernels_for(d_cls, d_box).side_by_side(
+            lambda: self.classification_head.backward(d_cls),
+            lambda: self.regression_head.backward(d_box))
         # both subnets read every level, so its gradient is the sum; d_a holds new arrays (the
         # input gradients of the first convs), so the sum can be taken in place
         return [backend.kernels_for(a, b).add_inplace_(a, b) for a, b in zip(d_a, d_b)]

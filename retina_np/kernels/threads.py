@@ -1,0 +1,120 @@
+"""Independent pieces of CPU work run side by side, each on its own share of the cores.
+
+Each GEMM and each ``prange`` loop splits its work over every core. In RetinaNet's heads
+that is a poor fit: the 64-channel products on the small pyramid levels and the loops
+around them are short, so the cores spend much of a step waking each other up and waiting
+at the end of each call. The classification and box subnets share no data, so they can
+run at the same time instead, each on its own core with one-thread GEMMs and loops:
+``side_by_side(lambda: cls(levels), lambda: box(levels))``. In the shapes preset's
+training step on 2 cores, this made the step ~10% faster (docs/performance.md).
+
+The BLAS thread count is process-wide, so it is lowered while the tasks run and set back
+afterwards (through threadpoolctl); Numba's is per thread (``numba.set_num_threads``). The
+kernels release the GIL (``nogil=True`` in ``cpu.py``), so the threads run at once.
+Results are the same numbers either way, up to the rounding of the weight-gradient GEMMs,
+whose sums OpenBLAS splits differently with a different number of threads.
+
+The tasks run one after another instead when that cannot help or is not safe: one core;
+a call from inside a task (its share is already one core); Numba's ``workqueue`` threading
+layer, which must not be entered from two threads at once; no BLAS library that
+threadpoolctl finds; or ``ENABLED = False`` (for comparisons).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+
+ENABLED = True
+
+# Numba's threading layers that may be entered from several threads at once.
+THREAD_SAFE_LAYERS = ("omp", "tbb")
+
+_inside = threading.local()  # .task is True in a thread that is running a task
+_pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
+_blas = None  # threadpoolctl's controllers of the BLAS libraries (None: not looked up yet)
+
+
+def side_by_side(*tasks):
+    """Call every task (a function of no arguments) and return their results, in order.
+
+    With more than one core they run at the same time, the calling thread running the
+    first; each gets an equal share of the cores. An exception in a task is raised once
+    every task has finished (the first one, in task order).
+    """
+    threads = _threads_per_task(len(tasks))
+    if threads is None:
+        return [task() for task in tasks]
+    blas = _blas_libraries()
+    blas_threads = [lib.num_threads for lib in blas]
+    for lib in blas:
+        lib.set_num_threads(threads)
+    try:
+        others = [_worker_pool(len(tasks) - 1).submit(_run, task, threads)
+                  for task in tasks[1:]]
+        first = _outcome(_run, tasks[0], threads)
+        outcomes = [first] + [_outcome(f.result) for f in others]
+    finally:
+        for lib, n in zip(blas, blas_threads):
+            lib.set_num_threads(n)
+    for _, error in outcomes:
+        if error is not None:
+            raise error
+    return [value for value, _ in outcomes]
+
+
+def _run(task, threads):
+    """A task, with Numba's thread count (this thread's own setting) lowered around it."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    _inside.task = True
+    try:
+        return task()
+    finally:
+        _inside.task = False
+        numba.set_num_threads(before)
+
+
+def _outcome(fn, *args):
+    """(value, None) or (None, the exception): every task is waited for before raising."""
+    try:
+        return fn(*args), None
+    except BaseException as error:  # noqa: BLE001 - re-raised by side_by_side
+        return None, error
+
+
+def _threads_per_task(n_tasks: int) -> int | None:
+    """Each task's share of the cores, or None where the tasks should run one by one."""
+    cores = numba.get_num_threads()
+    if not ENABLED or n_tasks < 2 or cores < 2 or getattr(_inside, "task", False):
+        return None
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel loop has run yet, so the layer is not chosen yet
+        return None
+    if layer not in THREAD_SAFE_LAYERS or not _blas_libraries():
+        return None
+    return max(1, cores // n_tasks)
+
+
+def _blas_libraries():
+    """threadpoolctl's controllers of the loaded BLAS libraries (looked up once): numpy's,
+    and scipy's when it is loaded too (Numba's own products call it)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """The threads that run the tasks after the first (made once, kept for later calls)."""
+    global _pool, _pool_workers
+    if _pool_workers < workers:
+        _pool = ThreadPoolExecutor(workers, thread_name_prefix="retina_np")
+        _pool_workers = workers
+    return _pool

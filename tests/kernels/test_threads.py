@@ -1,0 +1,125 @@
+"""kernels/threads.py: independent CPU work side by side, and the heads' subnets run that way."""
+
+import threading
+import time
+
+import numba
+import numpy as np
+import pytest
+from threadpoolctl import ThreadpoolController
+
+from retina_np.kernels import cpu, threads
+from retina_np.models import RetinaNet, RetinaNetConfig
+
+
+def _start_thread_pool():
+    """Run one parallel loop, so that Numba has chosen its threading layer."""
+    x = np.ones((2, 4, 64, 64), np.float32)  # above PARALLEL_MIN_ELEMENTS: the prange loop
+    cpu.groupnorm_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32), 2, 1e-5)
+
+
+def _blas_threads():
+    return [lib.num_threads for lib in ThreadpoolController().select(user_api="blas")
+            .lib_controllers]
+
+
+@pytest.fixture
+def side_by_side_possible():
+    _start_thread_pool()
+    if threads._threads_per_task(2) is None:
+        pytest.skip(f"tasks run one by one here: {numba.get_num_threads()} Numba thread(s), "
+                    f"threading layer {numba.threading_layer()}")
+
+
+def test_tasks_run_at_once_on_their_share_of_the_cores(side_by_side_possible):
+    cores, blas_before = numba.get_num_threads(), _blas_threads()
+    both_running = threading.Barrier(2, timeout=10)  # broken unless the tasks overlap
+
+    def task(value):
+        def run():
+            both_running.wait()
+            return value, threading.get_ident(), numba.get_num_threads(), _blas_threads()
+        return run
+
+    (a, ident_a, numba_a, blas_a), (b, ident_b, numba_b, blas_b) = threads.side_by_side(
+        task("a"), task("b"))
+    assert (a, b) == ("a", "b")
+    assert ident_a == threading.get_ident() != ident_b
+    assert numba_a == numba_b == cores // 2
+    assert set(blas_a) == set(blas_b) == {cores // 2}
+    assert numba.get_num_threads() == cores and _blas_threads() == blas_before
+
+
+def test_an_error_is_raised_once_every_task_has_finished(side_by_side_possible):
+    cores, blas_before = numba.get_num_threads(), _blas_threads()
+    finished = []
+
+    def fails():
+        raise ValueError("first task failed")
+
+    def slow():
+        time.sleep(0.2)
+        finished.append(True)
+        return 1
+
+    with pytest.raises(ValueError, match="first task failed"):
+        threads.side_by_side(fails, slow)
+    assert finished == [True]
+    with pytest.raises(KeyError):
+        threads.side_by_side(slow, lambda: {}["missing"])
+    assert numba.get_num_threads() == cores and _blas_threads() == blas_before
+
+
+def test_one_by_one_inside_a_task_when_disabled_and_on_workqueue(side_by_side_possible,
+                                                                 monkeypatch):
+    here = threading.get_ident()
+
+    def inner():
+        caller = threading.get_ident()
+        return threads.side_by_side(threading.get_ident, threading.get_ident), caller
+
+    (inner_a, _), (inner_b, caller_b) = threads.side_by_side(inner, inner)
+    assert set(inner_a) == {here}  # a nested call stays on its task's thread
+    assert set(inner_b) == {caller_b} != {here}
+
+    monkeypatch.setattr(threads, "ENABLED", False)
+    assert threads.side_by_side(threading.get_ident, threading.get_ident) == [here, here]
+    monkeypatch.setattr(threads, "ENABLED", True)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")  # not thread-safe
+    assert threads.side_by_side(threading.get_ident, threading.get_ident) == [here, here]
+
+
+def _head_pass(model, levels, d_cls, d_box):
+    cls, box = model.head(levels)
+    model.zero_grad()
+    d_levels = model.head.backward(d_cls, d_box)
+    grads = {n: p.grad.copy() for n, p in model.head.named_parameters()}
+    return cls, box, d_levels, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_heads_side_by_side_equal_the_heads_one_by_one(side_by_side_possible, monkeypatch,
+                                                        dtype):
+    """The subnets' outputs are the same bits; the gradients are up to the rounding of the
+    weight-gradient GEMMs, which OpenBLAS sums differently on one thread than on two."""
+    config = RetinaNetConfig.tiny(3)
+    config.head_norm_groups = 4
+    model = RetinaNet(config, seed=1).astype(dtype).train()
+    rng = np.random.default_rng(0)
+    levels = [rng.normal(size=(2, 8, s, s)).astype(dtype) for s in (8, 4, 2, 1, 1)]
+    outputs = model.head(levels)
+    d_cls, d_box = (rng.normal(size=o.shape).astype(dtype) for o in outputs)
+    model.head.backward(d_cls, d_box)
+
+    side = _head_pass(model, levels, d_cls, d_box)
+    monkeypatch.setattr(threads, "ENABLED", False)
+    alone = _head_pass(model, levels, d_cls, d_box)
+    np.testing.assert_array_equal(side[0], alone[0])
+    np.testing.assert_array_equal(side[1], alone[1])
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(side[2], alone[2]):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
+    for name in alone[3]:
+        scale = np.abs(alone[3][name]).max()
+        np.testing.assert_allclose(side[3][name], alone[3][name], rtol=rtol, atol=rtol * scale,
+                                   err_msg=name)
