@@ -15,7 +15,7 @@ With torch installed, the same training step in PyTorch on the CPU (``torch_twin
 same architecture, loaded with the same initial weights, on the same batches), after a check
 that its forward outputs equal ours; torch runs with as many threads as our Numba kernels.
 Anchor matching is done once on the host by retina_np's matcher and handed to torch as
-tensors (it is no conv cost); our step's time includes matching, in "other".
+tensors (it is no conv cost); our step's time includes matching, in its loss stage.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 
@@ -53,10 +54,20 @@ def _timed(fn) -> float:
 
 
 def _instrument():
-    """Wrap every layer's forward/backward to time it and count conv FLOPs."""
-    import retina_np.nn.layers as layers
+    """Wrap every layer's forward/backward to time it and count conv FLOPs, and the step's
+    stages (backbone + FPN, heads, loss, gradient norm, update) to time them on the clock.
 
-    times, flops = defaultdict(float), {"conv": 0.0}
+    The heads' two subnets run side by side on the CPU (kernels/threads.py), so the layer
+    times are summed over the threads that ran them: the heads' layers add up to more than
+    the heads' wall time. The stages run one after another and add up to the step.
+    """
+    import retina_np.nn.layers as layers
+    import retina_np.train as train
+    from retina_np.models import heads, retinanet
+    from retina_np.optim import SGD
+
+    times, stages, flops = defaultdict(float), defaultdict(float), {"conv": 0.0}
+    lock = threading.Lock()  # the subnets' threads add to the same totals
     for cls in (
         layers.Conv2d,
         layers.BatchNorm2d,
@@ -76,18 +87,38 @@ def _instrument():
             def wrapped(self, *args, _f=original, _key=key, _method=method, **kw):
                 t = time.perf_counter()
                 out = _f(self, *args, **kw)
-                times[_key] += time.perf_counter() - t
-                if _key == "Conv2d.forward":  # forward or forward_levels
-                    for y in (out if _method == "forward_levels" else [out]):
-                        n, f, ho, wo = y.shape
-                        k = self.kernel_size
-                        macs = n * f * ho * wo * self.in_channels * k * k
-                        # forward, weight gradient and (but for the stem) input gradient
-                        flops["conv"] += 2 * macs * (3 if self.needs_input_grad else 2)
+                with lock:
+                    times[_key] += time.perf_counter() - t
+                    if _key == "Conv2d.forward":  # forward or forward_levels
+                        for y in (out if _method == "forward_levels" else [out]):
+                            n, f, ho, wo = y.shape
+                            k = self.kernel_size
+                            macs = n * f * ho * wo * self.in_channels * k * k
+                            # forward, weight gradient and (but for the stem) input gradient
+                            flops["conv"] += 2 * macs * (3 if self.needs_input_grad else 2)
                 return out
 
             setattr(cls, method, wrapped)
-    return times, flops
+
+    def clocked(owner, method, key):
+        original = getattr(owner, method)
+
+        def wrapped(*args, **kw):
+            t = time.perf_counter()
+            out = original(*args, **kw)
+            stages[key] += time.perf_counter() - t
+            return out
+
+        setattr(owner, method, wrapped)
+
+    clocked(retinanet.BackboneWithFPN, "forward", "backbone + FPN forward")
+    clocked(heads.RetinaNetHead, "forward", "heads forward (subnets side by side)")
+    clocked(retinanet.RetinaNet, "loss", "loss (matching, focal, box)")
+    clocked(heads.RetinaNetHead, "backward", "heads backward (subnets side by side)")
+    clocked(retinanet.BackboneWithFPN, "backward", "backbone + FPN backward")
+    clocked(train, "clip_grad_norm", "gradient norm")
+    clocked(SGD, "step", "SGD update")
+    return times, stages, flops
 
 
 def bench_train(repeat: int) -> dict:
@@ -97,7 +128,7 @@ def bench_train(repeat: int) -> dict:
     from retina_np.train import keep_freed_memory, train_step
 
     keep_freed_memory()  # as train() does
-    times, flops = _instrument()
+    times, stages, flops = _instrument()
     model = RetinaNet(RetinaNetConfig.shapes())
     loader = DataLoader(ShapesDataset(8 * (repeat + 2)), 8)
     opt = SGD(model.named_parameters(), lr=0.01)
@@ -105,6 +136,7 @@ def bench_train(repeat: int) -> dict:
         images, targets, _, _ = loader.batch(0, i)
         train_step(model, opt, images, targets, 0.01)
     times.clear()
+    stages.clear()
     flops["conv"] = 0.0
     steps, losses = [], []
     for i in range(repeat):
@@ -126,6 +158,7 @@ def bench_train(repeat: int) -> dict:
         "per_layer_seconds": {
             k: v / repeat for k, v in sorted(times.items(), key=lambda kv: -kv[1])
         },
+        "per_stage_seconds": {k: v / repeat for k, v in stages.items()},
         "losses": losses,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -225,10 +258,15 @@ def _print_train(train: dict) -> None:
         f"the {train['gemm_gflops']:.1f} GFLOP/s float32 GEMM measured in the same process; "
         f"peak RSS {train['peak_rss_mb']:.0f} MB"
     )
-    total = sum(train["per_layer_seconds"].values())
+    step = train["seconds_per_step"]
+    print("  stages, on the clock (mean per step; they run one after another):")
+    for name, sec in train["per_stage_seconds"].items():
+        print(f"    {name:40s} {sec * 1000:8.1f} ms  {100 * sec / step:5.1f}%")
+    other = step - sum(train["per_stage_seconds"].values())
+    print(f"    {'(other: zeroing gradients, copies)':40s} {other * 1000:8.1f} ms")
+    print("  layers, summed over the threads that ran them (mean per step):")
     for name, sec in train["per_layer_seconds"].items():
-        print(f"    {name:22s} {sec * 1000:8.1f} ms  {100 * sec / train['seconds_per_step']:5.1f}%")
-    print(f"    {'(other: loss, update)':22s} {(train['seconds_per_step'] - total) * 1000:8.1f} ms")
+        print(f"    {name:40s} {sec * 1000:8.1f} ms")
 
 
 def _print_torch(train: dict, torch_: dict) -> None:
@@ -246,7 +284,7 @@ def _print_torch(train: dict, torch_: dict) -> None:
     )
     print(
         "  anchor matching: done once on the host by retina_np's matcher, passed to torch as "
-        "tensors and not timed (ours includes it, in 'other')"
+        "tensors and not timed (ours includes it, in its loss stage)"
     )
     print(
         f"  step {step:.3f} s ({8 / step:.1f} images/s), same conv FLOPs -> {gflops:.1f} GFLOP/s "
@@ -269,7 +307,7 @@ def main() -> None:
     parser.add_argument("--skip-infer", action="store_true", help="no resnet50_fpn inference")
     parser.add_argument("--only", choices=["train", "torch", "512", "800"])
     args = parser.parse_args()
-    repeat = 3 if args.quick else 8
+    repeat = 3 if args.quick else 20
     if args.only == "train":
         print(json.dumps(bench_train(repeat)))
         return

@@ -53,7 +53,8 @@ In-place utilities for the optimizer and gradient accumulation (each returns its
 argument): ``zeros_like(a)``, ``fill_(a, value)``, ``scale_(a, s)``, ``add_inplace_(a, b)``,
 ``sgd_update_(param, grad, buf, lr, momentum, weight_decay)``.
 
-``side_by_side(*tasks)`` calls independent pieces of work (the heads' two subnets) and
-returns their results in order: ``cpu.py`` runs them at the same time, each on its share of
-the cores (``threads.py``), ``cuda.py`` one after another, as their launches queue anyway.
+``side_by_side(*tasks, channels=0)`` calls independent pieces of work (the heads' two
+subnets, whose convolutions are ``channels`` wide) and returns their results in order:
+``cpu.py`` runs narrow ones at the same time, each on its share of the cores
+(``threads.py``), ``cuda.py`` one after another, as their launches queue anyway.
 """

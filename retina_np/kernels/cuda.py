@@ -46,7 +46,7 @@ and the heads and the loss use (CPU twins in ``cpu.py``, the loss ones wrapping
 
     levels_to_rows(levels, per_anchor)             # [(N, A*P, H, W)] -> (N, R, P)
     rows_to_levels(rows, level_hw, per_anchor)     # (N, R, P) -> [(N, A*P, H, W)]
-    side_by_side(*tasks)                           # [task() for task in tasks]: the launches
+    side_by_side(*tasks, channels=0)               # [task() for task in tasks]: the launches
                                                    #   queue on the GPU anyway (cpu.py runs
                                                    #   them at once, kernels/threads.py)
     focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, grad_scale, out=None)
@@ -132,6 +132,6 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
                                            has_bias, need_input_grad)
 
 
-def side_by_side(*tasks):
+def side_by_side(*tasks, channels=0):
     """The tasks one after another: their kernel launches queue on the device in order."""
     return [task() for task in tasks]

@@ -125,6 +125,7 @@ class RetinaNetHead(Module):
     ):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
+        self.channels = channels
         self.classification_head = ClassificationHead(
             channels, num_classes, num_anchors, num_convs, std, rng, final_bias=prior_bias,
             norm_groups=norm_groups,
@@ -133,16 +134,17 @@ class RetinaNetHead(Module):
                                               norm_groups=norm_groups)
 
     def forward(self, levels):
-        # the subnets share nothing but their input: on the CPU they run side by side, each
-        # on its share of the cores (kernels/threads.py)
+        # the subnets share nothing but their input: on the CPU narrow ones run side by side,
+        # each on its share of the cores (kernels/threads.py)
         cls, box = backend.kernels_for(*levels).side_by_side(
-            lambda: self.classification_head(levels), lambda: self.regression_head(levels))
+            lambda: self.classification_head(levels), lambda: self.regression_head(levels),
+            channels=self.channels)
         return cls, box
 
     def backward(self, d_cls, d_box):
         d_a, d_b = backend.kernels_for(d_cls, d_box).side_by_side(
             lambda: self.classification_head.backward(d_cls),
-            lambda: self.regression_head.backward(d_box))
+            lambda: self.regression_head.backward(d_box), channels=self.channels)
         # both subnets read every level, so its gradient is the sum; d_a holds new arrays (the
         # input gradients of the first convs), so the sum can be taken in place
         return [backend.kernels_for(a, b).add_inplace_(a, b) for a, b in zip(d_a, d_b)]

@@ -70,7 +70,7 @@ def test_an_error_is_raised_once_every_task_has_finished(side_by_side_possible):
     assert numba.get_num_threads() == cores and _blas_threads() == blas_before
 
 
-def test_one_by_one_inside_a_task_when_disabled_and_on_workqueue(side_by_side_possible,
+def test_one_by_one_inside_a_task_when_wide_disabled_or_on_workqueue(side_by_side_possible,
                                                                  monkeypatch):
     here = threading.get_ident()
 
@@ -82,6 +82,9 @@ def test_one_by_one_inside_a_task_when_disabled_and_on_workqueue(side_by_side_po
     assert set(inner_a) == {here}  # a nested call stays on its task's thread
     assert set(inner_b) == {caller_b} != {here}
 
+    wide = threads.SIDE_BY_SIDE_MAX_CHANNELS + 1  # products that keep the cores busy alone
+    assert threads.side_by_side(threading.get_ident, threading.get_ident,
+                                channels=wide) == [here, here]
     monkeypatch.setattr(threads, "ENABLED", False)
     assert threads.side_by_side(threading.get_ident, threading.get_ident) == [here, here]
     monkeypatch.setattr(threads, "ENABLED", True)
