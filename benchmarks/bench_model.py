@@ -150,6 +150,7 @@ def bench_train(repeat: int) -> dict:
     return {
         "part": "train shapes preset, batch 8, 128x128",
         "seconds_per_step": step,
+        "mean_seconds_per_step": float(np.mean(steps)),
         "images_per_second": 8 / step,
         "conv_gflop_per_step": conv_flops / 1e9,
         "achieved_gflops": conv_flops / step / 1e9,
@@ -258,11 +259,12 @@ def _print_train(train: dict) -> None:
         f"the {train['gemm_gflops']:.1f} GFLOP/s float32 GEMM measured in the same process; "
         f"peak RSS {train['peak_rss_mb']:.0f} MB"
     )
-    step = train["seconds_per_step"]
-    print("  stages, on the clock (mean per step; they run one after another):")
+    mean = train["mean_seconds_per_step"]
+    print(f"  stages, on the clock (mean per step: {mean * 1000:.1f} ms; they run one after "
+          "another):")
     for name, sec in train["per_stage_seconds"].items():
-        print(f"    {name:40s} {sec * 1000:8.1f} ms  {100 * sec / step:5.1f}%")
-    other = step - sum(train["per_stage_seconds"].values())
+        print(f"    {name:40s} {sec * 1000:8.1f} ms  {100 * sec / mean:5.1f}%")
+    other = mean - sum(train["per_stage_seconds"].values())
     print(f"    {'(other: zeroing gradients, copies)':40s} {other * 1000:8.1f} ms")
     print("  layers, summed over the threads that ran them (mean per step):")
     for name, sec in train["per_layer_seconds"].items():

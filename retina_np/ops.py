@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from retina_np import backend
+from retina_np.kernels.levels import Joint
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -185,6 +186,87 @@ def conv2d_levels_backward(dys, cache: Conv2dLevelsCache, need_input_grad=True):
     k = backend.kernels_for(*dys, cache.w)
     return k.conv2d_backward_levels(dys, cache.xs, cache.w, cache.stride, cache.padding,
                                     cache.has_bias, need_input_grad, cache.columns)
+
+
+# ----------------------------------------------------------------------------- ... on a Joint
+# On the CPU the heads keep every pyramid level in one channel-major matrix (a ``Joint``,
+# kernels/levels.py; made by the kernels' ``join_levels``), so that each layer is one call for
+# all five levels. The heads' convolutions are "same" ones (3x3, stride 1, padding 1): their
+# output has the levels of their input.
+class Conv2dJointCache(NamedTuple):
+    x: Joint  # the input (C, T)
+    w: object  # (F, C, k, k)
+    has_bias: bool
+    name: str
+    columns: list | None = None  # the forward's unfolded matrix, if it kept it
+
+
+def conv2d_joint_forward(xj: Joint, w, b, stride=1, padding=1, name="conv2d",
+                         keep_columns=False):
+    """``conv2d_levels_forward`` of every level of a Joint at once -> (y Joint (F, T), cache).
+    Only "same" convolutions: stride 1 and padding (k - 1) / 2."""
+    F, C, kh, kw = w.shape
+    if stride != 1 or kh != kw or kh != 2 * padding + 1:
+        raise ValueError(f"{name}: a Joint of levels takes only stride-1 convolutions with "
+                         f"padding (k-1)/2, got w {tuple(w.shape)}, stride {stride}, "
+                         f"padding {padding}")
+    if xj.data.shape[0] != C:
+        raise ValueError(f"{name}: the levels have {xj.data.shape[0]} channels and w "
+                         f"{tuple(w.shape)} takes {C}")
+    _check_dtypes(name, x=xj.data, weight=w, bias=b)
+    if b is not None and tuple(b.shape) != (F,):
+        raise ValueError(f"{name}: bias must have shape ({F},), got {tuple(b.shape)}")
+    w, b = _contiguous(w), _contiguous(b)
+    columns = [] if keep_columns else None
+    y = backend.kernels_for(xj.data, w, b).conv2d_forward_joint(xj, w, b, columns)
+    return y, Conv2dJointCache(xj, w, b is not None, name, columns)
+
+
+def conv2d_joint_backward(dyj: Joint, cache: Conv2dJointCache, need_input_grad=True):
+    """dy Joint (F, T) -> (dx Joint (C, T) or None, dw (F, C, k, k), db (F,) or None)."""
+    F, T = cache.w.shape[0], cache.x.data.shape[1]
+    _check_grad(cache.name, dyj.data, (F, T), np.dtype(cache.w.dtype))
+    if dyj.hws != cache.x.hws or dyj.n != cache.x.n:
+        raise ValueError(f"{cache.name}: dy has levels {dyj.hws} of {dyj.n} images, the "
+                         f"forward had {cache.x.hws} of {cache.x.n}")
+    k = backend.kernels_for(dyj.data, cache.w)
+    return k.conv2d_backward_joint(dyj, cache.x, cache.w, cache.has_bias, need_input_grad,
+                                   cache.columns)
+
+
+class GroupNormJointCache(NamedTuple):
+    x: Joint  # (C, T)
+    mean: object  # (levels * N, G) per (level, image) and group
+    invstd: object  # (levels * N, G)
+    gamma: object  # (C,)
+    groups: int
+    name: str
+
+
+def groupnorm_joint_forward(xj: Joint, gamma, beta, groups, eps=1e-5, name="groupnorm"):
+    """``groupnorm_forward`` of every level of a Joint at once: each image's group on each
+    level is normalised by its own statistics -> (y Joint (C, T), cache)."""
+    C = xj.data.shape[0]
+    _check_dtypes(name, x=xj.data, weight=gamma, bias=beta)
+    groups = _check_int(name, "groups", groups, 1)
+    if C % groups:
+        raise ValueError(f"{name}: {C} channels cannot be split into {groups} groups")
+    for what, v in (("weight", gamma), ("bias", beta)):
+        if tuple(v.shape) != (C,):
+            raise ValueError(f"{name}: {what} must have shape ({C},), got {tuple(v.shape)}")
+    gamma, beta = _contiguous(gamma), _contiguous(beta)
+    y, mean, invstd = backend.kernels_for(xj.data, gamma, beta).groupnorm_forward_joint(
+        xj, gamma, beta, groups, float(eps))
+    return y, GroupNormJointCache(xj, mean, invstd, gamma, groups, name)
+
+
+def groupnorm_joint_backward(dyj: Joint, cache: GroupNormJointCache):
+    """dy Joint (C, T) -> (dx Joint (C, T), dgamma (C,), dbeta (C,))."""
+    xj = cache.x
+    _check_grad(cache.name, dyj.data, xj.data.shape, np.dtype(xj.data.dtype))
+    k = backend.kernels_for(dyj.data, xj.data)
+    return k.groupnorm_backward_joint(dyj, xj, cache.mean, cache.invstd, cache.gamma,
+                                      cache.groups)
 
 
 # ----------------------------------------------------------------------------- batchnorm2d

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from retina_np.kernels import levels  # noqa: E402
+from retina_np.kernels.levels import Joint  # noqa: E402
 from retina_np.kernels.threads import side_by_side  # noqa: E402, F401 - the heads' subnets
 
 # About the largest im2col matrix (elements; 4 MB in float32). The output is cut into tiles
@@ -493,32 +494,11 @@ def _joint_levels(xs, w, stride, padding):
 
 
 def _unfold_levels(xs, kh, kw, stride, padding, starts):
-    """The joint unfolded matrix of the levels xs: (C*kh*kw, T), T = starts[-1] = sum N*L_l."""
+    """The joint unfolded matrix of the levels xs: (C*kh*kw, T), T = starts[-1] = sum N*L_l
+    (convolutions that are not "same"; those unfold a Joint, ``conv2d_forward_joint``)."""
     cols = np.empty((xs[0].shape[1] * kh * kw, starts[-1]), xs[0].dtype)
-    if _is_same(kh, kw, stride, padding):
-        xc, geometry = _channel_major_levels(xs, starts)
-        _im2col_same(xc, kh, geometry, cols)
-    else:
-        _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
+    _im2col_levels(tuple(_pad(x, padding) for x in xs), kh, kw, stride, starts, cols)
     return cols
-
-
-def _level_geometry(xs, starts):
-    """The geometry table of a "same" convolution of the levels xs, one piece per level, in a
-    channel-major input laid out as the joint matrix's columns (in_start = out_start)."""
-    return _geometry([(x.shape[0], x.shape[2], x.shape[3], 0, x.shape[2], a, a)
-                      for x, a in zip(xs, starts)])
-
-
-def _channel_major_levels(xs, starts):
-    """The levels xs (N, C, H_l, W_l) side by side, channel-major: (C, T), level l in columns
-    starts[l]:starts[l+1]; and their geometry table."""
-    N, C = xs[0].shape[:2]
-    xc = np.empty((C, starts[-1]), xs[0].dtype)
-    for level, x in enumerate(xs):
-        block = xc[:, starts[level]:starts[level + 1]].reshape(C, N, -1)
-        block[...] = x.reshape(N, C, -1).transpose(1, 0, 2)
-    return xc, _level_geometry(xs, starts)
 
 
 def conv2d_forward_levels(xs, w, b, stride, padding, columns=None):
@@ -533,6 +513,8 @@ def conv2d_forward_levels(xs, w, b, stride, padding, columns=None):
         return levels.conv2d_forward_by_level(sys.modules[__name__], xs, w, b, stride, padding)
     starts, out_hw = joint
     F, C, kh, kw = w.shape
+    if _is_same(kh, kw, stride, padding):
+        return split_levels(conv2d_forward_joint(join_levels(xs), w, b, columns))
     cols = _unfold_levels(xs, kh, kw, stride, padding, starts)
     if columns is not None:
         columns.append(cols)
@@ -551,6 +533,10 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
         return levels.conv2d_backward_by_level(sys.modules[__name__], dys, xs, w, stride,
                                                padding, has_bias, need_input_grad)
     starts, out_hw = joint
+    if _is_same(kh, kw, stride, padding):
+        dxj, dw, db = conv2d_backward_joint(join_levels(dys), join_levels(xs), w, has_bias,
+                                            need_input_grad, columns)
+        return (split_levels(dxj) if need_input_grad else None), dw, db
     N, K = xs[0].shape[0], C * kh * kw
     d_joint = np.empty((F, starts[-1]), dys[0].dtype)  # dy of every level as one (F, T) matrix
     for level, dy in enumerate(dys):
@@ -558,18 +544,10 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
         block[...] = dy.reshape(N, F, -1).transpose(1, 0, 2)
     cols = columns[0] if columns else _unfold_levels(xs, kh, kw, stride, padding, starts)
     dw = _weight_gradient([(d_joint, cols)], F, K, d_joint.dtype).reshape(w.shape)
-    # summed in float64 per output channel, as bias_backward
-    db = d_joint.sum(axis=1, dtype=np.float64).astype(d_joint.dtype) if has_bias else None
+    db = _bias_gradient(d_joint) if has_bias else None
     if not need_input_grad:
         return None, dw, db
     dcols = w.reshape(F, K).T @ d_joint  # (C*kh*kw, T)
-    if _is_same(kh, kw, stride, padding):  # folded channel-major, without padding
-        dxc = np.zeros((C, starts[-1]), dcols.dtype)
-        _col2im_same_add(dcols, kh, _level_geometry(xs, starts), dxc)
-        dxs = [np.ascontiguousarray(
-                   _from_channel_major(dxc[:, starts[level]:starts[level + 1]], N, *x.shape[2:]))
-               for level, x in enumerate(xs)]
-        return dxs, dw, db
     p = padding
     dxps = tuple(np.zeros((N, C, x.shape[2] + 2 * p, x.shape[3] + 2 * p), dcols.dtype)
                  for x in xs)
@@ -578,6 +556,86 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
     dxs = [np.ascontiguousarray(dxp[:, :, p:dxp.shape[2] - p, p:dxp.shape[3] - p])
            for dxp in dxps]
     return dxs, dw, db
+
+
+# --- the heads' layers on all levels at once: a Joint ----------------------------------------
+# The heads' convolutions are "same" ones, so a layer's output has the same levels as its
+# input, and the (F, T) product over all levels already is the next layer's channel-major
+# input: kept as one ``levels.Joint`` matrix, the heads' activations need no splitting into
+# levels and gathering back between layers, and each norm and ReLU is one call for all five
+# levels (models/heads.py). ``join_levels`` makes one from the list of levels, and
+# ``split_levels`` gives the list back.
+
+
+def join_levels(xs, kernel_size=None):
+    """The levels xs (a list of (N, C, H_l, W_l)) as one Joint (C, T). With a kernel_size:
+    xs itself (the list) where the unfolded matrix of such a convolution of the Joint would
+    exceed KEEP_MAX_ELEMENTS (large images: their layers run level by level)."""
+    if isinstance(xs, Joint):
+        return xs
+    N, C = xs[0].shape[:2]
+    hws = tuple((x.shape[2], x.shape[3]) for x in xs)
+    T = N * sum(h * w for h, w in hws)
+    if kernel_size is not None and C * kernel_size * kernel_size * T > KEEP_MAX_ELEMENTS:
+        return xs
+    xc = np.empty((C, T), xs[0].dtype)
+    joint = Joint(xc, N, hws)
+    for x, a, b in zip(xs, joint.starts, joint.starts[1:]):
+        xc[:, a:b].reshape(C, N, -1)[...] = x.reshape(N, C, -1).transpose(1, 0, 2)
+    return joint
+
+
+def split_levels(xj):
+    """The inverse of ``join_levels``: a Joint -> the list of (N, C, H_l, W_l) (a list is
+    returned as it is)."""
+    if not isinstance(xj, Joint):
+        return xj
+    starts = xj.starts
+    return [np.ascontiguousarray(_from_channel_major(xj.data[:, a:b], xj.n, h, w))
+            for (h, w), a, b in zip(xj.hws, starts, starts[1:])]
+
+
+def _joint_geometry(xj):
+    """The geometry table of a "same" convolution of a Joint: one piece per level."""
+    return _geometry([(xj.n, h, w, 0, h, a, a) for (h, w), a in zip(xj.hws, xj.starts)])
+
+
+def conv2d_forward_joint(xj, w, b, columns=None):
+    """A "same" convolution (stride 1, padding (k-1)/2) of a Joint (C, T) -> Joint (F, T):
+    one unfolding and one GEMM for every level. columns: as ``conv2d_forward_levels``'s."""
+    F, C, k, _ = w.shape
+    cols = np.empty((C * k * k, xj.data.shape[1]), xj.data.dtype)
+    _im2col_same(xj.data, k, _joint_geometry(xj), cols)
+    if columns is not None:
+        columns.append(cols)
+    y = w.reshape(F, C * k * k) @ cols  # (F, T)
+    if b is not None:
+        y += b.reshape(F, 1)
+    return xj.like(y)
+
+
+def conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None):
+    """The backward of ``conv2d_forward_joint``: (dx Joint (C, T) or None, dw (F, C, k, k),
+    db (F,) or None)."""
+    F, C, k, _ = w.shape
+    cols = columns[0] if columns else None
+    if cols is None:
+        cols = np.empty((C * k * k, xj.data.shape[1]), xj.data.dtype)
+        _im2col_same(xj.data, k, _joint_geometry(xj), cols)
+    dy = dyj.data  # (F, T)
+    dw = _weight_gradient([(dy, cols)], F, C * k * k, dy.dtype).reshape(w.shape)
+    db = _bias_gradient(dy) if has_bias else None
+    if not need_input_grad:
+        return None, dw, db
+    dcols = w.reshape(F, C * k * k).T @ dy  # (C*k*k, T)
+    dxc = np.zeros((C, dy.shape[1]), dy.dtype)
+    _col2im_same_add(dcols, k, _joint_geometry(xj), dxc)  # folded without padding
+    return xj.like(dxc), dw, db
+
+
+def _bias_gradient(dy):
+    """dy (F, T) -> (F,) summed in float64 per output channel, as bias_backward."""
+    return dy.sum(axis=1, dtype=np.float64).astype(dy.dtype)
 
 
 @njit(cache=True, nogil=True)
@@ -893,6 +951,121 @@ def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
     return dx, _sum_over_images(sum_dy_xhat, x), _sum_over_images(sum_dy, x)
 
 
+def _joint_pieces(xj):
+    """(levels * N, 2) int64: each (level, image)'s first column in the Joint, and its H*W."""
+    return np.array([(a + n * h * w, h * w) for (h, w), a in zip(xj.hws, xj.starts)
+                     for n in range(xj.n)], np.int64).reshape(-1, 2)
+
+
+@njit(cache=True, nogil=True)
+def _groupnorm_joint_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, start,
+                                   stop):
+    """Tasks start:stop of (piece, group): one image's group on one level of a Joint x (C, T)
+    is Cg rows of the piece's columns a:a+HW. Statistics into mean, invstd (pieces, G)."""
+    groups = gamma.shape[0] // Cg
+    to = x.dtype.type
+    for task in range(start, stop):
+        piece, g = task // groups, task % groups
+        a, HW = pieces[piece, 0], pieces[piece, 1]
+        M = Cg * HW
+        total = 0.0
+        for j in range(Cg):
+            total += _sum(x[g * Cg + j], a, a + HW)
+        mu = total / M
+        dev = 0.0
+        for j in range(Cg):
+            dev += _sum_sq_dev(x[g * Cg + j], a, a + HW, mu)
+        istd = 1.0 / np.sqrt(dev / M + eps)
+        mean[piece, g] = mu
+        invstd[piece, g] = istd
+        m = to(mu)
+        for j in range(Cg):  # y = (x - mu) * k + beta, k from the float64 statistics
+            c = g * Cg + j
+            k, b = to(istd * np.float64(gamma[c])), to(beta[c])
+            src, dst = x[c, a:a + HW], y[c, a:a + HW]
+            for i in range(HW):
+                dst[i] = (src[i] - m) * k + b
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _groupnorm_joint_forward_parallel(x, gamma, beta, Cg, pieces, eps, y, mean, invstd):
+    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
+        _groupnorm_joint_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, task,
+                                       task + 1)
+
+
+def groupnorm_forward_joint(xj, gamma, beta, groups, eps):
+    """``groupnorm_forward`` of every level of a Joint (C, T) at once -> (y Joint (C, T), mean
+    and invstd (levels * N, G), one row per (level, image) in the Joint's order)."""
+    x = xj.data
+    pieces = _joint_pieces(xj)
+    y = np.empty_like(x)
+    mean = np.empty((pieces.shape[0], groups), x.dtype)
+    invstd = np.empty((pieces.shape[0], groups), x.dtype)
+    args = (x, gamma, beta, x.shape[0] // groups, pieces, float(eps), y, mean, invstd)
+    if x.size < PARALLEL_MIN_ELEMENTS:
+        _groupnorm_joint_forward_tasks(*args, 0, pieces.shape[0] * groups)
+    else:
+        _groupnorm_joint_forward_parallel(*args)
+    return xj.like(y), mean, invstd
+
+
+@njit(cache=True, nogil=True)
+def _groupnorm_joint_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
+                                    sum_dy_xhat, start, stop):
+    """Tasks start:stop of (piece, group), as the forward's: dx into dx (C, T), per-channel
+    sums into sum_dy, sum_dy_xhat (pieces, C)."""
+    groups = gamma.shape[0] // Cg
+    to = x.dtype.type
+    for task in range(start, stop):
+        piece, g = task // groups, task % groups
+        a, HW = pieces[piece, 0], pieces[piece, 1]
+        M = Cg * HW
+        mu, istd = np.float64(mean[piece, g]), np.float64(invstd[piece, g])
+        sum_dxhat = 0.0
+        sum_dxhat_xhat = 0.0
+        for j in range(Cg):
+            c = g * Cg + j
+            s0, s1 = _sum_dot_xhat(dy[c], x[c], a, a + HW, mu, istd)
+            sum_dy[piece, c] = s0
+            sum_dy_xhat[piece, c] = s1
+            sum_dxhat += np.float64(gamma[c]) * s0
+            sum_dxhat_xhat += np.float64(gamma[c]) * s1
+        # as _groupnorm_backward_rows: the coefficients from float64 sums, rounded once
+        m, s, k = to(mu), to(istd), to(istd * (sum_dxhat_xhat / M))
+        mdx = to(sum_dxhat / M)
+        for j in range(Cg):
+            c = g * Cg + j
+            gc = gamma[c]
+            src, d, dst = x[c, a:a + HW], dy[c, a:a + HW], dx[c, a:a + HW]
+            for i in range(HW):
+                dst[i] = (d[i] * gc - mdx - (src[i] - m) * k) * s
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _groupnorm_joint_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
+                                       sum_dy_xhat):
+    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
+        _groupnorm_joint_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
+                                        sum_dy_xhat, task, task + 1)
+
+
+def groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups):
+    """The backward of ``groupnorm_forward_joint``: (dx Joint (C, T), dgamma (C,), dbeta (C,))."""
+    x = xj.data
+    pieces = _joint_pieces(xj)
+    dx = np.empty_like(x)
+    sum_dy = np.empty((pieces.shape[0], x.shape[0]))  # float64
+    sum_dy_xhat = np.empty((pieces.shape[0], x.shape[0]))
+    args = (dyj.data, x, mean, invstd, gamma, x.shape[0] // groups, pieces, dx, sum_dy,
+            sum_dy_xhat)
+    if x.size < PARALLEL_MIN_ELEMENTS:
+        _groupnorm_joint_backward_tasks(*args, 0, pieces.shape[0] * groups)
+    else:
+        _groupnorm_joint_backward_parallel(*args)
+    return xj.like(dx), _sum_over_images(sum_dy_xhat, x), _sum_over_images(sum_dy, x)
+
+
 # ----------------------------------------------------------------------------- elementwise
 # One thread: these stream memory, a second core gave them nothing measurable, and a
 # parallel=True function costs two to four times as long to compile.
@@ -1116,37 +1289,63 @@ def sum_squares(arrays):
 def levels_to_rows(levels, per_anchor):
     """Head outputs of the pyramid levels -> one row per anchor.
 
-    levels: list of (N, A*P, H, W) -> rows (N, R, P), R = sum of H*W*A; rows run level, y, x,
-    anchor, and channel a*P + p of pixel (y, x) becomes column p of row (y*W + x)*A + a of its
-    level's block: a reshape to (N, A, P, H, W) and one transpose to (N, H, W, A, P).
+    levels: list of (N, A*P, H, W), or their Joint (A*P, T) -> rows (N, R, P), R = sum of
+    H*W*A; rows run level, y, x, anchor, and channel a*P + p of pixel (y, x) becomes column p
+    of row (y*W + x)*A + a of its level's block: a reshape to (N, A, P, H, W) and one
+    transpose to (N, H, W, A, P).
     """
-    n = levels[0].shape[0]
-    counts = [x.shape[2] * x.shape[3] * (x.shape[1] // per_anchor) for x in levels]
-    rows = np.empty((n, sum(counts), per_anchor), levels[0].dtype)
+    blocks = _level_blocks(levels, per_anchor)  # (N, A, P, H, W) per level
+    n = blocks[0].shape[0]
+    counts = [h * w * a for _, a, _, h, w in (b.shape for b in blocks)]
+    rows = np.empty((n, sum(counts), per_anchor), blocks[0].dtype)
     row0 = 0
-    for x, count in zip(levels, counts):
-        _, c, h, w = x.shape
-        a = c // per_anchor
+    for block, count in zip(blocks, counts):
+        _, a, _, h, w = block.shape
         # the level's block of rows seen as (N, H, W, A, P): splitting an axis, so a view, and
         # the transposed copy goes straight into the result (no concatenation afterwards)
-        block = rows[:, row0:row0 + count].reshape(n, h, w, a, per_anchor)
-        block[...] = x.reshape(n, a, per_anchor, h, w).transpose(0, 3, 4, 1, 2)
+        rows[:, row0:row0 + count].reshape(n, h, w, a, per_anchor)[...] = \
+            block.transpose(0, 3, 4, 1, 2)
         row0 += count
     return rows
 
 
-def rows_to_levels(rows, level_hw, per_anchor):
-    """The inverse of ``levels_to_rows``: rows (N, R, P) -> list of (N, A*P, H, W), one per
-    (H, W) in level_hw (A = R / sum of H*W)."""
+def _level_blocks(levels, per_anchor):
+    """Each level of a list or a Joint as an (N, A, P, H, W) view."""
+    if isinstance(levels, Joint):
+        starts, n, ap = levels.starts, levels.n, levels.data.shape[0]
+        return [levels.data[:, a:b].reshape(ap // per_anchor, per_anchor, n, h, w)
+                .transpose(2, 0, 1, 3, 4) for (h, w), a, b in zip(levels.hws, starts, starts[1:])]
+    return [x.reshape(x.shape[0], x.shape[1] // per_anchor, per_anchor, *x.shape[2:])
+            for x in levels]
+
+
+def levels_layout(levels):
+    """What ``rows_to_levels`` needs to give rows back in the layout of levels (a list of
+    arrays: their (H, W); a Joint: the Joint without its data)."""
+    if isinstance(levels, Joint):
+        return levels.like(None)
+    return [(x.shape[2], x.shape[3]) for x in levels]
+
+
+def rows_to_levels(rows, layout, per_anchor):
+    """The inverse of ``levels_to_rows``: rows (N, R, P) -> the levels in ``layout`` (from
+    ``levels_layout``): a list of (N, A*P, H, W), one per (H, W), or a Joint (A*P, T)."""
     n = rows.shape[0]
-    a = rows.shape[1] // sum(h * w for h, w in level_hw)
-    levels, row0 = [], 0
-    for h, w in level_hw:
+    hws = layout.hws if isinstance(layout, Joint) else layout
+    a = rows.shape[1] // sum(h * w for h, w in hws)
+    if isinstance(layout, Joint):
+        out = layout.like(np.empty((a * per_anchor, rows.shape[1] * n // a), rows.dtype))
+        targets = _level_blocks(out, per_anchor)
+    else:
+        targets = [np.empty((n, a, per_anchor, h, w), rows.dtype) for h, w in hws]
+    row0 = 0
+    for (h, w), target in zip(hws, targets):
         block = rows[:, row0:row0 + h * w * a].reshape(n, h, w, a, per_anchor)
-        levels.append(np.ascontiguousarray(block.transpose(0, 3, 4, 1, 2))
-                      .reshape(n, a * per_anchor, h, w))
+        target[...] = block.transpose(0, 3, 4, 1, 2)
         row0 += h * w * a
-    return levels
+    if isinstance(layout, Joint):
+        return out
+    return [t.reshape(n, a * per_anchor, h, w) for t, (h, w) in zip(targets, hws)]
 
 
 # ----------------------------------------------------------------------------- detection losses

@@ -46,6 +46,9 @@ and the heads and the loss use (CPU twins in ``cpu.py``, the loss ones wrapping
 
     levels_to_rows(levels, per_anchor)             # [(N, A*P, H, W)] -> (N, R, P)
     rows_to_levels(rows, level_hw, per_anchor)     # (N, R, P) -> [(N, A*P, H, W)]
+    levels_layout(levels)                          # [(H, W)]: what rows_to_levels needs
+    join_levels(levels, kernel_size=None)          # the list itself (cpu.py: one Joint matrix
+    split_levels(levels)                           #   of every level, and back)
     side_by_side(*tasks, channels=0)               # [task() for task in tasks]: the launches
                                                    #   queue on the GPU anyway (cpu.py runs
                                                    #   them at once, kernels/threads.py)
@@ -114,7 +117,8 @@ __all__ = [
     "upsample_nearest_forward", "upsample_nearest_backward", "add_forward",
     "empty_like", "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "adamw_update_",
     "cast",
-    "sum_squares", "levels_to_rows", "rows_to_levels", "side_by_side",
+    "sum_squares", "levels_to_rows", "rows_to_levels", "levels_layout", "side_by_side",
+    "join_levels", "split_levels",
     "focal_loss_anchor_classes", "sigmoid_focal_loss", "smooth_l1_loss", "l1_loss",
     "box_loss_rows", "box_iou", "decode_boxes", "nms", "batched_nms",
 ]
@@ -135,3 +139,18 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
 def side_by_side(*tasks, channels=0):
     """The tasks one after another: their kernel launches queue on the device in order."""
     return [task() for task in tasks]
+
+
+def levels_layout(levels):
+    """The (H, W) of each level (a list of device arrays), for ``rows_to_levels``."""
+    return [(x.shape[2], x.shape[3]) for x in levels]
+
+
+def join_levels(levels, kernel_size=None):
+    """The list of levels itself: on the GPU each level is its own launch anyway."""
+    return levels
+
+
+def split_levels(levels):
+    """The list of levels itself (the inverse of ``join_levels``)."""
+    return levels

@@ -9,6 +9,34 @@ these where the joint unfolded matrix would be too large.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+
+class Joint(NamedTuple):
+    """The feature maps of several pyramid levels in one channel-major matrix (``kernels.cpu``
+    keeps the heads' activations this way, so that a layer is one call for every level).
+
+    data (C, T): column block l holds level l, images one after another, each image's pixels
+    in row-major order: level l of image n is ``data[:, starts[l] + n*H*W : ... + H*W]``, with
+    starts[l] = n_images * (sum of H*W over the levels before l).
+    """
+
+    data: object  # (C, T)
+    n: int  # images
+    hws: tuple  # ((H_l, W_l), ...) per level
+
+    @property
+    def starts(self) -> list[int]:
+        """Column offsets of the levels, (levels + 1) of them."""
+        starts = [0]
+        for h, w in self.hws:
+            starts.append(starts[-1] + self.n * h * w)
+        return starts
+
+    def like(self, data) -> Joint:
+        """Other data (rows, T) with this one's levels."""
+        return Joint(data, self.n, self.hws)
+
 
 def conv2d_forward_by_level(k, xs, w, b, stride, padding):
     """xs: list of (N, C, H_l, W_l) -> list of (N, F, Ho_l, Wo_l)."""

@@ -1,9 +1,10 @@
 """RetinaNet's classification and box subnets (paper, section 4), torchvision's names.
 
 Each subnet is ``num_convs`` x (3x3 conv, ReLU) and a final 3x3 conv; its weights are shared
-by every pyramid level, so each conv runs once on the list of all levels (``Conv2d
-.forward_levels``) and the ReLU (and norm) once per level, keeping a stack of caches that
-backward takes back in reverse level order.
+by every pyramid level, so each layer runs once on all levels (``forward_levels``). On the
+CPU the levels are kept as one channel-major matrix (a ``Joint``, kernels/levels.py), so that
+each conv is one GEMM and each norm and ReLU one call; elsewhere (the GPU, or images too
+large for one matrix) as the list of levels, the norm and ReLU running level by level.
 """
 
 from __future__ import annotations
@@ -67,45 +68,48 @@ class _Subnet(Module):
         return getattr(self, self.final_name)
 
     def forward(self, levels):
-        """levels: list of (N, C, H, W) -> (N, R, P) with R = sum H*W*A over the levels.
+        """levels: the pyramid levels (a list of (N, C, H, W), or on the CPU one Joint of them,
+        ``RetinaNetHead.forward``) -> (N, R, P) with R = sum H*W*A over the levels.
 
-        Layer by layer: each conv runs on every level at once (its weights are shared, so on
-        the CPU the levels make one GEMM), the norm and ReLU level by level.
+        Layer by layer, each on every level at once: its weights are shared, so on the CPU
+        the levels make one GEMM (and the norm and ReLU one call, on a Joint).
         """
         xs = levels
         for block in self.conv:
             xs = _block_forward(block, xs)
-        outs = self.final.forward_levels(xs)  # (N, A*P, H, W) per level
-        self._push([(y.shape[2], y.shape[3]) for y in outs])
+        outs = self.final.forward_levels(xs)  # (N, A*P, H, W) per level, or their Joint
+        k = backend.kernels_for(*_arrays(outs))
+        self._push(k.levels_layout(outs))
         # each level's channels become rows ordered y, x, anchor; the levels one after another
-        return backend.kernels_for(*outs).levels_to_rows(outs, self.per_anchor)  # (N, R, P)
+        return k.levels_to_rows(outs, self.per_anchor)  # (N, R, P)
 
     def backward(self, d_rows):
-        """(N, R, P) -> list of gradients of the levels, in level order."""
-        level_hw = self._pop()
-        d_outs = backend.kernels_for(d_rows).rows_to_levels(d_rows, level_hw, self.per_anchor)
+        """(N, R, P) -> the gradients of the levels, as the forward got them (list or Joint)."""
+        layout = self._pop()
+        d_outs = backend.kernels_for(d_rows).rows_to_levels(d_rows, layout, self.per_anchor)
         d_levels = self.final.backward_levels(d_outs)
         for block in reversed(list(self.conv)):
             d_levels = _block_backward(block, d_levels)
         return d_levels
 
 
+def _arrays(levels):
+    """The arrays behind levels (a list, or a Joint): for ``backend.kernels_for``."""
+    return levels if isinstance(levels, list) else [levels.data]
+
+
 def _block_forward(block, xs):
-    """One head layer, Sequential(conv, [norm], ReLU), on the list of levels xs."""
-    conv, *rest = block
-    xs = conv.forward_levels(xs)
-    for layer in rest:
-        xs = [layer(x) for x in xs]
+    """One head layer, Sequential(conv, [norm], ReLU), on every level of xs."""
+    for layer in block:
+        xs = layer.forward_levels(xs)
     return xs
 
 
 def _block_backward(block, d_levels):
-    """The backward of ``_block_forward``. The per-level layers keep one cache per level on a
-    stack, so they go back through the levels in reverse order."""
-    conv, *rest = block
-    for layer in reversed(rest):
-        d_levels = [layer.backward(d) for d in reversed(d_levels)][::-1]
-    return conv.backward_levels(d_levels)
+    """The backward of ``_block_forward``."""
+    for layer in reversed(list(block)):
+        d_levels = layer.backward_levels(d_levels)
+    return d_levels
 
 
 class ClassificationHead(_Subnet):
@@ -134,17 +138,22 @@ class RetinaNetHead(Module):
                                               norm_groups=norm_groups)
 
     def forward(self, levels):
+        k = backend.kernels_for(*levels)
+        # on the CPU the levels become one channel-major Joint matrix (unless that is too
+        # large), which the heads' layers keep from input to output (kernels/cpu.py)
+        xs = k.join_levels(levels, 3)
         # the subnets share nothing but their input: on the CPU narrow ones run side by side,
         # each on its share of the cores (kernels/threads.py)
-        cls, box = backend.kernels_for(*levels).side_by_side(
-            lambda: self.classification_head(levels), lambda: self.regression_head(levels),
-            channels=self.channels)
+        cls, box = k.side_by_side(lambda: self.classification_head(xs),
+                                  lambda: self.regression_head(xs), channels=self.channels)
         return cls, box
 
     def backward(self, d_cls, d_box):
-        d_a, d_b = backend.kernels_for(d_cls, d_box).side_by_side(
-            lambda: self.classification_head.backward(d_cls),
-            lambda: self.regression_head.backward(d_box), channels=self.channels)
+        """-> the list of the levels' gradients, (N, C, H, W) each."""
+        k = backend.kernels_for(d_cls, d_box)
+        d_a, d_b = k.side_by_side(lambda: self.classification_head.backward(d_cls),
+                                  lambda: self.regression_head.backward(d_box),
+                                  channels=self.channels)
         # both subnets read every level, so its gradient is the sum; d_a holds new arrays (the
         # input gradients of the first convs), so the sum can be taken in place
-        return [backend.kernels_for(a, b).add_inplace_(a, b) for a, b in zip(d_a, d_b)]
+        return [k.add_inplace_(a, b) for a, b in zip(k.split_levels(d_a), k.split_levels(d_b))]

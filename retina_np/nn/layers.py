@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from retina_np import backend, ops
+from retina_np.kernels.levels import Joint
 from retina_np.nn import init
 from retina_np.nn.module import Module, Parameter
 
@@ -74,21 +75,23 @@ class Conv2d(Module):
         return dx
 
     def forward_levels(self, xs):
-        """This convolution of every input in the list xs (the pyramid levels, for the heads'
-        shared weights) -> the list of outputs; on the CPU all levels make one GEMM."""
+        """This convolution of every pyramid level (the heads' shared weights): xs is the list
+        of levels -> the list of outputs (on the CPU all levels make one GEMM), or one Joint
+        of them (``kernels.levels``) -> a Joint."""
         b = self.bias.data if self.bias is not None else None
-        ys, cache = ops.conv2d_levels_forward(
-            xs, self.weight.data, b, self.stride, self.padding, name=self.name,
-            keep_columns=self.training,
-        )
+        forward = ops.conv2d_joint_forward if isinstance(xs, Joint) else ops.conv2d_levels_forward
+        ys, cache = forward(xs, self.weight.data, b, self.stride, self.padding, name=self.name,
+                            keep_columns=self.training)
         self._push(cache)
         return ys
 
     def backward_levels(self, dys):
-        """The backward of ``forward_levels``: the list of input gradients; the parameter
-        gradients of all levels are added into ``.grad``."""
-        dxs, dw, db = ops.conv2d_levels_backward(dys, self._pop(),
-                                                 need_input_grad=self.needs_input_grad)
+        """The backward of ``forward_levels``: the input gradients (a list, or a Joint); the
+        parameter gradients of all levels are added into ``.grad``."""
+        cache = self._pop()
+        backward = (ops.conv2d_joint_backward if isinstance(cache, ops.Conv2dJointCache)
+                    else ops.conv2d_levels_backward)
+        dxs, dw, db = backward(dys, cache, need_input_grad=self.needs_input_grad)
         self._add_grads(dw, db)
         return dxs
 
@@ -180,6 +183,24 @@ class GroupNorm(Module):
         _accumulate(self.bias, dbeta)
         return dx
 
+    def forward_levels(self, xs):
+        """forward on every pyramid level: a list of levels (one call each), or a Joint of
+        them (one call for all; each level's statistics are its own)."""
+        if not isinstance(xs, Joint):
+            return _each_level_forward(self, xs)
+        y, cache = ops.groupnorm_joint_forward(xs, self.weight.data, self.bias.data,
+                                               self.num_groups, self.eps, name=self.name)
+        self._push(cache)
+        return y
+
+    def backward_levels(self, dys):
+        if not isinstance(dys, Joint):
+            return _each_level_backward(self, dys)
+        dx, dgamma, dbeta = ops.groupnorm_joint_backward(dys, self._pop())
+        _accumulate(self.weight, dgamma)
+        _accumulate(self.bias, dbeta)
+        return dx
+
     def extra_repr(self) -> str:
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
 
@@ -192,6 +213,28 @@ class ReLU(Module):
 
     def backward(self, dy):
         return ops.relu_backward(dy, self._pop())
+
+    def forward_levels(self, xs):
+        """forward on every pyramid level: a list of levels, or a Joint (one call for all)."""
+        if not isinstance(xs, Joint):
+            return _each_level_forward(self, xs)
+        return xs.like(self(xs.data))
+
+    def backward_levels(self, dys):
+        if not isinstance(dys, Joint):
+            return _each_level_backward(self, dys)
+        return dys.like(self.backward(dys.data))
+
+
+def _each_level_forward(layer, xs):
+    """The layer on each level of the list xs; one cache per level, on the layer's stack."""
+    return [layer(x) for x in xs]
+
+
+def _each_level_backward(layer, dys):
+    """The backward of ``_each_level_forward``: the caches come off the stack in reverse
+    level order."""
+    return [layer.backward(d) for d in reversed(dys)][::-1]
 
 
 class MaxPool2d(Module):
