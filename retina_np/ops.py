@@ -222,8 +222,10 @@ def conv2d_joint_forward(xj: Joint, w, b, stride=1, padding=1, name="conv2d",
     return y, Conv2dJointCache(xj, w, b is not None, name, columns)
 
 
-def conv2d_joint_backward(dyj: Joint, cache: Conv2dJointCache, need_input_grad=True):
-    """dy Joint (F, T) -> (dx Joint (C, T) or None, dw (F, C, k, k), db (F,) or None)."""
+def conv2d_joint_backward(dyj: Joint, cache: Conv2dJointCache, need_input_grad=True,
+                          need_weight_grad=True):
+    """dy Joint (F, T) -> (dx Joint (C, T) or None, dw (F, C, k, k), db (F,) or None);
+    need_weight_grad=False gives dw = db = None (to be computed by a later call)."""
     F, T = cache.w.shape[0], cache.x.data.shape[1]
     _check_grad(cache.name, dyj.data, (F, T), np.dtype(cache.w.dtype))
     if dyj.hws != cache.x.hws or dyj.n != cache.x.n:
@@ -231,7 +233,7 @@ def conv2d_joint_backward(dyj: Joint, cache: Conv2dJointCache, need_input_grad=T
                          f"forward had {cache.x.hws} of {cache.x.n}")
     k = backend.kernels_for(dyj.data, cache.w)
     return k.conv2d_backward_joint(dyj, cache.x, cache.w, cache.has_bias, need_input_grad,
-                                   cache.columns)
+                                   cache.columns, need_weight_grad)
 
 
 class GroupNormJointCache(NamedTuple):

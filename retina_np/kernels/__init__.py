@@ -53,6 +53,19 @@ In-place utilities for the optimizer and gradient accumulation (each returns its
 argument): ``zeros_like(a)``, ``fill_(a, value)``, ``scale_(a, s)``, ``add_inplace_(a, b)``,
 ``sgd_update_(param, grad, buf, lr, momentum, weight_decay)``.
 
+The heads keep their activations as one ``levels.Joint`` on the CPU: ``join_levels(levels,
+kernel_size=None)`` makes one from the list of levels (``cuda.py``: the list itself, as it
+does when the matrix would be too large) and ``split_levels`` gives the list back;
+``levels_layout(levels)`` is what ``rows_to_levels`` needs to rebuild either. ``cpu.py``'s
+layers on a Joint (only those):
+
+    conv2d_forward_joint(xj, w, b, columns=None)          # "same" conv: Joint (C,T) -> (F,T)
+    conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None)
+                                                          # -> dx Joint or None, dw, db or None
+    groupnorm_forward_joint(xj, gamma, beta, groups, eps) # -> y Joint, mean, invstd
+                                                          #   (levels*N, G)
+    groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups)  # -> dx Joint, dgamma, dbeta
+
 ``side_by_side(*tasks, channels=0)`` calls independent pieces of work (the heads' two
 subnets, whose convolutions are ``channels`` wide) and returns their results in order:
 ``cpu.py`` runs narrow ones at the same time, each on its share of the cores

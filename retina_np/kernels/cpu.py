@@ -614,17 +614,20 @@ def conv2d_forward_joint(xj, w, b, columns=None):
     return xj.like(y)
 
 
-def conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None):
-    """The backward of ``conv2d_forward_joint``: (dx Joint (C, T) or None, dw (F, C, k, k),
-    db (F,) or None)."""
+def conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None,
+                          need_weight_grad=True):
+    """The backward of ``conv2d_forward_joint``: (dx Joint (C, T) or None, dw (F, C, k, k) or
+    None, db (F,) or None); need_weight_grad=False leaves dw and db for a later call."""
     F, C, k, _ = w.shape
-    cols = columns[0] if columns else None
-    if cols is None:
-        cols = np.empty((C * k * k, xj.data.shape[1]), xj.data.dtype)
-        _im2col_same(xj.data, k, _joint_geometry(xj), cols)
     dy = dyj.data  # (F, T)
-    dw = _weight_gradient([(dy, cols)], F, C * k * k, dy.dtype).reshape(w.shape)
-    db = _bias_gradient(dy) if has_bias else None
+    dw = db = None
+    if need_weight_grad:
+        cols = columns[0] if columns else None
+        if cols is None:
+            cols = np.empty((C * k * k, xj.data.shape[1]), xj.data.dtype)
+            _im2col_same(xj.data, k, _joint_geometry(xj), cols)
+        dw = _weight_gradient([(dy, cols)], F, C * k * k, dy.dtype).reshape(w.shape)
+        db = _bias_gradient(dy) if has_bias else None
     if not need_input_grad:
         return None, dw, db
     dcols = w.reshape(F, C * k * k).T @ dy  # (C*k*k, T)

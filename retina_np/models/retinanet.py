@@ -77,7 +77,15 @@ class RetinaNet(Module):
 
     def backward(self, d_cls_logits, d_box_deltas):
         """Back-propagate into every parameter (adds to ``.grad``); returns nothing."""
-        self.backbone.backward(self.head.backward(d_cls_logits, d_box_deltas))
+        later = []  # the heads' weight gradients, which the backbone's backward does not need
+        d_levels = self.head.backward(d_cls_logits, d_box_deltas, later)
+        if not later:
+            self.backbone.backward(d_levels)
+            return
+        # so on the CPU they are computed while it runs, side by side (kernels/threads.py)
+        backend.kernels_for(*d_levels).side_by_side(
+            lambda: self.backbone.backward(d_levels), lambda: [grad() for grad in later],
+            channels=self.head.channels)
 
     # -- anchors -----------------------------------------------------------------------------
     def feature_sizes(self, image_hw) -> list[tuple[int, int]]:

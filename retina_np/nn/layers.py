@@ -85,14 +85,27 @@ class Conv2d(Module):
         self._push(cache)
         return ys
 
-    def backward_levels(self, dys):
+    def backward_levels(self, dys, later=None):
         """The backward of ``forward_levels``: the input gradients (a list, or a Joint); the
-        parameter gradients of all levels are added into ``.grad``."""
+        parameter gradients of all levels are added into ``.grad``.
+
+        later: a list, or None. On a Joint, the parameter gradients are then not computed now:
+        a function that computes and adds them is appended to it, to be called before they
+        are used (the model's backward runs them while the backbone's backward runs).
+        """
         cache = self._pop()
-        backward = (ops.conv2d_joint_backward if isinstance(cache, ops.Conv2dJointCache)
-                    else ops.conv2d_levels_backward)
-        dxs, dw, db = backward(dys, cache, need_input_grad=self.needs_input_grad)
-        self._add_grads(dw, db)
+        if not isinstance(cache, ops.Conv2dJointCache):
+            dxs, dw, db = ops.conv2d_levels_backward(dys, cache,
+                                                     need_input_grad=self.needs_input_grad)
+            self._add_grads(dw, db)
+            return dxs
+        dxs, dw, db = ops.conv2d_joint_backward(dys, cache, self.needs_input_grad,
+                                                need_weight_grad=later is None)
+        if later is None:
+            self._add_grads(dw, db)
+        else:
+            later.append(lambda: self._add_grads(*ops.conv2d_joint_backward(
+                dys, cache, need_input_grad=False)[1:]))
         return dxs
 
     def _add_grads(self, dw, db):
