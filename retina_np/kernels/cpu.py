@@ -19,6 +19,7 @@ sets it (docs/performance.md).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -597,7 +598,19 @@ def split_levels(xj):
 
 def _joint_geometry(xj):
     """The geometry table of a "same" convolution of a Joint: one piece per level."""
-    return _geometry([(xj.n, h, w, 0, h, a, a) for (h, w), a in zip(xj.hws, xj.starts)])
+    return _joint_tables(xj.n, xj.hws)[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _joint_tables(n, hws):
+    """(geometry, pieces) of a Joint of n images with levels hws: every layer of the heads
+    uses the same two tables, so they are made once (and must not be written to; marking
+    them read-only would make Numba compile every kernel that reads them a second time)."""
+    starts = Joint(None, n, hws).starts
+    geometry = _geometry([(n, h, w, 0, h, a, a) for (h, w), a in zip(hws, starts)])
+    pieces = np.array([(a + m * h * w, h * w) for (h, w), a in zip(hws, starts)
+                       for m in range(n)], np.int64).reshape(-1, 2)
+    return geometry, pieces
 
 
 def conv2d_forward_joint(xj, w, b, columns=None):
@@ -956,8 +969,7 @@ def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
 
 def _joint_pieces(xj):
     """(levels * N, 2) int64: each (level, image)'s first column in the Joint, and its H*W."""
-    return np.array([(a + n * h * w, h * w) for (h, w), a in zip(xj.hws, xj.starts)
-                     for n in range(xj.n)], np.int64).reshape(-1, 2)
+    return _joint_tables(xj.n, xj.hws)[1]
 
 
 @njit(cache=True, nogil=True)
