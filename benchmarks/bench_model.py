@@ -78,8 +78,8 @@ def _instrument():
         layers.Add,
     ):
         methods = ["forward", "backward"]
-        if cls is layers.Conv2d:  # the heads' convolutions, on all levels at once
-            methods += ["forward_levels", "backward_levels"]
+        if cls in (layers.Conv2d, layers.GroupNorm):  # the heads' layers, on all levels at once
+            methods += ["forward_levels", "backward_levels"]  # (ReLU's call its forward)
         for method in methods:
             original = getattr(cls, method)
             key = f"{cls.__name__}.{method.replace('_levels', '')}"
@@ -89,11 +89,13 @@ def _instrument():
                 out = _f(self, *args, **kw)
                 with lock:
                     times[_key] += time.perf_counter() - t
-                    if _key == "Conv2d.forward":  # forward or forward_levels
-                        for y in (out if _method == "forward_levels" else [out]):
-                            n, f, ho, wo = y.shape
+                    if _key == "Conv2d.forward":  # forward, or forward_levels (a list or a
+                        # Joint of levels: (F, T), T = the output pixels of all levels)
+                        ys = [out] if _method == "forward" else out
+                        for y in ([ys.data] if hasattr(ys, "data") else ys):
+                            outputs = y.size  # N*F*Ho*Wo, or F*T
                             k = self.kernel_size
-                            macs = n * f * ho * wo * self.in_channels * k * k
+                            macs = outputs * self.in_channels * k * k
                             # forward, weight gradient and (but for the stem) input gradient
                             flops["conv"] += 2 * macs * (3 if self.needs_input_grad else 2)
                 return out
