@@ -117,8 +117,9 @@ def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d", keep_columns=Fal
     return y, Conv2dCache(x, w, b is not None, stride, padding, tuple(y.shape), name, columns)
 
 
-def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True):
-    """dy (N, F, Ho, Wo) -> dx (N, C, H, W) or None, dw (F, C, kh, kw), db (F,) or None."""
+def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True, need_weight_grad=True):
+    """dy (N, F, Ho, Wo) -> dx (N, C, H, W) or None, dw (F, C, kh, kw), db (F,) or None;
+    need_weight_grad=False gives dw = db = None (to be computed by a later call)."""
     x, w = cache.x, cache.w
     _check_grad(cache.name, dy, cache.y_shape, np.dtype(x.dtype))
     dy = _contiguous(dy)
@@ -130,6 +131,8 @@ def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True):
         if need_input_grad
         else None
     )
+    if not need_weight_grad:
+        return dx, None, None
     dw = k.conv2d_backward_weight(dy, x, kh, kw, cache.stride, cache.padding, cache.columns)
     db = k.bias_backward(dy) if cache.has_bias else None
     return dx, dw, db

@@ -83,15 +83,13 @@ class _Subnet(Module):
         # each level's channels become rows ordered y, x, anchor; the levels one after another
         return k.levels_to_rows(outs, self.per_anchor)  # (N, R, P)
 
-    def backward(self, d_rows, later=None):
-        """(N, R, P) -> the gradients of the levels, as the forward got them (list or Joint).
-        later: a list for the convolutions' deferred weight gradients (``Conv2d
-        .backward_levels``), or None to compute them now."""
+    def backward(self, d_rows):
+        """(N, R, P) -> the gradients of the levels, as the forward got them (list or Joint)."""
         layout = self._pop()
         d_outs = backend.kernels_for(d_rows).rows_to_levels(d_rows, layout, self.per_anchor)
-        d_levels = self.final.backward_levels(d_outs, later)
+        d_levels = self.final.backward_levels(d_outs)
         for block in reversed(list(self.conv)):
-            d_levels = _block_backward(block, d_levels, later)
+            d_levels = _block_backward(block, d_levels)
         return d_levels
 
 
@@ -107,12 +105,11 @@ def _block_forward(block, xs):
     return xs
 
 
-def _block_backward(block, d_levels, later=None):
-    """The backward of ``_block_forward``; the conv's weight gradient deferred into later."""
-    conv, *rest = block
-    for layer in reversed(rest):
+def _block_backward(block, d_levels):
+    """The backward of ``_block_forward``."""
+    for layer in reversed(list(block)):
         d_levels = layer.backward_levels(d_levels)
-    return conv.backward_levels(d_levels, later)
+    return d_levels
 
 
 class ClassificationHead(_Subnet):
@@ -151,17 +148,12 @@ class RetinaNetHead(Module):
                                   lambda: self.regression_head(xs), channels=self.channels)
         return cls, box
 
-    def backward(self, d_cls, d_box, later=None):
-        """-> the list of the levels' gradients, (N, C, H, W) each. later: a list that gets
-        the functions computing the convolutions' weight gradients, which are then not
-        computed now (on the CPU; ``Conv2d.backward_levels``), or None."""
+    def backward(self, d_cls, d_box):
+        """-> the list of the levels' gradients, (N, C, H, W) each."""
         k = backend.kernels_for(d_cls, d_box)
-        later_a, later_b = ([], []) if later is not None else (None, None)
-        d_a, d_b = k.side_by_side(lambda: self.classification_head.backward(d_cls, later_a),
-                                  lambda: self.regression_head.backward(d_box, later_b),
+        d_a, d_b = k.side_by_side(lambda: self.classification_head.backward(d_cls),
+                                  lambda: self.regression_head.backward(d_box),
                                   channels=self.channels)
-        if later is not None:
-            later += later_a + later_b
         # both subnets read every level, so its gradient is the sum; d_a holds new arrays (the
         # input gradients of the first convs), so the sum can be taken in place
         return [k.add_inplace_(a, b) for a, b in zip(k.split_levels(d_a), k.split_levels(d_b))]

@@ -10,7 +10,7 @@ from retina_np.models.config import RetinaNetConfig
 from retina_np.models.fpn import FPN
 from retina_np.models.heads import RetinaNetHead
 from retina_np.models.resnet import ResNet
-from retina_np.nn import Module
+from retina_np.nn import Conv2d, Module, WorkQueue
 
 
 def _halve(n: int) -> int:
@@ -76,16 +76,33 @@ class RetinaNet(Module):
         return self.head(levels)
 
     def backward(self, d_cls_logits, d_box_deltas):
-        """Back-propagate into every parameter (adds to ``.grad``); returns nothing."""
-        later = []  # the heads' weight gradients, which the backbone's backward does not need
-        d_levels = self.head.backward(d_cls_logits, d_box_deltas, later)
-        if not later:
-            self.backbone.backward(d_levels)
-            return
-        # so on the CPU they are computed while it runs, side by side (kernels/threads.py)
-        backend.kernels_for(*d_levels).side_by_side(
-            lambda: self.backbone.backward(d_levels), lambda: [grad() for grad in later],
-            channels=self.head.channels)
+        """Back-propagate into every parameter (adds to ``.grad``); returns nothing.
+
+        No layer's backward needs the weight gradients of the layers above it, only the
+        update does. So the convolutions leave theirs on a queue (``Conv2d.later``) that a
+        second thread works through while the backward goes on: on the CPU the backbone's
+        backward runs on one share of the cores and the queue on the other, and the first
+        to finish helps the other (kernels/threads.py); elsewhere the queue is done after.
+        """
+        later = WorkQueue()
+        convs = [m for m in self.modules() if isinstance(m, Conv2d)]
+        for conv in convs:
+            conv.later = later
+        try:
+            d_levels = self.head.backward(d_cls_logits, d_box_deltas)
+
+            def backbone_then_queue():
+                try:
+                    self.backbone.backward(d_levels)
+                finally:
+                    later.close(workers=2)  # this thread and the other
+                later.work_through()
+
+            backend.kernels_for(*d_levels).side_by_side(backbone_then_queue, later.work_through,
+                                                        channels=self.head.channels)
+        finally:
+            for conv in convs:
+                conv.later = None
 
     # -- anchors -----------------------------------------------------------------------------
     def feature_sizes(self, image_hw) -> list[tuple[int, int]]:

@@ -6,6 +6,8 @@ gradient and ADDS parameter gradients into ``Parameter.grad``.
 
 from __future__ import annotations
 
+import queue
+
 import numpy as np
 
 from retina_np import backend, ops
@@ -59,6 +61,10 @@ class Conv2d(Module):
         self.name = "Conv2d"
         # The first conv of a network needs no input gradient; models switch this off there.
         self.needs_input_grad = True
+        # Where backward leaves the weight gradient: None, computed and added at once; or a
+        # WorkQueue, which gets a function that does it, for another thread to call while
+        # the backward goes on (RetinaNet.backward: no layer below needs it).
+        self.later: WorkQueue | None = None
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
@@ -70,8 +76,11 @@ class Conv2d(Module):
         return y
 
     def backward(self, dy):
-        dx, dw, db = ops.conv2d_backward(dy, self._pop(), need_input_grad=self.needs_input_grad)
-        self._add_grads(dw, db)
+        cache = self._pop()
+        dx, dw, db = ops.conv2d_backward(dy, cache, self.needs_input_grad,
+                                         need_weight_grad=self.later is None)
+        self._weight_grads_now_or_later(dw, db, lambda: ops.conv2d_backward(
+            dy, cache, need_input_grad=False)[1:])
         return dx
 
     def forward_levels(self, xs):
@@ -85,14 +94,9 @@ class Conv2d(Module):
         self._push(cache)
         return ys
 
-    def backward_levels(self, dys, later=None):
+    def backward_levels(self, dys):
         """The backward of ``forward_levels``: the input gradients (a list, or a Joint); the
-        parameter gradients of all levels are added into ``.grad``.
-
-        later: a list, or None. On a Joint, the parameter gradients are then not computed now:
-        a function that computes and adds them is appended to it, to be called before they
-        are used (the model's backward runs them while the backbone's backward runs).
-        """
+        parameter gradients of all levels are added into ``.grad`` (or left to ``later``)."""
         cache = self._pop()
         if not isinstance(cache, ops.Conv2dJointCache):
             dxs, dw, db = ops.conv2d_levels_backward(dys, cache,
@@ -100,13 +104,18 @@ class Conv2d(Module):
             self._add_grads(dw, db)
             return dxs
         dxs, dw, db = ops.conv2d_joint_backward(dys, cache, self.needs_input_grad,
-                                                need_weight_grad=later is None)
-        if later is None:
+                                                need_weight_grad=self.later is None)
+        self._weight_grads_now_or_later(dw, db, lambda: ops.conv2d_joint_backward(
+            dys, cache, need_input_grad=False)[1:])
+        return dxs
+
+    def _weight_grads_now_or_later(self, dw, db, compute):
+        """Add (dw, db) now; or, with a later queue, put on it a call of compute (which gives
+        (dw, db)) and the adding."""
+        if self.later is None:
             self._add_grads(dw, db)
         else:
-            later.append(lambda: self._add_grads(*ops.conv2d_joint_backward(
-                dys, cache, need_input_grad=False)[1:]))
-        return dxs
+            self.later.append(lambda: self._add_grads(*compute()))
 
     def _add_grads(self, dw, db):
         _accumulate(self.weight, dw)
@@ -298,3 +307,25 @@ class Add(Module):
 
     def backward(self, dy):
         return ops.add_backward(dy, self._pop())
+
+
+class WorkQueue:
+    """Functions put aside by one thread (``append``) for others to call in order
+    (``work_through``, which returns once the queue is ``close``d and done; each call of
+    ``close`` lets one of the threads working through it return)."""
+
+    _CLOSED = object()
+
+    def __init__(self):
+        self._queue = queue.SimpleQueue()
+
+    def append(self, fn) -> None:
+        self._queue.put(fn)
+
+    def close(self, workers: int = 1) -> None:
+        for _ in range(workers):
+            self._queue.put(self._CLOSED)
+
+    def work_through(self) -> None:
+        while (fn := self._queue.get()) is not self._CLOSED:
+            fn()
