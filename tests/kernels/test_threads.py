@@ -10,6 +10,7 @@ from threadpoolctl import ThreadpoolController
 
 from retina_np.kernels import cpu, threads
 from retina_np.models import RetinaNet, RetinaNetConfig
+from retina_np.nn import WorkQueue
 
 
 def _start_thread_pool():
@@ -126,3 +127,16 @@ def test_heads_side_by_side_equal_the_heads_one_by_one(side_by_side_possible, mo
         scale = np.abs(alone[3][name]).max()
         np.testing.assert_allclose(side[3][name], alone[3][name], rtol=rtol, atol=rtol * scale,
                                    err_msg=name)
+
+
+def test_work_queue_is_worked_through_in_order_by_every_worker():
+    later = WorkQueue()
+    done = []
+    for i in range(5):
+        later.append(lambda i=i: done.append(i))
+    later.close(workers=2)
+    later.work_through()  # one worker takes everything, then its close
+    assert done == [0, 1, 2, 3, 4]
+    later.work_through()  # the second close lets a second worker return at once
+    assert done == [0, 1, 2, 3, 4]
+
