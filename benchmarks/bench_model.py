@@ -57,9 +57,11 @@ def _instrument():
     """Wrap every layer's forward/backward to time it and count conv FLOPs, and the step's
     stages (backbone + FPN, heads, loss, gradient norm, update) to time them on the clock.
 
-    The heads' two subnets run side by side on the CPU (kernels/threads.py), so the layer
-    times are summed over the threads that ran them: the heads' layers add up to more than
-    the heads' wall time. The stages run one after another and add up to the step.
+    The heads' two subnets run side by side on the CPU (kernels/threads.py), and the
+    convolutions' weight gradients are worked through by a second thread beside the
+    backbone's backward (RetinaNet.backward), so the layer times are summed over the threads
+    that ran them and add up to more than the step. The stages are timed on the main thread;
+    they run one after another and add up to the step.
     """
     import retina_np.nn.layers as layers
     import retina_np.train as train
@@ -106,6 +108,8 @@ def _instrument():
         original = getattr(owner, method)
 
         def wrapped(*args, **kw):
+            if threading.current_thread() is not threading.main_thread():
+                return original(*args, **kw)  # the work beside the main thread's
             t = time.perf_counter()
             out = original(*args, **kw)
             stages[key] += time.perf_counter() - t
@@ -116,8 +120,9 @@ def _instrument():
     clocked(retinanet.BackboneWithFPN, "forward", "backbone + FPN forward")
     clocked(heads.RetinaNetHead, "forward", "heads forward (subnets side by side)")
     clocked(retinanet.RetinaNet, "loss", "loss (matching, focal, box)")
-    clocked(heads.RetinaNetHead, "backward", "heads backward (subnets side by side)")
-    clocked(retinanet.BackboneWithFPN, "backward", "backbone + FPN backward")
+    clocked(heads.RetinaNetHead, "backward", "heads backward (input gradients)")
+    clocked(retinanet.BackboneWithFPN, "backward", "backbone + FPN backward (queue beside)")
+    clocked(layers.WorkQueue, "work_through", "rest of the weight-gradient queue")
     clocked(train, "clip_grad_norm", "gradient norm")
     clocked(SGD, "step", "SGD update")
     return times, stages, flops
