@@ -83,6 +83,8 @@ def _instrument():
         if cls in (layers.Conv2d, layers.GroupNorm):  # the heads' layers, on all levels at once
             methods += ["forward_levels", "backward_levels"]  # (ReLU's call its forward)
         for method in methods:
+            if not hasattr(cls, method):  # an older retina_np (comparing commits)
+                continue
             original = getattr(cls, method)
             key = f"{cls.__name__}.{method.replace('_levels', '')}"
 
@@ -105,6 +107,8 @@ def _instrument():
             setattr(cls, method, wrapped)
 
     def clocked(owner, method, key):
+        if not hasattr(owner, method):  # an older retina_np (comparing commits)
+            return
         original = getattr(owner, method)
 
         def wrapped(*args, **kw):
@@ -122,7 +126,7 @@ def _instrument():
     clocked(retinanet.RetinaNet, "loss", "loss (matching, focal, box)")
     clocked(heads.RetinaNetHead, "backward", "heads backward (input gradients)")
     clocked(retinanet.BackboneWithFPN, "backward", "backbone + FPN backward (queue beside)")
-    clocked(layers.WorkQueue, "work_through", "rest of the weight-gradient queue")
+    clocked(getattr(layers, "WorkQueue", None), "work_through", "rest of the weight-gradient queue")
     clocked(train, "clip_grad_norm", "gradient norm")
     clocked(SGD, "step", "SGD update")
     return times, stages, flops
