@@ -5,8 +5,9 @@ that is a poor fit: the 64-channel products on the small pyramid levels and the 
 around them are short, so the cores spend much of a step waking each other up and waiting
 at the end of each call. The classification and box subnets share no data, so they can
 run at the same time instead, each on its own core with one-thread GEMMs and loops:
-``side_by_side(lambda: cls(levels), lambda: box(levels))``. In the shapes preset's
-training step on 2 cores, this made the step ~10% faster (docs/performance.md).
+``side_by_side(lambda: cls(levels), lambda: box(levels))``; and the backbone's backward runs
+beside the queue of weight gradients (RetinaNet.backward). In the shapes preset's training
+step on 2 cores the subnets side by side made the step 135 -> 118 ms (docs/performance.md).
 
 The BLAS thread count is process-wide, so it is lowered while the tasks run and set back
 afterwards (through threadpoolctl); Numba's is per thread (``numba.set_num_threads``). The
@@ -33,7 +34,8 @@ ENABLED = True
 # Above this width the products are large enough for OpenBLAS to keep every core busy on its
 # own: RetinaNet's heads, timed forward + backward one by one and side by side on 2 cores
 # (ad-hoc script), ran 17-32% faster side by side at 64 channels (batches of 8 to 16 at 128
-# to 512 pixels), and 0-9% slower at ResNet-50's 256 (inference at 256 to 800 pixels).
+# to 512 pixels), and between 3% faster and 9% slower at ResNet-50's 256 (inference at 256
+# to 800 pixels).
 SIDE_BY_SIDE_MAX_CHANNELS = 128
 
 # Numba's threading layers that may be entered from several threads at once.
