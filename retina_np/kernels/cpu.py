@@ -973,15 +973,21 @@ def _joint_pieces(xj):
 
 
 @njit(cache=True, nogil=True)
+def _joint_task(task, groups, pieces):
+    """Task number `task` of a group norm on a Joint: (piece, group, the piece's first column,
+    its H*W); the groups inner, so that consecutive tasks read the same columns."""
+    piece, g = task // groups, task % groups
+    return piece, g, pieces[piece, 0], pieces[piece, 1]
+
+
+@njit(cache=True, nogil=True)
 def _groupnorm_joint_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, start,
                                    stop):
     """Tasks start:stop of (piece, group): one image's group on one level of a Joint x (C, T)
     is Cg rows of the piece's columns a:a+HW. Statistics into mean, invstd (pieces, G)."""
-    groups = gamma.shape[0] // Cg
-    to = x.dtype.type
+    groups, to = gamma.shape[0] // Cg, x.dtype.type
     for task in range(start, stop):
-        piece, g = task // groups, task % groups
-        a, HW = pieces[piece, 0], pieces[piece, 1]
+        piece, g, a, HW = _joint_task(task, groups, pieces)
         M = Cg * HW
         total = 0.0
         for j in range(Cg):
@@ -1030,11 +1036,9 @@ def _groupnorm_joint_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, 
                                     sum_dy_xhat, start, stop):
     """Tasks start:stop of (piece, group), as the forward's: dx into dx (C, T), per-channel
     sums into sum_dy, sum_dy_xhat (pieces, C)."""
-    groups = gamma.shape[0] // Cg
-    to = x.dtype.type
+    groups, to = gamma.shape[0] // Cg, x.dtype.type
     for task in range(start, stop):
-        piece, g = task // groups, task % groups
-        a, HW = pieces[piece, 0], pieces[piece, 1]
+        piece, g, a, HW = _joint_task(task, groups, pieces)
         M = Cg * HW
         mu, istd = np.float64(mean[piece, g]), np.float64(invstd[piece, g])
         sum_dxhat = 0.0
