@@ -14,10 +14,13 @@ import numpy as np
 from retina_np import backend
 from retina_np.nn import Conv2d, GroupNorm, Module, ReLU, Sequential, init
 
+KERNEL = 3  # every head conv is 3x3, stride 1, padding 1: its output has its input's levels
+
 
 def _head_conv(cin, cout, std, rng, bias=0.0):
     """3x3 conv with normal(0, std) weights and a constant bias (``bias=None``: no bias)."""
-    conv = Conv2d(cin, cout, 3, stride=1, padding=1, bias=bias is not None, rng=rng)
+    conv = Conv2d(cin, cout, KERNEL, stride=1, padding=KERNEL // 2, bias=bias is not None,
+                  rng=rng)
     conv.weight.data = init.normal(conv.weight.shape, rng, std)
     if bias is not None:
         conv.bias.data = np.full(cout, bias, dtype=np.float32)
@@ -141,7 +144,7 @@ class RetinaNetHead(Module):
         k = backend.kernels_for(*levels)
         # on the CPU the levels become one channel-major Joint matrix (unless that is too
         # large), which the heads' layers keep from input to output (kernels/cpu.py)
-        xs = k.join_levels(levels, 3)
+        xs = k.join_levels(levels, KERNEL)
         # the subnets share nothing but their input: on the CPU narrow ones run side by side,
         # each on its share of the cores (kernels/threads.py)
         cls, box = k.side_by_side(lambda: self.classification_head(xs),
