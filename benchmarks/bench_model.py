@@ -6,7 +6,8 @@
     python benchmarks/bench_model.py --skip-infer   # only the training step (and torch's)
 
 Prints, for the shapes preset at batch 8 (128x128): seconds per training step (forward, loss,
-backward, SGD update), the time per layer type, the conv FLOPs of the step and the achieved
+backward, SGD update), the time of its stages and per layer type, the conv FLOPs of the step
+and the achieved
 GFLOP/s next to a float32 GEMM measured in the same process; for ``resnet50_fpn`` (91
 classes) at 512x512 and 800x800, batch 1: inference seconds (forward + postprocess). Peak
 resident memory of each part.
