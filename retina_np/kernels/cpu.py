@@ -539,10 +539,7 @@ def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_gra
                                             need_input_grad, columns)
         return (split_levels(dxj) if need_input_grad else None), dw, db
     N, K = xs[0].shape[0], C * kh * kw
-    d_joint = np.empty((F, starts[-1]), dys[0].dtype)  # dy of every level as one (F, T) matrix
-    for level, dy in enumerate(dys):
-        block = d_joint[:, starts[level]:starts[level + 1]].reshape(F, N, -1)
-        block[...] = dy.reshape(N, F, -1).transpose(1, 0, 2)
+    d_joint = join_levels(dys).data  # dy of every level as one (F, T) matrix
     cols = columns[0] if columns else _unfold_levels(xs, kh, kw, stride, padding, starts)
     dw = _weight_gradient([(d_joint, cols)], F, K, d_joint.dtype).reshape(w.shape)
     db = _bias_gradient(d_joint) if has_bias else None
@@ -608,8 +605,8 @@ def _joint_tables(n, hws):
     them read-only would make Numba compile every kernel that reads them a second time)."""
     starts = Joint(None, n, hws).starts
     geometry = _geometry([(n, h, w, 0, h, a, a) for (h, w), a in zip(hws, starts)])
-    pieces = np.array([(a + m * h * w, h * w) for (h, w), a in zip(hws, starts)
-                       for m in range(n)], np.int64).reshape(-1, 2)
+    pieces = np.array([(0, a + m * h * w, h * w) for (h, w), a in zip(hws, starts)
+                       for m in range(n)], np.int64).reshape(-1, 3)  # for group norm
     return geometry, pieces
 
 
@@ -827,47 +824,83 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
 
 
 # ----------------------------------------------------------------------------- group norm
-# Group g of image n, channels g*Cg .. (g+1)*Cg - 1 (Cg = C/G), is one contiguous run of
-# M = Cg*H*W values: x seen as (N*G, M) has one row per group, and each task owns one row, so
-# no two tasks write the same element. As for batch norm, the sums are float64 and the
-# per-channel coefficients are computed from them in float64 and rounded once to x's dtype;
-# the per-element arithmetic runs in x's dtype, since a float32 vector holds twice as many
-# lanes as a float64 one (group norm on P3, forward and backward: 0.46 -> 0.21 ms).
+# One kernel pair serves both layouts: x is seen as a 2-D array in which image n's channel c
+# of a piece (one image, or one (level, image) of a Joint) is the run of HW values starting
+# at row `row0 + c`, column `col0`, a row of a table ``pieces`` (P, 3) = (row0, col0, HW). An
+# (N, C, H, W) input is x.reshape(N*C, H*W) with pieces (n*C, 0, H*W); a Joint (C, T) is
+# itself, with pieces (0, first column of the level's image, H*W). Each task is one (piece,
+# group), so no two tasks write the same element. As for batch norm, the sums are float64 and
+# the per-channel coefficients are computed from them in float64 and rounded once to x's
+# dtype; the per-element arithmetic runs in x's dtype, since a float32 vector holds twice as
+# many lanes as a float64 one (group norm on P3, forward and backward: 0.46 -> 0.21 ms).
 #
 # Waking the sleeping worker threads for a parallel loop costs ~45 us (OMP_WAIT_POLICY=
 # PASSIVE, see the top of this file), more than a whole group norm of a small pyramid level
-# takes on one core; the heads run 80 of them per training step, 48 on P5-P7 (4x4 to 1x1).
-# So the rows are written once as a serial loop over a range of rows, and inputs below
-# PARALLEL_MIN_ELEMENTS run it directly, larger ones through a prange over the rows.
+# takes on one core. So the tasks are written once as a serial loop over a range of tasks, and
+# inputs below PARALLEL_MIN_ELEMENTS run it directly, larger ones through a prange over them.
 PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
+@functools.lru_cache(maxsize=64)
+def _image_pieces(N, C, HW):
+    """The pieces (N, 3) of an (N, C, H, W) input seen as (N*C, H*W): image n from row n*C
+    (made once per shape, like ``_joint_tables``; not to be written to)."""
+    return np.array([(n * C, 0, HW) for n in range(N)], np.int64).reshape(-1, 3)
+
+
 @njit(cache=True, nogil=True)
-def _groupnorm_forward_rows(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd, start, stop):
-    """Rows start:stop of xg (N*G, M): statistics into mean, invstd (N*G,), y into yg."""
-    M = Cg * HW
-    groups = gamma.shape[0] // Cg
-    to = xg.dtype.type
-    for ng in range(start, stop):
-        row, out = xg[ng], yg[ng]
-        mu = _sum(row, 0, M) / M
-        istd = 1.0 / np.sqrt(_sum_sq_dev(row, 0, M, mu) / M + eps)
-        mean[ng] = mu
-        invstd[ng] = istd
-        g = ng % groups
+def _groupnorm_task(task, groups, pieces):
+    """Task number `task`: (piece, group, the piece's first row and column, its H*W); the
+    groups inner, so that consecutive tasks read the same columns."""
+    piece, g = task // groups, task % groups
+    return piece, g, pieces[piece, 0], pieces[piece, 1], pieces[piece, 2]
+
+
+@njit(cache=True, nogil=True)
+def _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, start, stop):
+    """Tasks start:stop of (piece, group) of x (2-D, see above): y into y (x's shape),
+    statistics into mean, invstd (pieces, G)."""
+    groups, to = gamma.shape[0] // Cg, x.dtype.type
+    for task in range(start, stop):
+        piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
+        M = Cg * HW
+        total = 0.0
+        for j in range(Cg):
+            total += _sum(x[r + g * Cg + j], a, a + HW)
+        mu = total / M
+        dev = 0.0
+        for j in range(Cg):
+            dev += _sum_sq_dev(x[r + g * Cg + j], a, a + HW, mu)
+        istd = 1.0 / np.sqrt(dev / M + eps)
+        mean[piece, g] = mu
+        invstd[piece, g] = istd
         m = to(mu)
-        for j in range(Cg):  # y = (x - mu) * a + beta, a from the float64 statistics
+        for j in range(Cg):  # y = (x - mu) * k + beta, k from the float64 statistics
             c = g * Cg + j
-            a, b = to(istd * np.float64(gamma[c])), to(beta[c])
-            src, dst = row[j * HW:(j + 1) * HW], out[j * HW:(j + 1) * HW]
+            k, b = to(istd * np.float64(gamma[c])), to(beta[c])
+            src, dst = x[r + c, a:a + HW], y[r + c, a:a + HW]
             for i in range(HW):
-                dst[i] = (src[i] - m) * a + b
+                dst[i] = (src[i] - m) * k + b
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _groupnorm_forward_parallel(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd):
-    for ng in prange(xg.shape[0]):
-        _groupnorm_forward_rows(xg, gamma, beta, Cg, HW, eps, yg, mean, invstd, ng, ng + 1)
+def _groupnorm_forward_parallel(x, gamma, beta, Cg, pieces, eps, y, mean, invstd):
+    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
+        _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, task,
+                                 task + 1)
+
+
+def _groupnorm_forward_pieces(x, gamma, beta, groups, eps, pieces):
+    """y (x's shape), mean and invstd (pieces, G) of x (2-D) laid out by pieces."""
+    y = np.empty_like(x)
+    mean = np.empty((pieces.shape[0], groups), x.dtype)
+    invstd = np.empty((pieces.shape[0], groups), x.dtype)
+    args = (x, gamma, beta, gamma.shape[0] // groups, pieces, float(eps), y, mean, invstd)
+    if x.size < PARALLEL_MIN_ELEMENTS:
+        _groupnorm_forward_tasks(*args, 0, pieces.shape[0] * groups)
+    else:
+        _groupnorm_forward_parallel(*args)
+    return y, mean, invstd
 
 
 def groupnorm_forward(x, gamma, beta, groups, eps):
@@ -877,64 +910,54 @@ def groupnorm_forward(x, gamma, beta, groups, eps):
     y = (x - mean) * invstd * gamma[c] + beta[c], invstd = 1 / sqrt(var + eps).
     """
     N, C, H, W = x.shape
-    y = np.empty_like(x)
-    mean = np.empty((N, groups), x.dtype)
-    invstd = np.empty((N, groups), x.dtype)
-    args = (x.reshape(N * groups, -1), gamma, beta, C // groups, H * W, float(eps),
-            y.reshape(N * groups, -1), mean.reshape(-1), invstd.reshape(-1))
-    if x.size < PARALLEL_MIN_ELEMENTS:
-        _groupnorm_forward_rows(*args, 0, N * groups)
-    else:
-        _groupnorm_forward_parallel(*args)
-    return y, mean, invstd
+    y, mean, invstd = _groupnorm_forward_pieces(x.reshape(N * C, H * W), gamma, beta, groups,
+                                                eps, _image_pieces(N, C, H * W))
+    return y.reshape(x.shape), mean, invstd
 
 
 @njit(cache=True, nogil=True)
-def _groupnorm_backward_rows(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_dy, sum_dy_xhat,
-                             start, stop):
-    """Rows start:stop of (N*G, M): dx into dxg, per-channel sums into sum_dy, sum_dy_xhat
-    (N, C)."""
-    M = Cg * HW
-    groups = gamma.shape[0] // Cg
-    to = xg.dtype.type
-    for ng in range(start, stop):
-        n, g = ng // groups, ng % groups
-        mu, istd = np.float64(mean[ng]), np.float64(invstd[ng])
-        row, drow, out = xg[ng], dyg[ng], dxg[ng]
+def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy, sum_dy_xhat,
+                              start, stop):
+    """Tasks start:stop of (piece, group), as the forward's: dx into dx (x's shape), the
+    per-channel sums into sum_dy, sum_dy_xhat (pieces, C)."""
+    groups, to = gamma.shape[0] // Cg, x.dtype.type
+    for task in range(start, stop):
+        piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
+        M = Cg * HW
+        mu, istd = np.float64(mean[piece, g]), np.float64(invstd[piece, g])
         sum_dxhat = 0.0
         sum_dxhat_xhat = 0.0
         for j in range(Cg):
             c = g * Cg + j
-            s0, s1 = _sum_dot_xhat(drow, row, j * HW, (j + 1) * HW, mu, istd)
-            sum_dy[n, c] = s0
-            sum_dy_xhat[n, c] = s1
+            s0, s1 = _sum_dot_xhat(dy[r + c], x[r + c], a, a + HW, mu, istd)
+            sum_dy[piece, c] = s0
+            sum_dy_xhat[piece, c] = s1
             sum_dxhat += np.float64(gamma[c]) * s0
             sum_dxhat_xhat += np.float64(gamma[c]) * s1
-        mean_dxhat, mean_dxhat_xhat = sum_dxhat / M, sum_dxhat_xhat / M
         # dx = invstd * (dy * gamma - mean_dxhat - (x - mu) * invstd * mean_dxhat_xhat), the
         # coefficients from the float64 sums rounded once to x's dtype
-        m, s, k = to(mu), to(istd), to(istd * mean_dxhat_xhat)
-        mdx = to(mean_dxhat)
+        m, s, k = to(mu), to(istd), to(istd * (sum_dxhat_xhat / M))
+        mdx = to(sum_dxhat / M)
         for j in range(Cg):
-            gc = gamma[g * Cg + j]
-            lo, hi = j * HW, (j + 1) * HW
-            src, d, dst = row[lo:hi], drow[lo:hi], out[lo:hi]
+            c = g * Cg + j
+            gc = gamma[c]
+            src, d, dst = x[r + c, a:a + HW], dy[r + c, a:a + HW], dx[r + c, a:a + HW]
             for i in range(HW):
                 dst[i] = (d[i] * gc - mdx - (src[i] - m) * k) * s
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _groupnorm_backward_parallel(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_dy,
+def _groupnorm_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
                                  sum_dy_xhat):
-    for ng in prange(xg.shape[0]):
-        _groupnorm_backward_rows(dyg, xg, mean, invstd, gamma, Cg, HW, dxg, sum_dy, sum_dy_xhat,
-                                 ng, ng + 1)
+    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
+        _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
+                                  sum_dy_xhat, task, task + 1)
 
 
 @njit(cache=True, nogil=True)
 def _sum_over_images(sums, dtype_like):
-    """(N, C) float64 -> (C,) in dtype_like's dtype, added over the images in order: the same
-    bits for any number of threads."""
+    """(pieces, C) float64 -> (C,) in dtype_like's dtype, added over the pieces (images) in
+    order: the same bits for any number of threads."""
     N, C = sums.shape
     out = np.empty(C, dtype_like.dtype)
     for c in range(C):
@@ -945,144 +968,48 @@ def _sum_over_images(sums, dtype_like):
     return out
 
 
-def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
-    """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,).
+def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces):
+    """dx (x's shape), dgamma (C,), dbeta (C,) of x, dy (2-D) laid out by pieces.
 
     Per group, with dxhat = dy * gamma[c]: dx = invstd * (dxhat - mean(dxhat) - xhat *
     mean(dxhat * xhat)), as batch norm's. Each task first sums dy and dy * xhat per channel of
-    its image (float64); those (N, C) sums give both the group means (weighted by gamma) and,
-    added over the images afterwards, dbeta and dgamma.
+    its piece (float64); those (pieces, C) sums give both the group means (weighted by gamma)
+    and, added over the pieces afterwards, dbeta and dgamma.
     """
-    N, C, H, W = x.shape
+    C = gamma.shape[0]
     dx = np.empty_like(x)
-    sum_dy = np.empty((N, C))  # float64
-    sum_dy_xhat = np.empty((N, C))
-    args = (dy.reshape(N * groups, -1), x.reshape(N * groups, -1), mean.reshape(-1),
-            invstd.reshape(-1), gamma, C // groups, H * W, dx.reshape(N * groups, -1), sum_dy,
-            sum_dy_xhat)
+    sum_dy = np.empty((pieces.shape[0], C))  # float64
+    sum_dy_xhat = np.empty((pieces.shape[0], C))
+    args = (dy, x, mean, invstd, gamma, C // groups, pieces, dx, sum_dy, sum_dy_xhat)
     if x.size < PARALLEL_MIN_ELEMENTS:
-        _groupnorm_backward_rows(*args, 0, N * groups)
+        _groupnorm_backward_tasks(*args, 0, pieces.shape[0] * groups)
     else:
         _groupnorm_backward_parallel(*args)
     return dx, _sum_over_images(sum_dy_xhat, x), _sum_over_images(sum_dy, x)
 
 
-def _joint_pieces(xj):
-    """(levels * N, 2) int64: each (level, image)'s first column in the Joint, and its H*W."""
-    return _joint_tables(xj.n, xj.hws)[1]
-
-
-@njit(cache=True, nogil=True)
-def _joint_task(task, groups, pieces):
-    """Task number `task` of a group norm on a Joint: (piece, group, the piece's first column,
-    its H*W); the groups inner, so that consecutive tasks read the same columns."""
-    piece, g = task // groups, task % groups
-    return piece, g, pieces[piece, 0], pieces[piece, 1]
-
-
-@njit(cache=True, nogil=True)
-def _groupnorm_joint_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, start,
-                                   stop):
-    """Tasks start:stop of (piece, group): one image's group on one level of a Joint x (C, T)
-    is Cg rows of the piece's columns a:a+HW. Statistics into mean, invstd (pieces, G)."""
-    groups, to = gamma.shape[0] // Cg, x.dtype.type
-    for task in range(start, stop):
-        piece, g, a, HW = _joint_task(task, groups, pieces)
-        M = Cg * HW
-        total = 0.0
-        for j in range(Cg):
-            total += _sum(x[g * Cg + j], a, a + HW)
-        mu = total / M
-        dev = 0.0
-        for j in range(Cg):
-            dev += _sum_sq_dev(x[g * Cg + j], a, a + HW, mu)
-        istd = 1.0 / np.sqrt(dev / M + eps)
-        mean[piece, g] = mu
-        invstd[piece, g] = istd
-        m = to(mu)
-        for j in range(Cg):  # y = (x - mu) * k + beta, k from the float64 statistics
-            c = g * Cg + j
-            k, b = to(istd * np.float64(gamma[c])), to(beta[c])
-            src, dst = x[c, a:a + HW], y[c, a:a + HW]
-            for i in range(HW):
-                dst[i] = (src[i] - m) * k + b
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _groupnorm_joint_forward_parallel(x, gamma, beta, Cg, pieces, eps, y, mean, invstd):
-    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
-        _groupnorm_joint_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, task,
-                                       task + 1)
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
+    """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,)."""
+    N, C, H, W = x.shape
+    dx, dgamma, dbeta = _groupnorm_backward_pieces(
+        dy.reshape(N * C, H * W), x.reshape(N * C, H * W), mean, invstd, gamma, groups,
+        _image_pieces(N, C, H * W))
+    return dx.reshape(x.shape), dgamma, dbeta
 
 
 def groupnorm_forward_joint(xj, gamma, beta, groups, eps):
     """``groupnorm_forward`` of every level of a Joint (C, T) at once -> (y Joint (C, T), mean
     and invstd (levels * N, G), one row per (level, image) in the Joint's order)."""
-    x = xj.data
-    pieces = _joint_pieces(xj)
-    y = np.empty_like(x)
-    mean = np.empty((pieces.shape[0], groups), x.dtype)
-    invstd = np.empty((pieces.shape[0], groups), x.dtype)
-    args = (x, gamma, beta, x.shape[0] // groups, pieces, float(eps), y, mean, invstd)
-    if x.size < PARALLEL_MIN_ELEMENTS:
-        _groupnorm_joint_forward_tasks(*args, 0, pieces.shape[0] * groups)
-    else:
-        _groupnorm_joint_forward_parallel(*args)
+    y, mean, invstd = _groupnorm_forward_pieces(xj.data, gamma, beta, groups, eps,
+                                                _joint_tables(xj.n, xj.hws)[1])
     return xj.like(y), mean, invstd
-
-
-@njit(cache=True, nogil=True)
-def _groupnorm_joint_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
-                                    sum_dy_xhat, start, stop):
-    """Tasks start:stop of (piece, group), as the forward's: dx into dx (C, T), per-channel
-    sums into sum_dy, sum_dy_xhat (pieces, C)."""
-    groups, to = gamma.shape[0] // Cg, x.dtype.type
-    for task in range(start, stop):
-        piece, g, a, HW = _joint_task(task, groups, pieces)
-        M = Cg * HW
-        mu, istd = np.float64(mean[piece, g]), np.float64(invstd[piece, g])
-        sum_dxhat = 0.0
-        sum_dxhat_xhat = 0.0
-        for j in range(Cg):
-            c = g * Cg + j
-            s0, s1 = _sum_dot_xhat(dy[c], x[c], a, a + HW, mu, istd)
-            sum_dy[piece, c] = s0
-            sum_dy_xhat[piece, c] = s1
-            sum_dxhat += np.float64(gamma[c]) * s0
-            sum_dxhat_xhat += np.float64(gamma[c]) * s1
-        # as _groupnorm_backward_rows: the coefficients from float64 sums, rounded once
-        m, s, k = to(mu), to(istd), to(istd * (sum_dxhat_xhat / M))
-        mdx = to(sum_dxhat / M)
-        for j in range(Cg):
-            c = g * Cg + j
-            gc = gamma[c]
-            src, d, dst = x[c, a:a + HW], dy[c, a:a + HW], dx[c, a:a + HW]
-            for i in range(HW):
-                dst[i] = (d[i] * gc - mdx - (src[i] - m) * k) * s
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _groupnorm_joint_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
-                                       sum_dy_xhat):
-    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
-        _groupnorm_joint_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
-                                        sum_dy_xhat, task, task + 1)
 
 
 def groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups):
     """The backward of ``groupnorm_forward_joint``: (dx Joint (C, T), dgamma (C,), dbeta (C,))."""
-    x = xj.data
-    pieces = _joint_pieces(xj)
-    dx = np.empty_like(x)
-    sum_dy = np.empty((pieces.shape[0], x.shape[0]))  # float64
-    sum_dy_xhat = np.empty((pieces.shape[0], x.shape[0]))
-    args = (dyj.data, x, mean, invstd, gamma, x.shape[0] // groups, pieces, dx, sum_dy,
-            sum_dy_xhat)
-    if x.size < PARALLEL_MIN_ELEMENTS:
-        _groupnorm_joint_backward_tasks(*args, 0, pieces.shape[0] * groups)
-    else:
-        _groupnorm_joint_backward_parallel(*args)
-    return xj.like(dx), _sum_over_images(sum_dy_xhat, x), _sum_over_images(sum_dy, x)
+    dx, dgamma, dbeta = _groupnorm_backward_pieces(dyj.data, xj.data, mean, invstd, gamma,
+                                                   groups, _joint_tables(xj.n, xj.hws)[1])
+    return xj.like(dx), dgamma, dbeta
 
 
 # ----------------------------------------------------------------------------- elementwise
