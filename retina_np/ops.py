@@ -251,14 +251,7 @@ class GroupNormJointCache(NamedTuple):
 def groupnorm_joint_forward(xj: Joint, gamma, beta, groups, eps=1e-5, name="groupnorm"):
     """``groupnorm_forward`` of every level of a Joint at once: each image's group on each
     level is normalised by its own statistics -> (y Joint (C, T), cache)."""
-    C = xj.data.shape[0]
-    _check_dtypes(name, x=xj.data, weight=gamma, bias=beta)
-    groups = _check_int(name, "groups", groups, 1)
-    if C % groups:
-        raise ValueError(f"{name}: {C} channels cannot be split into {groups} groups")
-    for what, v in (("weight", gamma), ("bias", beta)):
-        if tuple(v.shape) != (C,):
-            raise ValueError(f"{name}: {what} must have shape ({C},), got {tuple(v.shape)}")
+    groups = _check_groupnorm(name, xj.data, gamma, beta, groups)
     gamma, beta = _contiguous(gamma), _contiguous(beta)
     y, mean, invstd = backend.kernels_for(xj.data, gamma, beta).groupnorm_forward_joint(
         xj, gamma, beta, groups, float(eps))
@@ -357,6 +350,22 @@ class GroupNormCache(NamedTuple):
     name: str
 
 
+def _check_groupnorm(name, x, gamma, beta, groups) -> int:
+    """One float dtype, groups an integer >= 1 dividing x's channels (axis 1 of (N, C, H, W),
+    axis 0 of a Joint's (C, T)), gamma and beta of shape (C,); returns groups."""
+    _check_dtypes(name, x=x, weight=gamma, bias=beta)
+    groups = _check_int(name, "groups", groups, 1)
+    C = x.shape[1] if len(x.shape) == 4 else x.shape[0]
+    if C % groups:
+        raise ValueError(f"{name}: {C} channels (x {tuple(x.shape)}) cannot be split into "
+                         f"{groups} groups")
+    for what, v in (("weight", gamma), ("bias", beta)):
+        if tuple(v.shape) != (C,):
+            raise ValueError(f"{name}: {what} must have shape ({C},) for x {tuple(x.shape)}, "
+                             f"got {tuple(v.shape)}")
+    return groups
+
+
 def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm"):
     """Group normalisation (Wu & He 2018), as torch's group_norm.
 
@@ -369,16 +378,8 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm"):
         y (N, C, H, W) = (x - mean[n, g]) / sqrt(var[n, g] + eps) * gamma + beta, and the cache.
     """
     _check_4d(name, "x", x)
-    _check_dtypes(name, x=x, weight=gamma, bias=beta)
-    groups = _check_int(name, "groups", groups, 1)
+    groups = _check_groupnorm(name, x, gamma, beta, groups)
     N, C, H, W = x.shape
-    if C % groups:
-        raise ValueError(f"{name}: {C} channels (x {tuple(x.shape)}) cannot be split into "
-                         f"{groups} groups")
-    for what, v in (("weight", gamma), ("bias", beta)):
-        if tuple(v.shape) != (C,):
-            raise ValueError(f"{name}: {what} must have shape ({C},) for x {tuple(x.shape)}, "
-                             f"got {tuple(v.shape)}")
     if N * C * H * W == 0:
         raise ValueError(f"{name}: x {tuple(x.shape)} has no values to normalise")
     x, gamma, beta = _contiguous(x), _contiguous(gamma), _contiguous(beta)

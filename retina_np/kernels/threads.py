@@ -55,7 +55,7 @@ def side_by_side(*tasks, channels=0):
     every task has finished (the first one, in task order). channels: the width of the
     tasks' convolutions; above SIDE_BY_SIDE_MAX_CHANNELS they run one by one.
     """
-    threads = _threads_per_task(len(tasks)) if channels <= SIDE_BY_SIDE_MAX_CHANNELS else None
+    threads = _threads_per_task(len(tasks), channels)
     if threads is None:
         return [task() for task in tasks]
     blas = _blas_libraries()
@@ -96,10 +96,11 @@ def _outcome(fn, *args):
         return None, error
 
 
-def _threads_per_task(n_tasks: int) -> int | None:
+def _threads_per_task(n_tasks: int, channels: int = 0) -> int | None:
     """Each task's share of the cores, or None where the tasks should run one by one."""
     cores = numba.get_num_threads()
-    if not ENABLED or n_tasks < 2 or cores < 2 or getattr(_inside, "task", False):
+    if (not ENABLED or n_tasks < 2 or cores < 2 or channels > SIDE_BY_SIDE_MAX_CHANNELS
+            or getattr(_inside, "task", False)):
         return None
     try:
         layer = numba.threading_layer()
