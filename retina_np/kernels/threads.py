@@ -24,6 +24,7 @@ threadpoolctl finds; or ``ENABLED = False`` (for comparisons).
 
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,6 +46,7 @@ _inside = threading.local()  # .task is True in a thread that is running a task
 _pool: ThreadPoolExecutor | None = None
 _pool_workers = 0
 _blas = None  # threadpoolctl's controllers of the BLAS libraries (None: not looked up yet)
+_blas_modules = 0  # len(sys.modules) when they were looked up
 
 
 def side_by_side(*tasks, channels=0):
@@ -112,13 +114,15 @@ def _threads_per_task(n_tasks: int, channels: int = 0) -> int | None:
 
 
 def _blas_libraries():
-    """threadpoolctl's controllers of the loaded BLAS libraries (looked up once): numpy's,
-    and scipy's when it is loaded too (Numba's own products call it)."""
-    global _blas
-    if _blas is None:
+    """threadpoolctl's controllers of the loaded BLAS libraries: numpy's, and scipy's once it
+    is loaded too (Numba's own products call it). A BLAS library arrives with a Python
+    extension, so they are looked up again whenever a module has been imported since."""
+    global _blas, _blas_modules
+    if _blas is None or _blas_modules != len(sys.modules):
         from threadpoolctl import ThreadpoolController
 
         _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+        _blas_modules = len(sys.modules)
     return _blas
 
 

@@ -1,5 +1,6 @@
 """kernels/threads.py: independent CPU work side by side, and the heads' subnets run that way."""
 
+import sys
 import threading
 import time
 
@@ -49,6 +50,21 @@ def test_tasks_run_at_once_on_their_share_of_the_cores(side_by_side_possible):
     assert numba_a == numba_b == cores // 2
     assert set(blas_a) == set(blas_b) == {cores // 2}
     assert numba.get_num_threads() == cores and _blas_threads() == blas_before
+
+
+def test_a_blas_library_loaded_after_the_first_call_is_limited_too(side_by_side_possible,
+                                                                   monkeypatch):
+    import scipy.linalg  # noqa: F401 - scipy's own OpenBLAS, beside numpy's
+
+    every = ThreadpoolController().select(user_api="blas").lib_controllers
+    if len(every) < 2:
+        pytest.skip("numpy and scipy share one BLAS library here")
+    # as if the libraries had been looked up before scipy was imported
+    monkeypatch.setattr(threads, "_blas", every[:1])
+    monkeypatch.setattr(threads, "_blas_modules", len(sys.modules) - 1)
+    cores = numba.get_num_threads()
+    (blas_a, blas_b) = threads.side_by_side(_blas_threads, _blas_threads)
+    assert len(blas_a) == len(every) and set(blas_a) == set(blas_b) == {cores // 2}
 
 
 def test_an_error_is_raised_once_every_task_has_finished(side_by_side_possible):
