@@ -4,9 +4,10 @@ Pure functions on numpy arrays (float32 or float64), with Numba kernels where th
 O(R * K) or O(N^2). Letter legend as in the package: R anchors, K classes, M ground-truth
 boxes, D detections, N batch.
 
-The kernels are ``@njit(cache=True, error_model="numpy")``: a float division by zero gives
-inf / NaN as in numpy instead of raising, so no division carries a check that would also
-stop LLVM from vectorising the loop around it. None uses ``fastmath``.
+The kernels are ``@njit(cache=True, nogil=True, error_model="numpy")``: a float division by
+zero gives inf / NaN as in numpy instead of raising, so no division carries a check that
+would also stop LLVM from vectorising the loop around it; they release the GIL, so that the
+loss of a batch runs on two threads (``retina_loss``). None uses ``fastmath``.
 
     generate_anchors(image_hw, feature_hws)      -> anchors (R, 4)
     box_iou(gt_boxes, anchors)                   -> (M, R)

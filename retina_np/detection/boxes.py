@@ -56,7 +56,7 @@ def box_area(boxes: np.ndarray) -> np.ndarray:
 
 
 # error_model="numpy": x / 0 gives inf or NaN instead of raising (see the package docstring).
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _box_iou_kernel(a, b, out):
     """IoU of every box of ``a`` with every box of ``b``, written into ``out`` (N, M).
 

@@ -48,7 +48,7 @@ _NO_ALPHA = -1.0
 # --------------------------------------------------------------------------------------
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _focal_element(x, t, alpha, gamma):
     """Focal loss and its derivative for one logit ``x`` and target ``t`` (float64 math).
 
@@ -91,7 +91,7 @@ def _focal_element(x, t, alpha, gamma):
 _PARALLEL_MIN_LOGITS = 1 << 16
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _focal_dense_range(logits, targets, alpha, gamma, dlogits, start, stop):
     """Focal loss summed over flat ``logits[start:stop]``; gradient into ``dlogits``."""
     total = 0.0
@@ -102,7 +102,7 @@ def _focal_dense_range(logits, targets, alpha, gamma, dlogits, start, stop):
     return total
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _focal_anchor_range(logits, anchor_class, alpha, gamma, grad_scale, dlogits, start, stop):
     """Focal loss of anchors ``start:stop`` of one image, from per-anchor classes instead of
     a one-hot target array.
@@ -134,7 +134,7 @@ def _focal_anchor_range(logits, anchor_class, alpha, gamma, grad_scale, dlogits,
     return total
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def _focal_dense_parallel(logits, targets, alpha, gamma, dlogits, num_chunks):
     """:func:`_focal_dense_range` over ``num_chunks`` equal chunks, one per prange step."""
     n = logits.shape[0]
@@ -145,7 +145,7 @@ def _focal_dense_parallel(logits, targets, alpha, gamma, dlogits, num_chunks):
     return total
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def _focal_anchor_parallel(logits, anchor_class, alpha, gamma, grad_scale, dlogits, num_chunks):
     """:func:`_focal_anchor_range` over ``num_chunks`` equal chunks of anchors."""
     n = logits.shape[0]
@@ -363,20 +363,18 @@ def retina_loss(
     kernels = backend.kernels_for(cls_logits, box_deltas)
     d_cls_logits = kernels.empty_like(cls_logits)  # (N, R, K): every element is written
     d_box_deltas = kernels.zeros_like(box_deltas)  # (N, R, 4): zero but foreground rows
-    cls_total = box_total = 0.0
-    num_foreground_total = 0
-    for b, target in enumerate(targets):
-        boxes = np.asarray(target["boxes"])
-        labels = np.asarray(target["labels"])
+
+    def image_loss(b):
+        """Image b's (focal loss, box loss, foreground anchors); its gradients into d_*[b]."""
+        boxes = np.asarray(targets[b]["boxes"])
+        labels = np.asarray(targets[b]["labels"])
         validate_boxes(boxes, labels, k, image_index=b)
         boxes = boxes.reshape(-1, 4).astype(cls_logits.dtype, copy=False)  # (M, 4)
         labels = labels.reshape(-1).astype(np.int64, copy=False)  # (M,)
 
         matches = match_anchors(box_iou(boxes, anchors), fg_iou, bg_iou)  # (R,)
         foreground = np.flatnonzero(matches >= 0)  # (F,)
-        num_foreground = foreground.size
-        norm = max(1, num_foreground)
-        num_foreground_total += num_foreground
+        norm = max(1, foreground.size)
 
         anchor_class = matches.copy()  # (R,): class of foreground anchors, sentinels kept
         anchor_class[foreground] = labels[matches[foreground]]
@@ -391,9 +389,20 @@ def retina_loss(
             backend.to_device(target_deltas.astype(box_deltas.dtype, copy=False), device),
             box_beta, norm * batch, d_box_deltas[b],
         )
+        return cls_sum / norm, box_sum / norm, foreground.size
 
-        cls_total += cls_sum / norm
-        box_total += box_sum / norm
+    # The images share nothing but the anchors: on the CPU the two halves of the batch run
+    # side by side, each on its share of the cores (the kernels release the GIL); the sums
+    # below are taken in image order either way.
+    half = (batch + 1) // 2
+    first, second = kernels.side_by_side(lambda: [image_loss(b) for b in range(half)],
+                                         lambda: [image_loss(b) for b in range(half, batch)])
+    cls_total = box_total = 0.0
+    num_foreground_total = 0
+    for cls_b, box_b, num_foreground in first + second:
+        cls_total += cls_b
+        box_total += box_b
+        num_foreground_total += num_foreground
 
     classification = cls_total / max(1, batch)
     box_regression = box_total / max(1, batch)

@@ -27,7 +27,7 @@ DEFAULT_FG_IOU_THRESH = 0.5
 DEFAULT_BG_IOU_THRESH = 0.4
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _match_kernel(iou, high, low, allow_low_quality_matches):
     """The matcher loops; see :func:`match_anchors` for the contract."""
     num_gt, num_anchors = iou.shape

@@ -28,7 +28,7 @@ from numba import njit
 _KEEP_ALL = -1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _nms_sorted(x1, y1, x2, y2, iou_threshold, max_keep, keep):
     """Greedy NMS on boxes already in descending score order.
 
@@ -69,7 +69,7 @@ def _nms_sorted(x1, y1, x2, y2, iou_threshold, max_keep, keep):
     return num_kept
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _nms_kernel(boxes, scores, iou_threshold, max_keep):
     """Sort, gather, suppress; returns the kept input indices in score order."""
     order = np.argsort(-scores, kind="mergesort")  # (N,) stable: ties keep input order
@@ -82,7 +82,7 @@ def _nms_kernel(boxes, scores, iou_threshold, max_keep):
     return order[keep == 1]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _batched_nms_kernel(boxes, scores, labels, iou_threshold, max_keep):
     """Per-label NMS; returns the kept input indices in score order."""
     n = scores.shape[0]

@@ -39,7 +39,7 @@ DEFAULT_DETECTIONS_PER_IMG = 100
 _LOGIT_MARGIN = 1e-3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _logits_above(flat_logits, cut):
     """Indices (int64, ascending) of the logits strictly above ``cut``.
 
