@@ -78,14 +78,35 @@ class Module:
             module._caches.clear()
 
     # -- the tree ------------------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        tree = (Module, Parameter)
+        if isinstance(value, tree) or isinstance(self.__dict__.get(name), tree):
+            self.__dict__.pop("_found", None)  # a child or a parameter changes: look again
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        self.__dict__.pop("_found", None)
+        object.__delattr__(self, name)
+
+    def _attributes(self) -> tuple[tuple, tuple]:
+        """((name, child Module) ..., (name, Parameter) ...), in attribute order. Found once
+        and kept until an attribute is set: a training step walks the tree several times
+        (zero_grad, train(), the optimizer's gradients), ~0.2 ms a walk when each of them
+        looked at every attribute of every module."""
+        found = self.__dict__.get("_found")
+        if found is None:
+            items = list(vars(self).items())
+            found = (tuple((n, v) for n, v in items if isinstance(v, Module)),
+                     tuple((n, v) for n, v in items if isinstance(v, Parameter)))
+            self.__dict__["_found"] = found
+        return found
+
     def register_buffer(self, name: str, value: np.ndarray) -> None:
         """A named non-trainable array saved in state_dict (e.g. BatchNorm running stats)."""
         self._buffers[name] = value
 
     def named_children(self) -> Iterator[tuple[str, Module]]:
-        for name, value in vars(self).items():
-            if isinstance(value, Module):
-                yield name, value
+        return iter(self._attributes()[0])
 
     def modules(self) -> Iterator[Module]:
         yield self
@@ -98,9 +119,8 @@ class Module:
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
-        for name, value in vars(self).items():
-            if isinstance(value, Parameter):
-                yield (f"{prefix}.{name}" if prefix else name), value
+        for name, value in self._attributes()[1]:
+            yield (f"{prefix}.{name}" if prefix else name), value
         for name, child in self.named_children():
             yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
 
@@ -232,7 +252,7 @@ class Sequential(Module):
             setattr(self, str(i), layer)
 
     def __len__(self) -> int:
-        return sum(1 for _ in self.named_children())
+        return len(self._attributes()[0])
 
     def __getitem__(self, i: int) -> Module:
         return getattr(self, str(i % len(self)))

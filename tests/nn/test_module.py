@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from retina_np.nn import BatchNorm2d, Conv2d, ReLU, Sequential
+from retina_np.nn import BatchNorm2d, Conv2d, Parameter, ReLU, Sequential
 
 
 def small_net(seed=0):
@@ -96,3 +96,19 @@ def test_shared_module_backward_in_reverse_call_order(rng):
     ref(x2)
     np.testing.assert_allclose(dx2, ref.backward(g2), rtol=1e-12)
     np.testing.assert_allclose(conv.weight.grad, ref.weight.grad, rtol=1e-12)
+
+
+def test_the_tree_sees_children_and_parameters_changed_after_a_walk():
+    """Children and parameters are found once per module and kept until one is set."""
+    seq = Sequential(Conv2d(1, 2, 3), ReLU())
+    assert [n for n, _ in seq.named_parameters()] == ["0.weight", "0.bias"]
+    conv = seq[0]
+    conv.bias = None  # a parameter removed
+    conv.extra = Parameter(np.zeros(1))  # one added
+    assert [n for n, _ in seq.named_parameters()] == ["0.weight", "0.extra"]
+    setattr(seq, "1", BatchNorm2d(2))  # a child replaced, in its place
+    assert [n for n, _ in seq.named_parameters()][2:] == ["1.weight", "1.bias"]
+    del conv.extra
+    conv.training = False  # other attributes leave the tree as it is
+    assert [n for n, _ in seq.named_parameters()] == ["0.weight", "1.weight", "1.bias"]
+    assert [type(m).__name__ for m in seq.modules()] == ["Sequential", "Conv2d", "BatchNorm2d"]
