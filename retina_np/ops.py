@@ -246,16 +246,18 @@ class GroupNormJointCache(NamedTuple):
     gamma: object  # (C,)
     groups: int
     name: str
+    y: Joint | None = None  # the output, where the forward applied the ReLU after the norm
 
 
-def groupnorm_joint_forward(xj: Joint, gamma, beta, groups, eps=1e-5, name="groupnorm"):
+def groupnorm_joint_forward(xj: Joint, gamma, beta, groups, eps=1e-5, name="groupnorm",
+                            relu=False):
     """``groupnorm_forward`` of every level of a Joint at once: each image's group on each
     level is normalised by its own statistics -> (y Joint (C, T), cache)."""
     groups = _check_groupnorm(name, xj.data, gamma, beta, groups)
     gamma, beta = _contiguous(gamma), _contiguous(beta)
     y, mean, invstd = backend.kernels_for(xj.data, gamma, beta).groupnorm_forward_joint(
-        xj, gamma, beta, groups, float(eps))
-    return y, GroupNormJointCache(xj, mean, invstd, gamma, groups, name)
+        xj, gamma, beta, groups, float(eps), bool(relu))
+    return y, GroupNormJointCache(xj, mean, invstd, gamma, groups, name, y if relu else None)
 
 
 def groupnorm_joint_backward(dyj: Joint, cache: GroupNormJointCache):
@@ -264,7 +266,7 @@ def groupnorm_joint_backward(dyj: Joint, cache: GroupNormJointCache):
     _check_grad(cache.name, dyj.data, xj.data.shape, np.dtype(xj.data.dtype))
     k = backend.kernels_for(dyj.data, xj.data)
     return k.groupnorm_backward_joint(dyj, xj, cache.mean, cache.invstd, cache.gamma,
-                                      cache.groups)
+                                      cache.groups, cache.y)
 
 
 # ----------------------------------------------------------------------------- batchnorm2d
@@ -275,6 +277,7 @@ class BatchNorm2dCache(NamedTuple):
     gamma: object  # (C,)
     training: bool  # batch statistics (their gradient flows into x) or fixed running ones
     name: str
+    y: object = None  # the output, where the forward applied the ReLU after the norm
 
 
 def _like(values: np.ndarray, ref):
@@ -284,7 +287,7 @@ def _like(values: np.ndarray, ref):
 
 
 def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
-                        eps=1e-5, name="batchnorm2d"):
+                        eps=1e-5, name="batchnorm2d", relu=False):
     """Batch normalisation per channel over (N, H, W), as torch's batch_norm.
 
     training: normalise with the batch mean and biased variance, and update the running
@@ -292,6 +295,7 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, mom
     unbiased variance. Otherwise normalise with the running statistics.
     Args:
         x (N, C, H, W); gamma, beta, running_mean, running_var (C,); one float dtype.
+        relu: apply the ReLU that follows the norm in the same pass: y = max(y, 0).
     Returns:
         y (N, C, H, W) = (x - mean) / sqrt(var + eps) * gamma + beta, and the cache.
     """
@@ -317,25 +321,28 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, mom
                                             float(momentum), float(eps))
     else:
         mean, invstd = k.batchnorm2d_eval_stats(running_mean, running_var, float(eps))
-    y = k.batchnorm2d_forward(x, mean, invstd, gamma, beta)
-    return y, BatchNorm2dCache(x, mean, invstd, gamma, bool(training), name)
+    y = k.batchnorm2d_forward(x, mean, invstd, gamma, beta, bool(relu))
+    return y, BatchNorm2dCache(x, mean, invstd, gamma, bool(training), name, y if relu else None)
 
 
 def batchnorm2d_backward(dy, cache: BatchNorm2dCache):
     """dy (N, C, H, W) -> dx (N, C, H, W), dgamma (C,), dbeta (C,).
 
     In eval mode the statistics are constants and the layer is the affine map
-    x * invstd*gamma + const, so dx = dy * invstd * gamma.
+    x * invstd*gamma + const, so dx = dy * invstd * gamma. After a forward with relu, dy
+    counts only where the output is positive.
     """
     x = cache.x
     _check_grad(cache.name, dy, x.shape, np.dtype(x.dtype))
     dy = _contiguous(dy)
     k = backend.kernels_for(dy, x)
-    dx, dgamma, dbeta = k.batchnorm2d_backward(dy, x, cache.mean, cache.invstd, cache.gamma)
+    dx, dgamma, dbeta = k.batchnorm2d_backward(dy, x, cache.mean, cache.invstd, cache.gamma,
+                                               cache.y)
     if not cache.training:
         # dgamma and dbeta are the same in both modes; dx is the affine map's, which is the
         # forward kernel with a zero mean and a zero shift.
         zeros = _like(np.zeros(x.shape[1]), x)
+        dy = dy if cache.y is None else k.relu_backward(dy, cache.y)
         dx = k.batchnorm2d_forward(dy, zeros, cache.invstd, cache.gamma, zeros)
     return dx, dgamma, dbeta
 
@@ -348,6 +355,7 @@ class GroupNormCache(NamedTuple):
     gamma: object  # (C,)
     groups: int
     name: str
+    y: object = None  # the output, where the forward applied the ReLU after the norm
 
 
 def _check_groupnorm(name, x, gamma, beta, groups) -> int:
@@ -366,7 +374,7 @@ def _check_groupnorm(name, x, gamma, beta, groups) -> int:
     return groups
 
 
-def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm"):
+def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm", relu=False):
     """Group normalisation (Wu & He 2018), as torch's group_norm.
 
     The C channels are split into ``groups`` groups of C/G consecutive channels; each image's
@@ -374,6 +382,7 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm"):
     and shifted per channel. No batch statistics: training and eval compute the same thing.
     Args:
         x (N, C, H, W); gamma, beta (C,); one float dtype; C divisible by groups.
+        relu: apply the ReLU that follows the norm in the same pass: y = max(y, 0).
     Returns:
         y (N, C, H, W) = (x - mean[n, g]) / sqrt(var[n, g] + eps) * gamma + beta, and the cache.
     """
@@ -383,9 +392,9 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm"):
     if N * C * H * W == 0:
         raise ValueError(f"{name}: x {tuple(x.shape)} has no values to normalise")
     x, gamma, beta = _contiguous(x), _contiguous(gamma), _contiguous(beta)
-    y, mean, invstd = backend.kernels_for(x, gamma, beta).groupnorm_forward(x, gamma, beta,
-                                                                             groups, float(eps))
-    return y, GroupNormCache(x, mean, invstd, gamma, groups, name)
+    y, mean, invstd = backend.kernels_for(x, gamma, beta).groupnorm_forward(
+        x, gamma, beta, groups, float(eps), bool(relu))
+    return y, GroupNormCache(x, mean, invstd, gamma, groups, name, y if relu else None)
 
 
 def groupnorm_backward(dy, cache: GroupNormCache):
@@ -394,7 +403,7 @@ def groupnorm_backward(dy, cache: GroupNormCache):
     _check_grad(cache.name, dy, x.shape, np.dtype(x.dtype))
     dy = _contiguous(dy)
     return backend.kernels_for(dy, x).groupnorm_backward(dy, x, cache.mean, cache.invstd,
-                                                         cache.gamma, cache.groups)
+                                                         cache.gamma, cache.groups, cache.y)
 
 
 # ----------------------------------------------------------------------------- relu

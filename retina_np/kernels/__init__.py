@@ -25,11 +25,13 @@ The kernels (shapes in the comments):
                                                           # count = N*H*W >= 2 -> invstd (C,);
                                                           #   running stats updated in place
     batchnorm2d_eval_stats(running_mean, running_var, eps)  # -> mean copy (C,), invstd (C,)
-    batchnorm2d_forward(x, mean, invstd, gamma, beta)     # -> y = (x-mean)*invstd*gamma+beta
-    batchnorm2d_backward(dy, x, mean, invstd, gamma)      # training mode -> dx, dgamma, dbeta
-    groupnorm_forward(x, gamma, beta, groups, eps)        # G = groups of C/G channels -> y,
+    batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False)
+                                                          # -> y = (x-mean)*invstd*gamma+beta
+    batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None)  # training mode -> dx, dgamma,
+                                                          #   dbeta
+    groupnorm_forward(x, gamma, beta, groups, eps, relu=False)  # G = groups of C/G channels -> y,
                                                           #   mean (N,G), invstd (N,G)
-    groupnorm_backward(dy, x, mean, invstd, gamma, groups)  # -> dx, dgamma (C,), dbeta (C,)
+    groupnorm_backward(dy, x, mean, invstd, gamma, groups, y=None)  # -> dx, dgamma, dbeta (C,)
     relu_forward(x)                                       # -> y
     relu_backward(dy, y)                                  # -> dx = dy * (y > 0)
     maxpool2d_forward(x, k, stride, padding)              # -> y (N,C,Ho,Wo), argmax (int64, h*W+w)
@@ -37,6 +39,10 @@ The kernels (shapes in the comments):
     upsample_nearest_forward(x, Ho, Wo)                   # src = floor(dst * H / Ho) -> y
     upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)
     add_forward(a, b)                                     # -> a + b
+
+The norms take the ReLU that follows them into their kernels: ``relu=True`` returns max(y, 0),
+and the backward given that output y counts dy only where y > 0 (one pass over the array
+instead of two: ``nn.BatchNorm2d(..., relu=True)``, ``nn.GroupNorm(..., relu=True)``).
 
 The heads apply one convolution to every pyramid level, so ``cpu.py`` and ``cuda.py`` also
 have the two functions below (``reference.py`` does not: they equal its single-input kernels
@@ -62,9 +68,10 @@ layers on a Joint (only those):
     conv2d_forward_joint(xj, w, b, columns=None)          # "same" conv: Joint (C,T) -> (F,T)
     conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None)
                                                           # -> dx Joint or None, dw, db or None
-    groupnorm_forward_joint(xj, gamma, beta, groups, eps) # -> y Joint, mean, invstd
+    groupnorm_forward_joint(xj, gamma, beta, groups, eps, relu=False)  # -> y Joint, mean, invstd
                                                           #   (levels*N, G)
-    groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups)  # -> dx Joint, dgamma, dbeta
+    groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups, yj=None)  # -> dx Joint,
+                                                          #   dgamma, dbeta
 
 ``side_by_side(*tasks, channels=0)`` calls independent pieces of work (the heads' two
 subnets, whose convolutions are ``channels`` wide) and returns their results in order:

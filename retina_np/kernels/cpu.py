@@ -722,6 +722,27 @@ def _sum_dot_xhat(dy, x, lo, hi, mu, istd):
     return a0 + a1, b0 + b1
 
 
+@njit(cache=True, nogil=True)
+def _affine(src, m, a, b, relu, dst):
+    """dst = (src - m) * a + b, and max(that, 0) with relu: a norm's output and the ReLU after
+    it in one pass (the ReLU's own kernel would read and write the whole array again)."""
+    if relu:
+        for i in range(src.shape[0]):
+            v = (src[i] - m) * a + b
+            dst[i] = v if v > 0 else 0
+    else:
+        for i in range(src.shape[0]):
+            dst[i] = (src[i] - m) * a + b
+
+
+@njit(cache=True, nogil=True)
+def _relu_masked(d, y, dst):
+    """dst = d where y > 0, else 0: the backward of a ReLU whose output is y, before the
+    backward of the norm under it (dst is then that backward's dy)."""
+    for i in range(d.shape[0]):
+        dst[i] = d[i] if y[i] > 0 else 0
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def batchnorm2d_stats(x):
     """x (N, C, H, W) -> mean (C,), biased var (C,), accumulated in float64 (two passes)."""
@@ -774,8 +795,9 @@ def batchnorm2d_eval_stats(running_mean, running_var, eps):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def batchnorm2d_forward(x, mean, invstd, gamma, beta):
-    """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta."""
+def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
+    """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta,
+    and max(y, 0) with relu."""
     N, C, H, W = x.shape
     y = np.empty_like(x)
     xf, yf = x.reshape(N * C, H * W), y.reshape(N * C, H * W)
@@ -784,29 +806,42 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta):
         c = nc % C
         # the coefficient in float64, rounded once; the elementwise part in x's dtype
         m, a, b = to(mean[c]), to(np.float64(invstd[c]) * np.float64(gamma[c])), to(beta[c])
-        src, dst = xf[nc], yf[nc]
-        for i in range(H * W):
-            dst[i] = (src[i] - m) * a + b
+        _affine(xf[nc], m, a, b, relu, yf[nc])
     return y
 
 
+def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
+    """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,).
+
+    y: the forward's output where it ended in a ReLU (``relu=True``): dy then counts only
+    where y > 0."""
+    return _batchnorm2d_backward(dy, x, mean, invstd, gamma, dy if y is None else y,
+                                 y is not None)
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def batchnorm2d_backward(dy, x, mean, invstd, gamma):
-    """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+def _batchnorm2d_backward(dy, x, mean, invstd, gamma, y, relu):
     N, C, H, W = x.shape
     M = N * H * W
     dx = np.empty_like(x)
     dgamma = np.empty(C, x.dtype)
     dbeta = np.empty(C, x.dtype)
     xf, dyf, dxf = x.reshape(N, C, H * W), dy.reshape(N, C, H * W), dx.reshape(N, C, H * W)
+    yf = y.reshape(N, C, H * W)
+    # with relu, each channel's masked dy is written into dx and read from there (the
+    # elementwise pass below overwrites each value after reading it)
+    df = dxf if relu else dyf
     to = x.dtype.type
     for c in prange(C):
+        if relu:
+            for n in range(N):
+                _relu_masked(dyf[n, c], yf[n, c], dxf[n, c])
         # float64 sums and products, as the statistics
         mu, istd = np.float64(mean[c]), np.float64(invstd[c])
         sum_dy = 0.0
         sum_dy_xhat = 0.0
         for n in range(N):
-            s0, s1 = _sum_dot_xhat(dyf[n, c], xf[n, c], 0, H * W, mu, istd)
+            s0, s1 = _sum_dot_xhat(df[n, c], xf[n, c], 0, H * W, mu, istd)
             sum_dy += s0
             sum_dy_xhat += s1
         # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)): the mean and the variance
@@ -815,7 +850,7 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
         # the coefficients rounded once to x's dtype, the elementwise part in it
         m, s, k, mdy = to(mu), to(scale), to(istd * mean_dy_xhat), to(mean_dy)
         for n in range(N):
-            src, d, dst = xf[n, c], dyf[n, c], dxf[n, c]
+            src, d, dst = xf[n, c], df[n, c], dxf[n, c]
             for i in range(H * W):
                 dst[i] = (d[i] - mdy - (src[i] - m) * k) * s
         dgamma[c] = sum_dy_xhat
@@ -857,9 +892,10 @@ def _groupnorm_task(task, groups, pieces):
 
 
 @njit(cache=True, nogil=True)
-def _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, start, stop):
-    """Tasks start:stop of (piece, group) of x (2-D, see above): y into y (x's shape),
-    statistics into mean, invstd (pieces, G)."""
+def _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd, start,
+                             stop):
+    """Tasks start:stop of (piece, group) of x (2-D, see above): y into y (x's shape), with
+    the ReLU after it when relu; statistics into mean, invstd (pieces, G)."""
     groups, to = gamma.shape[0] // Cg, x.dtype.type
     for task in range(start, stop):
         piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
@@ -878,24 +914,23 @@ def _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, s
         for j in range(Cg):  # y = (x - mu) * k + beta, k from the float64 statistics
             c = g * Cg + j
             k, b = to(istd * np.float64(gamma[c])), to(beta[c])
-            src, dst = x[r + c, a:a + HW], y[r + c, a:a + HW]
-            for i in range(HW):
-                dst[i] = (src[i] - m) * k + b
+            _affine(x[r + c, a:a + HW], m, k, b, relu, y[r + c, a:a + HW])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _groupnorm_forward_parallel(x, gamma, beta, Cg, pieces, eps, y, mean, invstd):
+def _groupnorm_forward_parallel(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd):
     for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
-        _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, y, mean, invstd, task,
+        _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd, task,
                                  task + 1)
 
 
-def _groupnorm_forward_pieces(x, gamma, beta, groups, eps, pieces):
+def _groupnorm_forward_pieces(x, gamma, beta, groups, eps, pieces, relu):
     """y (x's shape), mean and invstd (pieces, G) of x (2-D) laid out by pieces."""
     y = np.empty_like(x)
     mean = np.empty((pieces.shape[0], groups), x.dtype)
     invstd = np.empty((pieces.shape[0], groups), x.dtype)
-    args = (x, gamma, beta, gamma.shape[0] // groups, pieces, float(eps), y, mean, invstd)
+    args = (x, gamma, beta, gamma.shape[0] // groups, pieces, float(eps), bool(relu), y, mean,
+            invstd)
     if x.size < PARALLEL_MIN_ELEMENTS:
         _groupnorm_forward_tasks(*args, 0, pieces.shape[0] * groups)
     else:
@@ -903,24 +938,27 @@ def _groupnorm_forward_pieces(x, gamma, beta, groups, eps, pieces):
     return y, mean, invstd
 
 
-def groupnorm_forward(x, gamma, beta, groups, eps):
+def groupnorm_forward(x, gamma, beta, groups, eps, relu=False):
     """x (N, C, H, W), gamma, beta (C,) -> y (N, C, H, W), mean (N, G), invstd (N, G).
 
     Per (n, g): mean and biased variance over (c, h, w) of the group (two float64 passes);
-    y = (x - mean) * invstd * gamma[c] + beta[c], invstd = 1 / sqrt(var + eps).
+    y = (x - mean) * invstd * gamma[c] + beta[c], invstd = 1 / sqrt(var + eps); max(y, 0)
+    with relu.
     """
     N, C, H, W = x.shape
     y, mean, invstd = _groupnorm_forward_pieces(x.reshape(N * C, H * W), gamma, beta, groups,
-                                                eps, _image_pieces(N, C, H * W))
+                                                eps, _image_pieces(N, C, H * W), relu)
     return y.reshape(x.shape), mean, invstd
 
 
 @njit(cache=True, nogil=True)
-def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy, sum_dy_xhat,
-                              start, stop):
+def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, y, relu, dx, sum_dy,
+                              sum_dy_xhat, start, stop):
     """Tasks start:stop of (piece, group), as the forward's: dx into dx (x's shape), the
-    per-channel sums into sum_dy, sum_dy_xhat (pieces, C)."""
+    per-channel sums into sum_dy, sum_dy_xhat (pieces, C). With relu, dy counts only where
+    the forward's output y > 0: the masked dy is written into dx and read from there."""
     groups, to = gamma.shape[0] // Cg, x.dtype.type
+    df = dx if relu else dy
     for task in range(start, stop):
         piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
         M = Cg * HW
@@ -929,7 +967,9 @@ def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy
         sum_dxhat_xhat = 0.0
         for j in range(Cg):
             c = g * Cg + j
-            s0, s1 = _sum_dot_xhat(dy[r + c], x[r + c], a, a + HW, mu, istd)
+            if relu:
+                _relu_masked(dy[r + c, a:a + HW], y[r + c, a:a + HW], dx[r + c, a:a + HW])
+            s0, s1 = _sum_dot_xhat(df[r + c], x[r + c], a, a + HW, mu, istd)
             sum_dy[piece, c] = s0
             sum_dy_xhat[piece, c] = s1
             sum_dxhat += np.float64(gamma[c]) * s0
@@ -941,16 +981,16 @@ def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy
         for j in range(Cg):
             c = g * Cg + j
             gc = gamma[c]
-            src, d, dst = x[r + c, a:a + HW], dy[r + c, a:a + HW], dx[r + c, a:a + HW]
+            src, d, dst = x[r + c, a:a + HW], df[r + c, a:a + HW], dx[r + c, a:a + HW]
             for i in range(HW):
                 dst[i] = (d[i] * gc - mdx - (src[i] - m) * k) * s
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _groupnorm_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
+def _groupnorm_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, y, relu, dx, sum_dy,
                                  sum_dy_xhat):
     for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
-        _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
+        _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, y, relu, dx, sum_dy,
                                   sum_dy_xhat, task, task + 1)
 
 
@@ -968,7 +1008,7 @@ def _sum_over_images(sums, dtype_like):
     return out
 
 
-def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces):
+def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces, y):
     """dx (x's shape), dgamma (C,), dbeta (C,) of x, dy (2-D) laid out by pieces.
 
     Per group, with dxhat = dy * gamma[c]: dx = invstd * (dxhat - mean(dxhat) - xhat *
@@ -980,7 +1020,8 @@ def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces):
     dx = np.empty_like(x)
     sum_dy = np.empty((pieces.shape[0], C))  # float64
     sum_dy_xhat = np.empty((pieces.shape[0], C))
-    args = (dy, x, mean, invstd, gamma, C // groups, pieces, dx, sum_dy, sum_dy_xhat)
+    args = (dy, x, mean, invstd, gamma, C // groups, pieces, dy if y is None else y,
+            y is not None, dx, sum_dy, sum_dy_xhat)
     if x.size < PARALLEL_MIN_ELEMENTS:
         _groupnorm_backward_tasks(*args, 0, pieces.shape[0] * groups)
     else:
@@ -988,27 +1029,32 @@ def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces):
     return dx, _sum_over_images(sum_dy_xhat, x), _sum_over_images(sum_dy, x)
 
 
-def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
-    """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,)."""
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups, y=None):
+    """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,).
+
+    y: the forward's output where it ended in a ReLU (``relu=True``): dy then counts only
+    where y > 0."""
     N, C, H, W = x.shape
     dx, dgamma, dbeta = _groupnorm_backward_pieces(
         dy.reshape(N * C, H * W), x.reshape(N * C, H * W), mean, invstd, gamma, groups,
-        _image_pieces(N, C, H * W))
+        _image_pieces(N, C, H * W), None if y is None else y.reshape(N * C, H * W))
     return dx.reshape(x.shape), dgamma, dbeta
 
 
-def groupnorm_forward_joint(xj, gamma, beta, groups, eps):
+def groupnorm_forward_joint(xj, gamma, beta, groups, eps, relu=False):
     """``groupnorm_forward`` of every level of a Joint (C, T) at once -> (y Joint (C, T), mean
     and invstd (levels * N, G), one row per (level, image) in the Joint's order)."""
     y, mean, invstd = _groupnorm_forward_pieces(xj.data, gamma, beta, groups, eps,
-                                                _joint_tables(xj.n, xj.hws)[1])
+                                                _joint_tables(xj.n, xj.hws)[1], relu)
     return xj.like(y), mean, invstd
 
 
-def groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups):
-    """The backward of ``groupnorm_forward_joint``: (dx Joint (C, T), dgamma (C,), dbeta (C,))."""
+def groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups, yj=None):
+    """The backward of ``groupnorm_forward_joint``: (dx Joint (C, T), dgamma (C,), dbeta (C,));
+    yj: the forward's output where it ended in a ReLU."""
     dx, dgamma, dbeta = _groupnorm_backward_pieces(dyj.data, xj.data, mean, invstd, gamma,
-                                                   groups, _joint_tables(xj.n, xj.hws)[1])
+                                                   groups, _joint_tables(xj.n, xj.hws)[1],
+                                                   None if yj is None else yj.data)
     return xj.like(dx), dgamma, dbeta
 
 

@@ -75,13 +75,14 @@ def _batchnorm_apply_kernel(x, mean, invstd, gamma, beta, C, HW, y):
         y[i] = x[i] * scale + shift
 
 
-def batchnorm2d_forward(x, mean, invstd, gamma, beta):
-    """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta."""
+def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
+    """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta;
+    relu: max(y, 0), as a second launch."""
     N, C, H, W = x.shape
     y = cl.empty(x.shape, x.dtype)
     cl.launch_1d(_batchnorm_apply_kernel, x.size, cl.flat(x), mean, invstd, gamma, beta,
                  C, H * W, cl.flat(y))
-    return y
+    return relu_forward(y) if relu else y
 
 
 @cuda.jit

@@ -28,7 +28,7 @@ import numpy as np
 from numba import cuda, float64
 
 from retina_np.kernels import cuda_launch as cl
-from retina_np.kernels.cuda_elementwise import cast
+from retina_np.kernels.cuda_elementwise import cast, relu_backward, relu_forward
 from retina_np.kernels.cuda_reduce import (
     SUM,
     SUM_AND_DOT_XHAT,
@@ -54,11 +54,12 @@ def _groupnorm_apply_kernel(x, mean, invstd, gamma, beta, C, HW, Cg, y):
         y[i] = (x[i] - mean[ng]) * scale + beta[c]
 
 
-def groupnorm_forward(x, gamma, beta, groups, eps):
+def groupnorm_forward(x, gamma, beta, groups, eps, relu=False):
     """x (N, C, H, W), gamma, beta (C,) -> y (N, C, H, W), mean (N, G), invstd (N, G).
 
     Per (n, g): mean and biased variance over (c, h, w) of the group, in float64;
-    y = (x - mean) * invstd * gamma[c] + beta[c], invstd = 1 / sqrt(var + eps).
+    y = (x - mean) * invstd * gamma[c] + beta[c], invstd = 1 / sqrt(var + eps); relu:
+    max(y, 0), as a second launch.
     """
     N, C, H, W = x.shape
     Cg = C // groups
@@ -73,6 +74,7 @@ def groupnorm_forward(x, gamma, beta, groups, eps):
     cl.launch_1d(_groupnorm_apply_kernel, x.size, flat, mean64, invstd64, gamma, beta, C,
                  H * W, Cg, cl.flat(y))
     mean, invstd = cast(mean64, x.dtype), cast(invstd64, x.dtype)
+    y = relu_forward(y) if relu else y
     return y, mean.reshape(N, groups), invstd.reshape(N, groups)
 
 
@@ -125,13 +127,16 @@ def _groupnorm_dx_kernel(dy, x, mean, invstd, gamma, mean_dxhat, mean_dxhat_xhat
         dx[i] = istd * (dy[i] * float64(gamma[c]) - mean_dxhat[ng] - xhat * mean_dxhat_xhat[ng])
 
 
-def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups, y=None):
     """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,).
 
     Per group, with dxhat = dy * gamma[c]:
     dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), as batch norm's;
-    dgamma[c] = sum over (n, h, w) of dy * xhat, dbeta[c] = sum of dy.
+    dgamma[c] = sum over (n, h, w) of dy * xhat, dbeta[c] = sum of dy. y: the output of a
+    forward with relu, whose backward runs first.
     """
+    if y is not None:
+        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     Cg = C // groups
     mean_g, invstd_g = cl.flat(mean), cl.flat(invstd)  # (N*G,)

@@ -128,8 +128,9 @@ def batchnorm2d_eval_stats(running_mean, running_var, eps):
     return running_mean.copy(), np.array(invstd).astype(running_mean.dtype)
 
 
-def batchnorm2d_forward(x, mean, invstd, gamma, beta):
-    """y = (x - mean[c]) * invstd[c] * gamma[c] + beta[c]."""
+def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
+    """y = (x - mean[c]) * invstd[c] * gamma[c] + beta[c]; relu: max(y, 0) (the norm and the
+    ReLU after it, which the fast kernels do in one pass)."""
     N, C, H, W = x.shape
     y = np.zeros((N, C, H, W))
     for n in range(N):
@@ -138,16 +139,19 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta):
                 for w in range(W):
                     xhat = (float(x[n, c, h, w]) - float(mean[c])) * float(invstd[c])
                     y[n, c, h, w] = xhat * float(gamma[c]) + float(beta[c])
-    return y.astype(x.dtype)
+    return relu_forward(y.astype(x.dtype)) if relu else y.astype(x.dtype)
 
 
-def batchnorm2d_backward(dy, x, mean, invstd, gamma):
-    """Training mode, by the chain rule through xhat, var and mean (which depend on all of x).
+def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
+    """Training mode, by the chain rule through xhat, var and mean (which depend on all of x);
+    y: the output of a forward with relu, whose backward comes first.
 
     With M = N*H*W, xc = x - mean, xhat = xc * invstd, var = sum(xc**2)/M, invstd = (var+eps)**-0.5:
     dxhat = dy*gamma; dvar = sum(dxhat*xc) * -invstd**3/2; dmean = -sum(dxhat)*invstd
     (its term through var vanishes, sum(xc) = 0); dx = dxhat*invstd + dvar*2*xc/M + dmean/M.
     """
+    if y is not None:
+        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     M = N * H * W
     dx, dgamma, dbeta = np.zeros((N, C, H, W)), np.zeros(C), np.zeros(C)
@@ -169,9 +173,10 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma):
 
 
 # ----------------------------------------------------------------------------- group norm
-def groupnorm_forward(x, gamma, beta, groups, eps):
+def groupnorm_forward(x, gamma, beta, groups, eps, relu=False):
     """Per image n and group g (channels g*C/G .. (g+1)*C/G - 1), over (c, h, w) of the group:
-    mean and biased variance; y = (x - mean[n,g]) / sqrt(var[n,g] + eps) * gamma[c] + beta[c].
+    mean and biased variance; y = (x - mean[n,g]) / sqrt(var[n,g] + eps) * gamma[c] + beta[c];
+    relu: max(y, 0).
 
     Returns y (N, C, H, W), mean (N, G) and invstd = 1 / sqrt(var + eps) (N, G).
     """
@@ -191,17 +196,21 @@ def groupnorm_forward(x, gamma, beta, groups, eps):
             for c, h, w in sites:
                 xhat = (float(x[n, c, h, w]) - mu) * istd
                 y[n, c, h, w] = xhat * float(gamma[c]) + float(beta[c])
-    return y.astype(x.dtype), mean.astype(x.dtype), invstd.astype(x.dtype)
+    y = relu_forward(y.astype(x.dtype)) if relu else y.astype(x.dtype)
+    return y, mean.astype(x.dtype), invstd.astype(x.dtype)
 
 
-def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
-    """By the chain rule, as batchnorm2d_backward with a group (n, g) in place of a channel.
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups, y=None):
+    """By the chain rule, as batchnorm2d_backward with a group (n, g) in place of a channel;
+    y: the output of a forward with relu, whose backward comes first.
 
     With M = C/G*H*W values per group, xc = x - mean, dxhat = dy * gamma[c]:
     dvar = sum(dxhat*xc) * -invstd**3/2; dmean = -sum(dxhat)*invstd (sums over the group);
     dx = dxhat*invstd + dvar*2*xc/M + dmean/M. gamma and beta are per channel, so
     dgamma[c] = sum over (n, h, w) of dy * xhat and dbeta[c] = sum of dy.
     """
+    if y is not None:
+        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     Cg = C // groups
     M = Cg * H * W

@@ -54,10 +54,11 @@ class _Subnet(Module):
         def block():
             if not norm_groups:  # the paper's (torchvision v1's) conv + ReLU
                 return Sequential(_head_conv(channels, channels, std, rng), ReLU())
-            # torchvision v2: conv, GroupNorm, ReLU; the conv has no bias, since the norm
-            # subtracts each group's mean (a bias would cancel) and adds its own shift
+            # torchvision v2: conv, GroupNorm, ReLU (here in the norm's kernel); the conv has
+            # no bias, since the norm subtracts each group's mean (a bias would cancel) and
+            # adds its own shift
             conv = _head_conv(channels, channels, std, rng, bias=None)
-            return Sequential(conv, GroupNorm(norm_groups, channels), ReLU())
+            return Sequential(conv, GroupNorm(norm_groups, channels, relu=True))
 
         self.conv = Sequential(*[block() for _ in range(num_convs)])
         setattr(

@@ -29,8 +29,7 @@ class BasicBlock(Module):
         super().__init__()
         cout = width * self.expansion
         self.conv1 = _conv(cin, width, 3, stride, rng)
-        self.bn1 = BatchNorm2d(width, frozen=frozen_bn)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNorm2d(width, frozen=frozen_bn, relu=True)  # and the ReLU after it
         self.conv2 = _conv(width, cout, 3, 1, rng)
         self.bn2 = BatchNorm2d(cout, frozen=frozen_bn)
         self._shortcut_and_merge(cin, cout, stride, frozen_bn, rng)
@@ -46,7 +45,7 @@ class BasicBlock(Module):
         self.relu_out = ReLU()
 
     def residual(self):
-        return [self.conv1, self.bn1, self.relu1, self.conv2, self.bn2]
+        return [self.conv1, self.bn1, self.conv2, self.bn2]
 
     def forward(self, x):
         out = x
@@ -73,26 +72,15 @@ class Bottleneck(BasicBlock):
         Module.__init__(self)
         cout = width * self.expansion
         self.conv1 = _conv(cin, width, 1, 1, rng)
-        self.bn1 = BatchNorm2d(width, frozen=frozen_bn)
-        self.relu1 = ReLU()
+        self.bn1 = BatchNorm2d(width, frozen=frozen_bn, relu=True)
         self.conv2 = _conv(width, width, 3, stride, rng)
-        self.bn2 = BatchNorm2d(width, frozen=frozen_bn)
-        self.relu2 = ReLU()
+        self.bn2 = BatchNorm2d(width, frozen=frozen_bn, relu=True)
         self.conv3 = _conv(width, cout, 1, 1, rng)
         self.bn3 = BatchNorm2d(cout, frozen=frozen_bn)
         self._shortcut_and_merge(cin, cout, stride, frozen_bn, rng)
 
     def residual(self):
-        return [
-            self.conv1,
-            self.bn1,
-            self.relu1,
-            self.conv2,
-            self.bn2,
-            self.relu2,
-            self.conv3,
-            self.bn3,
-        ]
+        return [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3]
 
 
 class ResNet(Module):
@@ -119,8 +107,7 @@ class ResNet(Module):
         Block = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
         self.conv1 = _conv(3, base_width, stem_kernel, 2, rng)
         self.conv1.needs_input_grad = False  # nothing learns below the image
-        self.bn1 = BatchNorm2d(base_width, frozen=frozen_bn)
-        self.relu = ReLU()
+        self.bn1 = BatchNorm2d(base_width, frozen=frozen_bn, relu=True)
         self.maxpool = MaxPool2d(3, 2, 1) if stem_pool else None
         cin = base_width
         self.out_channels = []
@@ -136,7 +123,7 @@ class ResNet(Module):
         self.out_channels = tuple(self.out_channels[1:])  # channels of C3, C4, C5
 
     def stem(self):
-        return [m for m in (self.conv1, self.bn1, self.relu, self.maxpool) if m is not None]
+        return [m for m in (self.conv1, self.bn1, self.maxpool) if m is not None]
 
     def forward(self, x):
         for layer in self.stem():

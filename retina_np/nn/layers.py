@@ -142,15 +142,19 @@ class BatchNorm2d(Module):
 
     ``frozen=True`` always uses the running statistics and never updates them (torchvision's
     FrozenBatchNorm2d in detection backbones); its weight and bias still get gradients.
+    ``relu=True``: the ReLU that follows the norm, in the same kernel (max(y, 0); one pass over
+    the array instead of two, forward and backward).
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, frozen=False, dtype=np.float32):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, frozen=False, dtype=np.float32,
+                 relu=False):
         super().__init__()
-        self.num_features, self.eps, self.momentum, self.frozen = (
+        self.num_features, self.eps, self.momentum, self.frozen, self.relu = (
             num_features,
             eps,
             momentum,
             frozen,
+            relu,
         )
         self.weight = Parameter(np.ones(num_features, dtype))
         self.bias = Parameter(np.zeros(num_features, dtype))
@@ -169,6 +173,7 @@ class BatchNorm2d(Module):
             momentum=self.momentum,
             eps=self.eps,
             name=self.name,
+            relu=self.relu,
         )
         self._push(cache)
         return y
@@ -182,6 +187,7 @@ class BatchNorm2d(Module):
     def extra_repr(self) -> str:
         return (
             f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, frozen={self.frozen}"
+            + (", relu=True" if self.relu else "")
         )
 
 
@@ -189,21 +195,23 @@ class GroupNorm(Module):
     """Group normalisation (Wu & He 2018), as torch.nn.GroupNorm: each image's channels are
     split into ``num_groups`` groups normalised by their own statistics, then scaled and
     shifted per channel (weight (C,), bias (C,)). No running statistics and no batch
-    dependence, so training and eval agree and any batch size works (RetinaNet v2's heads)."""
+    dependence, so training and eval agree and any batch size works (RetinaNet v2's heads).
+    ``relu=True``: the ReLU that follows the norm, in the same kernel, as BatchNorm2d's."""
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, dtype=np.float32):
+    def __init__(self, num_groups, num_channels, eps=1e-5, dtype=np.float32, relu=False):
         super().__init__()
         if num_groups < 1 or num_channels % num_groups:
             raise ValueError(f"GroupNorm: {num_channels} channels cannot be split into "
                              f"{num_groups} groups")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.relu = relu
         self.weight = Parameter(np.ones(num_channels, dtype))
         self.bias = Parameter(np.zeros(num_channels, dtype))
         self.name = "GroupNorm"
 
     def forward(self, x):
         y, cache = ops.groupnorm_forward(x, self.weight.data, self.bias.data, self.num_groups,
-                                         self.eps, name=self.name)
+                                         self.eps, name=self.name, relu=self.relu)
         self._push(cache)
         return y
 
@@ -219,7 +227,8 @@ class GroupNorm(Module):
         if not isinstance(xs, Joint):
             return _each_level_forward(self, xs)
         y, cache = ops.groupnorm_joint_forward(xs, self.weight.data, self.bias.data,
-                                               self.num_groups, self.eps, name=self.name)
+                                               self.num_groups, self.eps, name=self.name,
+                                               relu=self.relu)
         self._push(cache)
         return y
 
@@ -232,7 +241,8 @@ class GroupNorm(Module):
         return dx
 
     def extra_repr(self) -> str:
-        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+                + (", relu=True" if self.relu else ""))
 
 
 class ReLU(Module):

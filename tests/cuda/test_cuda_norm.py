@@ -61,3 +61,20 @@ def test_groupnorm_op_and_layer_on_device(small_launches, rng):
     with pytest.raises(ValueError, match="cannot be split into 3 groups"):
         ops.groupnorm_forward(to_dev(levels[0]), to_dev(np.ones(4, np.float32)),
                               to_dev(np.zeros(4, np.float32)), 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_groupnorm_with_the_relu_after_it(small_launches, rng, dtype):
+    x = rng.standard_normal((2, 6, 4, 5)).astype(dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, 6).astype(dtype), rng.standard_normal(6).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    got = kcuda.groupnorm_forward(to_dev(x), to_dev(gamma), to_dev(beta), 3, 1e-5, True)
+    want = cpu.groupnorm_forward(x, gamma, beta, 3, 1e-5, relu=True)
+    for g, w in zip(got, want):
+        assert_close(host(g), w, dtype, scale=10)
+    y, mean, invstd = want
+    assert 0 < (y > 0).mean() < 1
+    got = kcuda.groupnorm_backward(*(to_dev(a) for a in (dy, x, mean, invstd, gamma)), 3,
+                                   to_dev(y))
+    for g, w in zip(got, cpu.groupnorm_backward(dy, x, mean, invstd, gamma, 3, y)):
+        assert_close(host(g), w, dtype, scale=10)
