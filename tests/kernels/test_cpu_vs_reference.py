@@ -144,7 +144,8 @@ def test_same_unfolding_is_the_padded_unfolding():
         want = np.empty((c * k * k, n * h * w))
         cpu._im2col(cpu._phases(cpu._pad(x, p), 1), k, k, 1, 0, h, w, want)
         got = np.full_like(want, np.nan)  # every entry must be written
-        cpu._im2col_same(cpu._channel_major(x), k, cpu._geometry([(n, h, w, 0, h, 0, 0)]), got)
+        cpu._im2col_same(cpu._channel_major(x), k,
+                         *cpu._same_tables(((n, h, w, 0, h, 0, 0),), k), got)
         assert np.array_equal(got, want)
 
 
