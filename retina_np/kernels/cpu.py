@@ -229,12 +229,13 @@ def _col2im_add_levels(dcols, kh, kw, stride, starts, dxps):
 # plane, the pixel that output (oh, ow) reads through kernel tap (i, j) is at a fixed offset
 # from the output's own index: di*W + dj, with (di, dj) = (i - p, j - p). So a row of the
 # unfolded matrix is the plane shifted by that offset, one contiguous copy, except at the
-# padding: where oh + di or ow + dj falls outside the image the shifted copy holds a pixel of
-# the row above or below (or of the next image, or nothing), and those entries are set to zero
-# afterwards. The input is first rearranged channel-major, (C, n*H*W), so that one copy covers
-# all n images of a tile (on the 1x1..4x4 top pyramid levels a copy per image is mostly
-# overhead). In the shapes preset's training step the heads' joint unfolding takes 6.3 ms
-# instead of 10.6 and their folding 5.4 ms instead of 8.1 (docs/performance.md).
+# padding: where oh + di or ow + dj falls outside the image the shifted copy would hold a pixel
+# of the row above or below (or of the next image, or nothing), and a table of those entries
+# (``_same_tables``) makes them zero in the same pass. The input is first rearranged
+# channel-major, (C, n*H*W), so that one copy covers all n images of a tile (on the 1x1..4x4
+# top pyramid levels a copy per image is mostly overhead). In the shapes preset's training
+# step the heads' joint unfolding took 6.3 ms instead of 10.6 for copies per image row, and
+# their folding 5.4 ms instead of 8.1 (docs/performance.md), before the table.
 
 
 def _is_same(kh, kw, stride, padding):

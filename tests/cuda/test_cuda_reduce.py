@@ -32,15 +32,21 @@ def test_batchnorm_stats(small_launches, rng, dtype):
     assert_close(host(var), var_cpu, dtype, scale=10)
 
 
+@pytest.mark.parametrize("relu", [False, True])  # with the ReLU after the norm, in its kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batchnorm_backward(small_launches, rng, dtype):
+def test_batchnorm_backward(small_launches, rng, dtype, relu):
     x = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     mean, var = cpu.batchnorm2d_stats(x)
     invstd = (1 / np.sqrt(var + 1e-5)).astype(dtype)
-    gamma = rng.uniform(0.5, 1.5, 3).astype(dtype)
-    got = kcuda.batchnorm2d_backward(*(to_dev(a) for a in (dy, x, mean, invstd, gamma)))
-    want = cpu.batchnorm2d_backward(dy, x, mean, invstd, gamma)
+    gamma, beta = rng.uniform(0.5, 1.5, 3).astype(dtype), rng.standard_normal(3).astype(dtype)
+    y = cpu.batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=relu)
+    assert (0 < (y > 0).mean() < 1) if relu else (y < 0).any()
+    assert_close(host(kcuda.batchnorm2d_forward(*(to_dev(a) for a in (x, mean, invstd, gamma,
+                                                                      beta)), relu)), y, dtype, 10)
+    output = (y,) if relu else ()  # the backward then counts dy only where y > 0
+    got = kcuda.batchnorm2d_backward(*(to_dev(a) for a in (dy, x, mean, invstd, gamma, *output)))
+    want = cpu.batchnorm2d_backward(dy, x, mean, invstd, gamma, *output)
     for g, w in zip(got, want):
         assert g.dtype == dtype and g.shape == w.shape
         assert_close(host(g), w, dtype, scale=10)
@@ -63,20 +69,3 @@ def test_sum_squares(small_launches, rng, dtype):
     assert got == pytest.approx(want, rel=1e-12)
     assert want == pytest.approx(reference.sum_squares(arrays), rel=1e-12)
     assert kcuda.sum_squares([]) == 0.0
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_batchnorm_with_the_relu_after_it(small_launches, rng, dtype):
-    x = rng.standard_normal((2, 3, 5, 4)).astype(dtype)
-    dy = rng.standard_normal(x.shape).astype(dtype)
-    mean, var = cpu.batchnorm2d_stats(x)
-    invstd = (1 / np.sqrt(var + 1e-5)).astype(dtype)
-    gamma, beta = rng.uniform(0.5, 1.5, 3).astype(dtype), rng.standard_normal(3).astype(dtype)
-    y = kcuda.batchnorm2d_forward(*(to_dev(a) for a in (x, mean, invstd, gamma, beta)), True)
-    y_cpu = cpu.batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=True)
-    assert_close(host(y), y_cpu, dtype, scale=10)
-    assert 0 < (y_cpu > 0).mean() < 1
-    got = kcuda.batchnorm2d_backward(*(to_dev(a) for a in (dy, x, mean, invstd, gamma, y_cpu)))
-    want = cpu.batchnorm2d_backward(dy, x, mean, invstd, gamma, y_cpu)
-    for g, w in zip(got, want):
-        assert_close(host(g), w, dtype, scale=10)
