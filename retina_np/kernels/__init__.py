@@ -40,9 +40,9 @@ The kernels (shapes in the comments):
     upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)
     add_forward(a, b)                                     # -> a + b
 
-The norms take the ReLU that follows them into their kernels: ``relu=True`` returns max(y, 0),
-and the backward given that output y counts dy only where y > 0 (one pass over the array
-instead of two: ``nn.BatchNorm2d(..., relu=True)``, ``nn.GroupNorm(..., relu=True)``).
+The norms take the ReLU that follows them: ``relu=True`` returns max(y, 0), in the same pass
+over the array on the CPU, and the backward given that output y counts dy only where y > 0
+(``nn.BatchNorm2d(..., relu=True)``, ``nn.GroupNorm(..., relu=True)``).
 
 The heads apply one convolution to every pyramid level, so ``cpu.py`` and ``cuda.py`` also
 have the two functions below (``reference.py`` does not: they equal its single-input kernels

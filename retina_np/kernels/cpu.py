@@ -768,14 +768,6 @@ def _affine(src, m, a, b, relu, dst):
             dst[i] = (src[i] - m) * a + b
 
 
-@njit(cache=True, nogil=True)
-def _relu_masked(d, y, dst):
-    """dst = d where y > 0, else 0: the backward of a ReLU whose output is y, before the
-    backward of the norm under it (dst is then that backward's dy)."""
-    for i in range(d.shape[0]):
-        dst[i] = d[i] if y[i] > 0 else 0
-
-
 @njit(parallel=True, cache=True, nogil=True)
 def batchnorm2d_stats(x):
     """x (N, C, H, W) -> mean (C,), biased var (C,), accumulated in float64 (two passes)."""
@@ -843,38 +835,35 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
     return y
 
 
+# The backward of a norm that ended in a ReLU (``relu=True``) runs the ReLU's backward first,
+# as its own pass: masking dy inside the norm's loops, into dx and read back from there, made
+# them read and write the same memory, which keeps LLVM from vectorising them (the heads'
+# group norm backward 0.59 -> 0.90 ms, the stem's batch norm 0.44 -> 0.52 ms, alone).
 def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
     """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,).
 
     y: the forward's output where it ended in a ReLU (``relu=True``): dy then counts only
     where y > 0."""
-    return _batchnorm2d_backward(dy, x, mean, invstd, gamma, dy if y is None else y,
-                                 y is not None)
+    return _batchnorm2d_backward(dy if y is None else relu_backward(dy, y), x, mean, invstd,
+                                 gamma)
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _batchnorm2d_backward(dy, x, mean, invstd, gamma, y, relu):
+def _batchnorm2d_backward(dy, x, mean, invstd, gamma):
     N, C, H, W = x.shape
     M = N * H * W
     dx = np.empty_like(x)
     dgamma = np.empty(C, x.dtype)
     dbeta = np.empty(C, x.dtype)
     xf, dyf, dxf = x.reshape(N, C, H * W), dy.reshape(N, C, H * W), dx.reshape(N, C, H * W)
-    yf = y.reshape(N, C, H * W)
-    # with relu, each channel's masked dy is written into dx and read from there (the
-    # elementwise pass below overwrites each value after reading it)
-    df = dxf if relu else dyf
     to = x.dtype.type
     for c in prange(C):
-        if relu:
-            for n in range(N):
-                _relu_masked(dyf[n, c], yf[n, c], dxf[n, c])
         # float64 sums and products, as the statistics
         mu, istd = np.float64(mean[c]), np.float64(invstd[c])
         sum_dy = 0.0
         sum_dy_xhat = 0.0
         for n in range(N):
-            s0, s1 = _sum_dot_xhat(df[n, c], xf[n, c], 0, H * W, mu, istd)
+            s0, s1 = _sum_dot_xhat(dyf[n, c], xf[n, c], 0, H * W, mu, istd)
             sum_dy += s0
             sum_dy_xhat += s1
         # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)): the mean and the variance
@@ -883,7 +872,7 @@ def _batchnorm2d_backward(dy, x, mean, invstd, gamma, y, relu):
         # the coefficients rounded once to x's dtype, the elementwise part in it
         m, s, k, mdy = to(mu), to(scale), to(istd * mean_dy_xhat), to(mean_dy)
         for n in range(N):
-            src, d, dst = xf[n, c], df[n, c], dxf[n, c]
+            src, d, dst = xf[n, c], dyf[n, c], dxf[n, c]
             for i in range(H * W):
                 dst[i] = (d[i] - mdy - (src[i] - m) * k) * s
         dgamma[c] = sum_dy_xhat
@@ -985,13 +974,11 @@ def groupnorm_forward(x, gamma, beta, groups, eps, relu=False):
 
 
 @njit(cache=True, nogil=True)
-def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, y, relu, dx, sum_dy,
-                              sum_dy_xhat, start, stop):
+def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy, sum_dy_xhat,
+                              start, stop):
     """Tasks start:stop of (piece, group), as the forward's: dx into dx (x's shape), the
-    per-channel sums into sum_dy, sum_dy_xhat (pieces, C). With relu, dy counts only where
-    the forward's output y > 0: the masked dy is written into dx and read from there."""
+    per-channel sums into sum_dy, sum_dy_xhat (pieces, C)."""
     groups, to = gamma.shape[0] // Cg, x.dtype.type
-    df = dx if relu else dy
     for task in range(start, stop):
         piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
         M = Cg * HW
@@ -1000,9 +987,7 @@ def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, y, relu, d
         sum_dxhat_xhat = 0.0
         for j in range(Cg):
             c = g * Cg + j
-            if relu:
-                _relu_masked(dy[r + c, a:a + HW], y[r + c, a:a + HW], dx[r + c, a:a + HW])
-            s0, s1 = _sum_dot_xhat(df[r + c], x[r + c], a, a + HW, mu, istd)
+            s0, s1 = _sum_dot_xhat(dy[r + c], x[r + c], a, a + HW, mu, istd)
             sum_dy[piece, c] = s0
             sum_dy_xhat[piece, c] = s1
             sum_dxhat += np.float64(gamma[c]) * s0
@@ -1014,16 +999,16 @@ def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, y, relu, d
         for j in range(Cg):
             c = g * Cg + j
             gc = gamma[c]
-            src, d, dst = x[r + c, a:a + HW], df[r + c, a:a + HW], dx[r + c, a:a + HW]
+            src, d, dst = x[r + c, a:a + HW], dy[r + c, a:a + HW], dx[r + c, a:a + HW]
             for i in range(HW):
                 dst[i] = (d[i] * gc - mdx - (src[i] - m) * k) * s
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _groupnorm_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, y, relu, dx, sum_dy,
+def _groupnorm_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
                                  sum_dy_xhat):
     for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
-        _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, y, relu, dx, sum_dy,
+        _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
                                   sum_dy_xhat, task, task + 1)
 
 
@@ -1053,8 +1038,9 @@ def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces, y):
     dx = np.empty_like(x)
     sum_dy = np.empty((pieces.shape[0], C))  # float64
     sum_dy_xhat = np.empty((pieces.shape[0], C))
-    args = (dy, x, mean, invstd, gamma, C // groups, pieces, dy if y is None else y,
-            y is not None, dx, sum_dy, sum_dy_xhat)
+    if y is not None:  # the ReLU's backward first (see batchnorm2d_backward)
+        dy = relu_backward(dy, y)
+    args = (dy, x, mean, invstd, gamma, C // groups, pieces, dx, sum_dy, sum_dy_xhat)
     if x.size < PARALLEL_MIN_ELEMENTS:
         _groupnorm_backward_tasks(*args, 0, pieces.shape[0] * groups)
     else:

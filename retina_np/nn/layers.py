@@ -142,8 +142,8 @@ class BatchNorm2d(Module):
 
     ``frozen=True`` always uses the running statistics and never updates them (torchvision's
     FrozenBatchNorm2d in detection backbones); its weight and bias still get gradients.
-    ``relu=True``: the ReLU that follows the norm, in the same kernel (max(y, 0); one pass over
-    the array instead of two, forward and backward).
+    ``relu=True``: the ReLU that follows the norm, in the same kernel (max(y, 0): the forward
+    makes one pass over the array instead of two; the backward runs the ReLU's first).
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, frozen=False, dtype=np.float32,
