@@ -265,8 +265,10 @@ def groupnorm_joint_backward(dyj: Joint, cache: GroupNormJointCache):
     xj = cache.x
     _check_grad(cache.name, dyj.data, xj.data.shape, np.dtype(xj.data.dtype))
     k = backend.kernels_for(dyj.data, xj.data)
+    if cache.y is not None:  # the ReLU the forward ended in: its backward first
+        dyj = dyj.like(k.relu_backward(dyj.data, cache.y.data))
     return k.groupnorm_backward_joint(dyj, xj, cache.mean, cache.invstd, cache.gamma,
-                                      cache.groups, cache.y)
+                                      cache.groups)
 
 
 # ----------------------------------------------------------------------------- batchnorm2d
@@ -277,7 +279,11 @@ class BatchNorm2dCache(NamedTuple):
     gamma: object  # (C,)
     training: bool  # batch statistics (their gradient flows into x) or fixed running ones
     name: str
-    y: object = None  # the output, where the forward applied the ReLU after the norm
+    # the output, where the forward applied the ReLU after the norm; the backward runs the
+    # ReLU's backward as its own pass first (masking dy inside the norms' loops made them read
+    # and write the same memory, which kept LLVM from vectorising them: 0.59 -> 0.90 ms for
+    # the heads' group norm backward)
+    y: object = None
 
 
 def _like(values: np.ndarray, ref):
@@ -336,13 +342,13 @@ def batchnorm2d_backward(dy, cache: BatchNorm2dCache):
     _check_grad(cache.name, dy, x.shape, np.dtype(x.dtype))
     dy = _contiguous(dy)
     k = backend.kernels_for(dy, x)
-    dx, dgamma, dbeta = k.batchnorm2d_backward(dy, x, cache.mean, cache.invstd, cache.gamma,
-                                               cache.y)
+    if cache.y is not None:  # the ReLU the forward ended in: its backward first
+        dy = k.relu_backward(dy, cache.y)
+    dx, dgamma, dbeta = k.batchnorm2d_backward(dy, x, cache.mean, cache.invstd, cache.gamma)
     if not cache.training:
         # dgamma and dbeta are the same in both modes; dx is the affine map's, which is the
         # forward kernel with a zero mean and a zero shift.
         zeros = _like(np.zeros(x.shape[1]), x)
-        dy = dy if cache.y is None else k.relu_backward(dy, cache.y)
         dx = k.batchnorm2d_forward(dy, zeros, cache.invstd, cache.gamma, zeros)
     return dx, dgamma, dbeta
 
@@ -402,8 +408,10 @@ def groupnorm_backward(dy, cache: GroupNormCache):
     x = cache.x
     _check_grad(cache.name, dy, x.shape, np.dtype(x.dtype))
     dy = _contiguous(dy)
-    return backend.kernels_for(dy, x).groupnorm_backward(dy, x, cache.mean, cache.invstd,
-                                                         cache.gamma, cache.groups, cache.y)
+    k = backend.kernels_for(dy, x)
+    if cache.y is not None:  # the ReLU the forward ended in: its backward first
+        dy = k.relu_backward(dy, cache.y)
+    return k.groupnorm_backward(dy, x, cache.mean, cache.invstd, cache.gamma, cache.groups)
 
 
 # ----------------------------------------------------------------------------- relu

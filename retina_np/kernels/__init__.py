@@ -27,11 +27,10 @@ The kernels (shapes in the comments):
     batchnorm2d_eval_stats(running_mean, running_var, eps)  # -> mean copy (C,), invstd (C,)
     batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False)
                                                           # -> y = (x-mean)*invstd*gamma+beta
-    batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None)  # training mode -> dx, dgamma,
-                                                          #   dbeta
+    batchnorm2d_backward(dy, x, mean, invstd, gamma)      # training mode -> dx, dgamma, dbeta
     groupnorm_forward(x, gamma, beta, groups, eps, relu=False)  # G = groups of C/G channels -> y,
                                                           #   mean (N,G), invstd (N,G)
-    groupnorm_backward(dy, x, mean, invstd, gamma, groups, y=None)  # -> dx, dgamma, dbeta (C,)
+    groupnorm_backward(dy, x, mean, invstd, gamma, groups)  # -> dx, dgamma (C,), dbeta (C,)
     relu_forward(x)                                       # -> y
     relu_backward(dy, y)                                  # -> dx = dy * (y > 0)
     maxpool2d_forward(x, k, stride, padding)              # -> y (N,C,Ho,Wo), argmax (int64, h*W+w)
@@ -40,9 +39,9 @@ The kernels (shapes in the comments):
     upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)
     add_forward(a, b)                                     # -> a + b
 
-The norms take the ReLU that follows them: ``relu=True`` returns max(y, 0), in the same pass
-over the array on the CPU, and the backward given that output y counts dy only where y > 0
-(``nn.BatchNorm2d(..., relu=True)``, ``nn.GroupNorm(..., relu=True)``).
+The norms' forwards take the ReLU that follows them: ``relu=True`` returns max(y, 0), in the
+same pass over the array on the CPU (``nn.BatchNorm2d(..., relu=True)``,
+``nn.GroupNorm(..., relu=True)``); the ops run the ReLU's backward before the norm's.
 
 The heads apply one convolution to every pyramid level, so ``cpu.py`` and ``cuda.py`` also
 have the two functions below (``reference.py`` does not: they equal its single-input kernels
@@ -70,8 +69,7 @@ layers on a Joint (only those):
                                                           # -> dx Joint or None, dw, db or None
     groupnorm_forward_joint(xj, gamma, beta, groups, eps, relu=False)  # -> y Joint, mean, invstd
                                                           #   (levels*N, G)
-    groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups, yj=None)  # -> dx Joint,
-                                                          #   dgamma, dbeta
+    groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups)  # -> dx Joint, dgamma, dbeta
 
 ``side_by_side(*tasks, channels=0)`` calls independent pieces of work (the heads' two
 subnets, whose convolutions are ``channels`` wide) and returns their results in order:

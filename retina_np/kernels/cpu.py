@@ -634,7 +634,7 @@ def _joint_geometry(xj, k):
 
 
 @functools.lru_cache(maxsize=64)
-def _joint_tables(n, hws):
+def _joint_pieces(n, hws):
     """The group-norm pieces of a Joint of n images with levels hws: every layer of the heads
     uses the same table, so it is made once (and must not be written to; marking it
     read-only would make Numba compile every kernel that reads it a second time)."""
@@ -835,21 +835,9 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
     return y
 
 
-# The backward of a norm that ended in a ReLU (``relu=True``) runs the ReLU's backward first,
-# as its own pass: masking dy inside the norm's loops, into dx and read back from there, made
-# them read and write the same memory, which keeps LLVM from vectorising them (the heads'
-# group norm backward 0.59 -> 0.90 ms, the stem's batch norm 0.44 -> 0.52 ms, alone).
-def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
-    """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,).
-
-    y: the forward's output where it ended in a ReLU (``relu=True``): dy then counts only
-    where y > 0."""
-    return _batchnorm2d_backward(dy if y is None else relu_backward(dy, y), x, mean, invstd,
-                                 gamma)
-
-
 @njit(parallel=True, cache=True, nogil=True)
-def _batchnorm2d_backward(dy, x, mean, invstd, gamma):
+def batchnorm2d_backward(dy, x, mean, invstd, gamma):
+    """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
     N, C, H, W = x.shape
     M = N * H * W
     dx = np.empty_like(x)
@@ -901,7 +889,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 15
 @functools.lru_cache(maxsize=64)
 def _image_pieces(N, C, HW):
     """The pieces (N, 3) of an (N, C, H, W) input seen as (N*C, H*W): image n from row n*C
-    (made once per shape, like ``_joint_tables``; not to be written to)."""
+    (made once per shape, like ``_joint_pieces``; not to be written to)."""
     return np.array([(n * C, 0, HW) for n in range(N)], np.int64).reshape(-1, 3)
 
 
@@ -1026,7 +1014,7 @@ def _sum_over_images(sums, dtype_like):
     return out
 
 
-def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces, y):
+def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces):
     """dx (x's shape), dgamma (C,), dbeta (C,) of x, dy (2-D) laid out by pieces.
 
     Per group, with dxhat = dy * gamma[c]: dx = invstd * (dxhat - mean(dxhat) - xhat *
@@ -1038,8 +1026,6 @@ def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces, y):
     dx = np.empty_like(x)
     sum_dy = np.empty((pieces.shape[0], C))  # float64
     sum_dy_xhat = np.empty((pieces.shape[0], C))
-    if y is not None:  # the ReLU's backward first (see batchnorm2d_backward)
-        dy = relu_backward(dy, y)
     args = (dy, x, mean, invstd, gamma, C // groups, pieces, dx, sum_dy, sum_dy_xhat)
     if x.size < PARALLEL_MIN_ELEMENTS:
         _groupnorm_backward_tasks(*args, 0, pieces.shape[0] * groups)
@@ -1048,15 +1034,12 @@ def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces, y):
     return dx, _sum_over_images(sum_dy_xhat, x), _sum_over_images(sum_dy, x)
 
 
-def groupnorm_backward(dy, x, mean, invstd, gamma, groups, y=None):
-    """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,).
-
-    y: the forward's output where it ended in a ReLU (``relu=True``): dy then counts only
-    where y > 0."""
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
+    """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,)."""
     N, C, H, W = x.shape
     dx, dgamma, dbeta = _groupnorm_backward_pieces(
         dy.reshape(N * C, H * W), x.reshape(N * C, H * W), mean, invstd, gamma, groups,
-        _image_pieces(N, C, H * W), None if y is None else y.reshape(N * C, H * W))
+        _image_pieces(N, C, H * W))
     return dx.reshape(x.shape), dgamma, dbeta
 
 
@@ -1064,16 +1047,14 @@ def groupnorm_forward_joint(xj, gamma, beta, groups, eps, relu=False):
     """``groupnorm_forward`` of every level of a Joint (C, T) at once -> (y Joint (C, T), mean
     and invstd (levels * N, G), one row per (level, image) in the Joint's order)."""
     y, mean, invstd = _groupnorm_forward_pieces(xj.data, gamma, beta, groups, eps,
-                                                _joint_tables(xj.n, xj.hws), relu)
+                                                _joint_pieces(xj.n, xj.hws), relu)
     return xj.like(y), mean, invstd
 
 
-def groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups, yj=None):
-    """The backward of ``groupnorm_forward_joint``: (dx Joint (C, T), dgamma (C,), dbeta (C,));
-    yj: the forward's output where it ended in a ReLU."""
+def groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups):
+    """The backward of ``groupnorm_forward_joint``: (dx Joint (C, T), dgamma (C,), dbeta (C,))."""
     dx, dgamma, dbeta = _groupnorm_backward_pieces(dyj.data, xj.data, mean, invstd, gamma,
-                                                   groups, _joint_tables(xj.n, xj.hws),
-                                                   None if yj is None else yj.data)
+                                                   groups, _joint_pieces(xj.n, xj.hws))
     return xj.like(dx), dgamma, dbeta
 
 

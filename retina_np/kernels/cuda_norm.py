@@ -28,7 +28,7 @@ import numpy as np
 from numba import cuda, float64
 
 from retina_np.kernels import cuda_launch as cl
-from retina_np.kernels.cuda_elementwise import cast, relu_backward, relu_forward
+from retina_np.kernels.cuda_elementwise import cast, relu_forward
 from retina_np.kernels.cuda_reduce import (
     SUM,
     SUM_AND_DOT_XHAT,
@@ -127,16 +127,13 @@ def _groupnorm_dx_kernel(dy, x, mean, invstd, gamma, mean_dxhat, mean_dxhat_xhat
         dx[i] = istd * (dy[i] * float64(gamma[c]) - mean_dxhat[ng] - xhat * mean_dxhat_xhat[ng])
 
 
-def groupnorm_backward(dy, x, mean, invstd, gamma, groups, y=None):
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
     """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,).
 
     Per group, with dxhat = dy * gamma[c]:
     dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), as batch norm's;
-    dgamma[c] = sum over (n, h, w) of dy * xhat, dbeta[c] = sum of dy. y: the output of a
-    forward with relu, whose backward runs first.
+    dgamma[c] = sum over (n, h, w) of dy * xhat, dbeta[c] = sum of dy.
     """
-    if y is not None:
-        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     Cg = C // groups
     mean_g, invstd_g = cl.flat(mean), cl.flat(invstd)  # (N*G,)

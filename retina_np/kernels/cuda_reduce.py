@@ -31,7 +31,7 @@ from numba import cuda, float64
 
 from retina_np.kernels import cuda_config
 from retina_np.kernels import cuda_launch as cl
-from retina_np.kernels.cuda_elementwise import cast, fill_, relu_backward
+from retina_np.kernels.cuda_elementwise import cast, fill_
 
 # What the first pass sums per element (a, b are the two inputs, centre/scale per channel):
 SUM = 0  # s0 += a
@@ -164,15 +164,12 @@ def _batchnorm_backward_dx_kernel(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xha
         dx[i] = k * (dy[i] - sum_dy[c] / M - xhat * (sum_dy_xhat[c] / M))
 
 
-def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
+def batchnorm2d_backward(dy, x, mean, invstd, gamma):
     """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,).
 
     dx = gamma*invstd * (dy - mean(dy) - xhat * mean(dy * xhat)): the mean and the variance
-    both depend on every x, which removes dy's mean and its component along xhat. y: the
-    output of a forward with relu, whose backward runs first.
+    both depend on every x, which removes dy's mean and its component along xhat.
     """
-    if y is not None:
-        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     M = N * H * W
     sum_dy, sum_dy_xhat = _channel_sums(dy, x, mean, invstd, SUM_AND_DOT_XHAT)

@@ -142,16 +142,13 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
     return relu_forward(y.astype(x.dtype)) if relu else y.astype(x.dtype)
 
 
-def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
-    """Training mode, by the chain rule through xhat, var and mean (which depend on all of x);
-    y: the output of a forward with relu, whose backward comes first.
+def batchnorm2d_backward(dy, x, mean, invstd, gamma):
+    """Training mode, by the chain rule through xhat, var and mean (which depend on all of x).
 
     With M = N*H*W, xc = x - mean, xhat = xc * invstd, var = sum(xc**2)/M, invstd = (var+eps)**-0.5:
     dxhat = dy*gamma; dvar = sum(dxhat*xc) * -invstd**3/2; dmean = -sum(dxhat)*invstd
     (its term through var vanishes, sum(xc) = 0); dx = dxhat*invstd + dvar*2*xc/M + dmean/M.
     """
-    if y is not None:
-        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     M = N * H * W
     dx, dgamma, dbeta = np.zeros((N, C, H, W)), np.zeros(C), np.zeros(C)
@@ -200,17 +197,14 @@ def groupnorm_forward(x, gamma, beta, groups, eps, relu=False):
     return y, mean.astype(x.dtype), invstd.astype(x.dtype)
 
 
-def groupnorm_backward(dy, x, mean, invstd, gamma, groups, y=None):
-    """By the chain rule, as batchnorm2d_backward with a group (n, g) in place of a channel;
-    y: the output of a forward with relu, whose backward comes first.
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
+    """By the chain rule, as batchnorm2d_backward with a group (n, g) in place of a channel.
 
     With M = C/G*H*W values per group, xc = x - mean, dxhat = dy * gamma[c]:
     dvar = sum(dxhat*xc) * -invstd**3/2; dmean = -sum(dxhat)*invstd (sums over the group);
     dx = dxhat*invstd + dvar*2*xc/M + dmean/M. gamma and beta are per channel, so
     dgamma[c] = sum over (n, h, w) of dy * xhat and dbeta[c] = sum of dy.
     """
-    if y is not None:
-        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     Cg = C // groups
     M = Cg * H * W

@@ -40,15 +40,17 @@ def test_conv2d_ops(small_launches, rng):
         assert_close(host(got), want, scale=10)
 
 
+@pytest.mark.parametrize("relu", [False, True])  # with the ReLU after the norm
 @pytest.mark.parametrize("training", [True, False])
-def test_batchnorm_ops(small_launches, rng, training):
+def test_batchnorm_ops(small_launches, rng, training, relu):
     x, xd = _both((1 + rng.standard_normal((2, 3, 4, 5))).astype(np.float32))
     gamma, gd = _both(rng.uniform(0.5, 1.5, 3).astype(np.float32))
     beta, bd = _both(rng.standard_normal(3).astype(np.float32))
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
     rmd, rvd = to_dev(rm), to_dev(rv)
-    y, cache = ops.batchnorm2d_forward(x, gamma, beta, rm, rv, training)
-    yd, cache_d = ops.batchnorm2d_forward(xd, gd, bd, rmd, rvd, training)
+    y, cache = ops.batchnorm2d_forward(x, gamma, beta, rm, rv, training, relu=relu)
+    yd, cache_d = ops.batchnorm2d_forward(xd, gd, bd, rmd, rvd, training, relu=relu)
+    assert (0 < (y > 0).mean() < 1) if relu else (y < 0).any()
     assert_close(host(yd), y, scale=10)
     assert_close(host(rmd), rm)  # running statistics updated in place on the device
     assert_close(host(rvd), rv)

@@ -1,7 +1,7 @@
-"""The norms with the ReLU after them in their kernels (``relu=True``, and the backward given
-that output ``y``): the CPU kernels give exactly the bits of the norm and the ReLU run one
-after another, the reference kernels agree with them, and the fused ops pass finite-
-difference checks (float64) away from the ReLU's kink."""
+"""The norms with the ReLU after them (``relu=True``: in the CPU forward kernels, and the
+ReLU's backward run by the ops before the norm's): the ops give exactly the bits of the norm
+and the ReLU one after the other, the reference kernels agree with them, and the fused ops
+pass finite-difference checks (float64) away from the ReLU's kink."""
 
 import numpy as np
 import pytest
@@ -36,22 +36,30 @@ def _close(fast, slow, dtype):
     assert float(np.abs(fast.astype(np.float64) - slow).max(initial=0.0)) <= TOL[dtype] * scale
 
 
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
 @given(shape=shapes, seed=st.integers(0, 2**31 - 1))
-def test_batchnorm_relu_is_the_norm_then_the_relu(dtype, shape, seed):
+def test_batchnorm_relu_is_the_norm_then_the_relu(dtype, training, shape, seed):
+    assume(not training or shape[0] * shape[2] * shape[3] >= 2)  # batch statistics need two
     x, gamma, beta, dy = _inputs(shape, dtype, seed)
-    mean, var = cpu.batchnorm2d_stats(x)
-    invstd = (1 / np.sqrt(var.astype(np.float64) + EPS)).astype(dtype)
-    y = cpu.batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=True)
-    assert np.array_equal(y, cpu.relu_forward(cpu.batchnorm2d_forward(x, mean, invstd, gamma,
-                                                                       beta)))
-    fused = cpu.batchnorm2d_backward(dy, x, mean, invstd, gamma, y)
-    apart = cpu.batchnorm2d_backward(cpu.relu_backward(dy, y), x, mean, invstd, gamma)
+    C = shape[1]
+    running = (np.zeros(C, dtype), np.ones(C, dtype))
+
+    def forward(relu):  # each from the same running statistics
+        return ops.batchnorm2d_forward(x, gamma, beta, running[0].copy(), running[1].copy(),
+                                       training, relu=relu)
+
+    (y, cache), (z, cache_apart) = forward(True), forward(False)
+    assert np.array_equal(y, cpu.relu_forward(z))
+    fused = ops.batchnorm2d_backward(dy, cache)
+    apart = ops.batchnorm2d_backward(cpu.relu_backward(dy, y), cache_apart)
     for a, b in zip(fused, apart):
         assert np.array_equal(a, b)
+    mean, invstd = cache.mean, cache.invstd
     _close(y, ref.batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=True), dtype)
-    if shape[0] * shape[2] * shape[3] > 2:  # two values per channel: see test_cpu_vs_reference
-        for a, b in zip(fused, ref.batchnorm2d_backward(dy, x, mean, invstd, gamma, y)):
+    if training and shape[0] * shape[2] * shape[3] > 2:  # see test_cpu_vs_reference
+        for a, b in zip(fused, ref.batchnorm2d_backward(ref.relu_backward(dy, y), x, mean,
+                                                        invstd, gamma)):
             _close(a, b, dtype)
 
 
@@ -59,16 +67,18 @@ def test_batchnorm_relu_is_the_norm_then_the_relu(dtype, shape, seed):
 @given(shape=shapes, groups=st.sampled_from([1, 2]), seed=st.integers(0, 2**31 - 1))
 def test_groupnorm_relu_is_the_norm_then_the_relu(dtype, shape, groups, seed):
     x, gamma, beta, dy = _inputs(shape, dtype, seed)
-    y, mean, invstd = cpu.groupnorm_forward(x, gamma, beta, groups, EPS, relu=True)
-    y_apart, mean_apart, _ = cpu.groupnorm_forward(x, gamma, beta, groups, EPS)
-    assert np.array_equal(y, cpu.relu_forward(y_apart)) and np.array_equal(mean, mean_apart)
-    fused = cpu.groupnorm_backward(dy, x, mean, invstd, gamma, groups, y)
-    apart = cpu.groupnorm_backward(cpu.relu_backward(dy, y), x, mean, invstd, gamma, groups)
+    y, cache = ops.groupnorm_forward(x, gamma, beta, groups, EPS, relu=True)
+    z, cache_apart = ops.groupnorm_forward(x, gamma, beta, groups, EPS)
+    assert np.array_equal(y, cpu.relu_forward(z)) and np.array_equal(cache.mean,
+                                                                        cache_apart.mean)
+    fused = ops.groupnorm_backward(dy, cache)
+    apart = ops.groupnorm_backward(cpu.relu_backward(dy, y), cache_apart)
     for a, b in zip(fused, apart):
         assert np.array_equal(a, b)
     _close(y, ref.groupnorm_forward(x, gamma, beta, groups, EPS, relu=True)[0], dtype)
     if shape[1] // groups * shape[2] * shape[3] > 2:
-        for a, b in zip(fused, ref.groupnorm_backward(dy, x, mean, invstd, gamma, groups, y)):
+        for a, b in zip(fused, ref.groupnorm_backward(ref.relu_backward(dy, y), x, cache.mean,
+                                                      cache.invstd, gamma, groups)):
             _close(a, b, dtype)
 
 
@@ -79,13 +89,13 @@ def test_groupnorm_relu_on_a_joint_is_the_norm_then_the_relu(dtype):
     gamma, beta = (rng.standard_normal(8).astype(dtype) for _ in range(2))
     xj = cpu.join_levels(levels)
     dyj = xj.like(rng.standard_normal(xj.data.shape).astype(dtype))
-    yj, mean, invstd = cpu.groupnorm_forward_joint(xj, gamma, beta, 4, EPS, relu=True)
-    assert np.array_equal(yj.data, cpu.relu_forward(
-        cpu.groupnorm_forward_joint(xj, gamma, beta, 4, EPS)[0].data))
+    yj, cache = ops.groupnorm_joint_forward(xj, gamma, beta, 4, EPS, relu=True)
+    zj, cache_apart = ops.groupnorm_joint_forward(xj, gamma, beta, 4, EPS)
+    assert np.array_equal(yj.data, cpu.relu_forward(zj.data))
     assert 0.2 < (yj.data > 0).mean() < 0.8  # both sides of the kink
-    fused = cpu.groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, 4, yj)
-    apart = cpu.groupnorm_backward_joint(dyj.like(cpu.relu_backward(dyj.data, yj.data)), xj,
-                                         mean, invstd, gamma, 4)
+    fused = ops.groupnorm_joint_backward(dyj, cache)
+    apart = ops.groupnorm_joint_backward(dyj.like(cpu.relu_backward(dyj.data, yj.data)),
+                                         cache_apart)
     assert np.array_equal(fused[0].data, apart[0].data)
     assert np.array_equal(fused[1], apart[1]) and np.array_equal(fused[2], apart[2])
 
