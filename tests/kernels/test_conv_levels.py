@@ -77,12 +77,14 @@ def test_same_levels_equal_level_by_level(n, c, f, sizes, k, bias):
 
 
 def test_pyramid_shapes_float32():
-    """The heads' case: five levels from 16x16 down to 1x1, one joint matrix kept."""
+    """The heads' case: five levels from 16x16 down to 1x1, one joint matrix kept (a 3x3
+    convolution's: Winograd's transformed input, 16 x C x tiles, ceil(H/2) * ceil(W/2) tiles
+    per image and level)."""
     rng = np.random.default_rng(1)
     xs, w, b = _levels_case(rng, 4, 16, 8, [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], 3,
                             np.float32)
     columns = _check(xs, w, b, 1, 1, rng, tol=2e-4)
-    assert len(columns) == 1 and columns[0].shape == (16 * 9, 4 * (256 + 64 + 16 + 4 + 1))
+    assert len(columns) == 1 and columns[0].shape == (16, 16, 4 * (64 + 16 + 4 + 1 + 1))
 
 
 def test_large_weight_gradient_orientation(monkeypatch):

@@ -135,15 +135,18 @@ def test_groupnorm_joint_gradients(n, cg, g, hws, scale, shift, seed):
 
 
 @given(n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3), hws=level_sizes,
-       seed=seeds)
-def test_conv_joint_gradients(n, c, f, hws, seed):
+       seed=seeds, keep=st.booleans())
+def test_conv_joint_gradients(n, c, f, hws, seed, keep):
+    """3x3: Winograd's F(2x2, 3x3) (cpu.WINOGRAD), its weight gradient from the forward's kept
+    transformed input or from the input again (keep)."""
     rng = np.random.default_rng(seed)
     T = n * sum(h * w for h, w in hws)
     inputs = {"x": rng.standard_normal((c, T)), "w": rng.standard_normal((f, c, 3, 3)),
               "b": rng.standard_normal(f)}
 
     def forward(x, w, b):
-        y, cache = ops.conv2d_joint_forward(Joint(x, n, tuple(hws)), w, b, 1, 1)
+        y, cache = ops.conv2d_joint_forward(Joint(x, n, tuple(hws)), w, b, 1, 1,
+                                            keep_columns=keep)
         return y.data, cache
 
     def backward(dy, cache):

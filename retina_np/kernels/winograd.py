@@ -1,0 +1,359 @@
+"""Winograd's minimal filtering F(2x2, 3x3) for the heads' 3x3 "same" convolutions on the CPU
+(Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+
+A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of the input (stride
+2 between windows, so neighbouring windows overlap by two pixels). Directly that is 36
+multiplications per channel pair; Winograd's algorithm needs 16:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          d: the 4x4 window, g: the 3x3 filter
+
+with the constant matrices below and * elementwise. The two 4x4 transforms are cheap (only
+additions; G has halves), and summed over the input channels the elementwise products are 16
+matrix products, one per position (i, j) of the 4x4 tile:
+
+    M[k] = U[k] @ V[k]      U (16, F, C) the transformed filters, V (16, C, P) the
+                            transformed windows, P tiles: (F, P) = (F, C) @ (C, P)
+
+so a convolution is an input transform, 16 GEMMs of 64-wide K instead of one with K = 9*C,
+and an output transform. The backward is the adjoint of each step (Y is linear in U and V,
+U in g, V in d): dM = A dY A^T per tile; dV[k] = U[k]^T @ dM[k] and dU[k] = dM[k] @ V[k]^T
+(16 GEMMs each); dd = B dV B^T added onto each window (the windows overlap) and dg = G^T dU G.
+The results equal the direct convolution's up to float rounding (the transforms add and
+subtract, and G halves: float32 results differ from im2col + GEMM by a few ulps of the
+largest terms; float64 gradient checks in tests/kernels/test_winograd.py).
+
+Why here: the heads' GEMMs (K = 576, F = 64) ran at 64-72 GFLOP/s on one core against 96 for
+a large square one, since OpenBLAS packs the 9x larger unfolded matrix and uses each packed
+value for only 64 rows; with K = 64 the same core ran the 16 products at 90 GFLOP/s, with
+2.25x fewer multiplications. A layer of the shapes preset's heads, forward and backward, on
+one core: see docs/performance.md.
+
+Tiles: on a level of H x W pixels (padding 1) there are ceil(H/2) x ceil(W/2) tiles per image;
+odd sizes (the 1x1 level) compute outputs past the edge that are dropped. Tiles are numbered
+level, image, tile row, tile column, as the Joint's columns are (kernels/levels.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+# The transforms' matrices (F(2x2, 3x3)): B^T for the input window, G for the filter, A^T for
+# the output. The kernels below write them out as additions; these are for the filter
+# transform and for the tests.
+BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
+AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+A = np.ascontiguousarray(AT.T)  # (4, 2): its entries are 0 and +-1, exact in any dtype
+
+TILE = 4  # input window side
+OUT = 2  # output block side
+
+
+@functools.lru_cache(maxsize=64)
+def tiles(n, hws):
+    """The tile table of a Joint of n images with levels hws: (levels, 6) int64, one row
+    (H, W, column start in the Joint, first tile, tile rows, tile columns) per level, and
+    the number of tiles P. Made once per shape: it must not be written to."""
+    rows, start, tile = [], 0, 0
+    for h, w in hws:
+        th, tw = (h + 1) // OUT, (w + 1) // OUT
+        rows.append((h, w, start, tile, th, tw))
+        start += n * h * w
+        tile += n * th * tw
+    return np.array(rows, np.int64).reshape(-1, 6), tile
+
+
+def filters(w):
+    """w (F, C, 3, 3) -> U (16, F, C): G g G^T of every filter, entry (i, j) at 4*i + j."""
+    F, C = w.shape[:2]
+    U = np.empty((16, F, C), w.dtype)
+    _filters(w.reshape(F * C, 9), U.reshape(16, F * C))
+    return U
+
+
+def filters_adjoint(dU):
+    """The adjoint of ``filters``: dU (16, F, C) -> dw (F, C, 3, 3) = G^T dU G."""
+    F, C = dU.shape[1:]
+    dw = np.empty((F, C, 3, 3), dU.dtype)
+    _filters_adjoint(np.ascontiguousarray(dU).reshape(16, F * C), dw.reshape(F * C, 9))
+    return dw
+
+
+@njit(cache=True, nogil=True)
+def _times_g(u0, u1, u2, u3):
+    """(u0, u1, u2, u3) @ G: (u0 + (u1 + u2)/2, (u1 - u2)/2, (u1 + u2)/2 + u3)."""
+    return u0 + (u1 + u2) * 0.5, (u1 - u2) * 0.5, (u1 + u2) * 0.5 + u3
+
+
+@njit(cache=True, nogil=True)
+def _times_gt(h0, h1, h2):
+    """(h0, h1, h2) @ G^T: (h0, (h0 + h1 + h2)/2, (h0 - h1 + h2)/2, h2)."""
+    return h0, (h0 + h1 + h2) * 0.5, (h0 - h1 + h2) * 0.5, h2
+
+
+@njit(cache=True, nogil=True)
+def _filters(g, U):
+    """g (filters, 9) -> U (16, filters): G g G^T, down the columns of g, then along the
+    rows (U's column t holds the 4x4 result row by row)."""
+    for t in range(g.shape[0]):
+        a0, a1, a2, a3 = _times_gt(g[t, 0], g[t, 3], g[t, 6])  # G times g's columns
+        b0, b1, b2, b3 = _times_gt(g[t, 1], g[t, 4], g[t, 7])
+        c0, c1, c2, c3 = _times_gt(g[t, 2], g[t, 5], g[t, 8])
+        U[0, t], U[1, t], U[2, t], U[3, t] = _times_gt(a0, b0, c0)  # and G^T along the rows
+        U[4, t], U[5, t], U[6, t], U[7, t] = _times_gt(a1, b1, c1)
+        U[8, t], U[9, t], U[10, t], U[11, t] = _times_gt(a2, b2, c2)
+        U[12, t], U[13, t], U[14, t], U[15, t] = _times_gt(a3, b3, c3)
+
+
+@njit(cache=True, nogil=True)
+def _filters_adjoint(dU, dg):
+    """dU (16, filters) -> dg (filters, 9) = G^T dU G."""
+    for t in range(dU.shape[1]):
+        p0, q0, r0 = _times_g(dU[0, t], dU[1, t], dU[2, t], dU[3, t])  # rows of dU G
+        p1, q1, r1 = _times_g(dU[4, t], dU[5, t], dU[6, t], dU[7, t])
+        p2, q2, r2 = _times_g(dU[8, t], dU[9, t], dU[10, t], dU[11, t])
+        p3, q3, r3 = _times_g(dU[12, t], dU[13, t], dU[14, t], dU[15, t])
+        dg[t, 0], dg[t, 3], dg[t, 6] = _times_g(p0, p1, p2, p3)  # and G^T down its columns
+        dg[t, 1], dg[t, 4], dg[t, 7] = _times_g(q0, q1, q2, q3)
+        dg[t, 2], dg[t, 5], dg[t, 8] = _times_g(r0, r1, r2, r3)
+
+
+# The transforms work level by level on flat arrays whose entries are ordered tile row a, tile
+# column b, image m (images innermost, the tiles' order in V and M too): the levels' images
+# have the same geometry, so every step but the first and last is one contiguous loop over
+# all tiles of the level, which LLVM vectorises. The windows overlap by two pixels, so the
+# padded input is split into its even and odd columns E and O (rows pr, columns q, images m):
+# a window's columns 2b..2b+3 are E[b], O[b], E[b+1], O[b+1], and its rows 2a..2a+3 are rows
+# a and a+1 of the even and the odd padded rows.
+
+
+@njit(cache=True, nogil=True)
+def _sizes(table, n):
+    """The largest per-level buffers: (padded rows x (tile columns + 1) x n, (tile rows + 1)
+    x tile columns x n)."""
+    e = r = 1
+    for level in range(table.shape[0]):
+        th, tw = table[level, 4], table[level, 5]
+        e = max(e, (2 * th + 2) * (tw + 1) * n)
+        r = max(r, (th + 1) * tw * n)
+    return e, r
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def input_transform(xc, n, table, V):
+    """xc (C, T) channel-major levels -> V (16, C, P): B^T d B of every tile's 4x4 window
+    (the pixels outside the image are zeros)."""
+    C = xc.shape[0]
+    e_size, r_size = _sizes(table, n)
+    for c in prange(C):
+        E = np.empty(e_size, xc.dtype)  # the padded input's even columns, (pr, q, m)
+        O = np.empty(e_size, xc.dtype)  # and its odd ones
+        R = np.empty((4, 2, r_size), xc.dtype)  # B^T along the rows: (l, pr % 2, pr // 2, b, m)
+        for level in range(table.shape[0]):
+            H, W, start, tile, th, tw = table[level]
+            q1, twn, L = tw + 1, tw * n, th * tw * n
+            E[:(2 * th + 2) * q1 * n] = 0
+            O[:(2 * th + 2) * q1 * n] = 0
+            for m in range(n):  # pixel (r, s) is padded (r + 1, s + 1)
+                plane = xc[c, start + m * H * W:start + (m + 1) * H * W]
+                for r in range(H):
+                    row = ((r + 1) * q1) * n + m
+                    for s in range(0, W, 2):
+                        O[row + (s // 2) * n] = plane[r * W + s]
+                    for s in range(1, W, 2):
+                        E[row + ((s + 1) // 2) * n] = plane[r * W + s]
+            for pr in range(2 * th + 2):  # B^T along each padded row, all (b, m) at once
+                e0, o0 = E[pr * q1 * n:], O[pr * q1 * n:]
+                e1, o1 = e0[n:], o0[n:]
+                r0, r1, r2, r3 = (R[0, pr % 2, (pr // 2) * twn:], R[1, pr % 2, (pr // 2) * twn:],
+                                  R[2, pr % 2, (pr // 2) * twn:], R[3, pr % 2, (pr // 2) * twn:])
+                for j in range(twn):  # (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+                    r0[j] = e0[j] - e1[j]
+                    r1[j] = o0[j] + e1[j]
+                    r2[j] = e1[j] - o0[j]
+                    r3[j] = o0[j] - o1[j]
+            for col in range(4):  # and down each column: (t0 - t2, t1 + t2, t2 - t1, t1 - t3)
+                t0, t1 = R[col, 0], R[col, 1]
+                t2, t3 = t0[twn:], t1[twn:]
+                v0, v1 = V[col, c, tile:tile + L], V[4 + col, c, tile:tile + L]
+                v2, v3 = V[8 + col, c, tile:tile + L], V[12 + col, c, tile:tile + L]
+                for q in range(L):
+                    v0[q] = t0[q] - t2[q]
+                    v1[q] = t1[q] + t2[q]
+                    v2[q] = t2[q] - t1[q]
+                    v3[q] = t1[q] - t3[q]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def input_transform_adjoint(dV, n, table, dxc):
+    """The adjoint of ``input_transform``: dV (16, C, P) -> dxc (C, T), each tile's B dV B^T
+    added onto its window (overlapping windows add up; the padding's share is dropped)."""
+    C = dxc.shape[0]
+    e_size, r_size = _sizes(table, n)
+    for c in prange(C):
+        dE = np.empty(e_size, dxc.dtype)
+        dO = np.empty(e_size, dxc.dtype)
+        dR = np.empty((4, 2, r_size), dxc.dtype)
+        for level in range(table.shape[0]):
+            H, W, start, tile, th, tw = table[level]
+            q1, twn, L = tw + 1, tw * n, th * tw * n
+            for col in range(4):  # the columns' step backwards; rows a and a + 1 overlap,
+                d0, d1 = dR[col, 0], dR[col, 1]  # so each is written by one loop, then added to
+                v0, v1 = dV[col, c, tile:tile + L], dV[4 + col, c, tile:tile + L]
+                v2, v3 = dV[8 + col, c, tile:tile + L], dV[12 + col, c, tile:tile + L]
+                for q in range(L):
+                    d0[q] = v0[q]
+                    d1[q] = v1[q] - v2[q] + v3[q]
+                d0[L:L + twn] = 0
+                d1[L:L + twn] = 0
+                d2, d3 = d0[twn:], d1[twn:]
+                for q in range(L):
+                    d2[q] += v1[q] + v2[q] - v0[q]
+                    d3[q] -= v3[q]
+            for pr in range(2 * th + 2):  # the rows' step backwards, the same way
+                e0, o0 = dE[pr * q1 * n:], dO[pr * q1 * n:]
+                r0, r1, r2, r3 = (dR[0, pr % 2, (pr // 2) * twn:],
+                                  dR[1, pr % 2, (pr // 2) * twn:],
+                                  dR[2, pr % 2, (pr // 2) * twn:],
+                                  dR[3, pr % 2, (pr // 2) * twn:])
+                for j in range(twn):
+                    e0[j] = r0[j]
+                    o0[j] = r1[j] - r2[j] + r3[j]
+                e0[twn:twn + n] = 0
+                o0[twn:twn + n] = 0
+                e1, o1 = e0[n:], o0[n:]
+                for j in range(twn):
+                    e1[j] += r1[j] + r2[j] - r0[j]
+                    o1[j] -= r3[j]
+            for m in range(n):
+                plane = dxc[c, start + m * H * W:start + (m + 1) * H * W]
+                for r in range(H):
+                    row = ((r + 1) * q1) * n + m
+                    for s in range(0, W, 2):
+                        plane[r * W + s] = dO[row + (s // 2) * n]
+                    for s in range(1, W, 2):
+                        plane[r * W + s] = dE[row + ((s + 1) // 2) * n]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def output_transform(M, n, table, b, yc):
+    """M (16, F, P) -> yc (F, T): A^T M A of every tile, the 2x2 block of outputs it gives
+    (those past an odd edge dropped), plus the bias b (F,)."""
+    F = yc.shape[0]
+    _, r_size = _sizes(table, n)
+    for f in prange(F):
+        Y = np.empty((4, r_size), yc.dtype)  # each tile's outputs (u, v) at 2*u + v
+        for level in range(table.shape[0]):
+            H, W, start, tile, th, tw = table[level]
+            L = th * tw * n
+            m0, m1, m2, m3 = (M[0, f, tile:tile + L], M[1, f, tile:tile + L],
+                              M[2, f, tile:tile + L], M[3, f, tile:tile + L])
+            m4, m5, m6, m7 = (M[4, f, tile:tile + L], M[5, f, tile:tile + L],
+                              M[6, f, tile:tile + L], M[7, f, tile:tile + L])
+            m8, m9, m10, m11 = (M[8, f, tile:tile + L], M[9, f, tile:tile + L],
+                                M[10, f, tile:tile + L], M[11, f, tile:tile + L])
+            m12, m13, m14, m15 = (M[12, f, tile:tile + L], M[13, f, tile:tile + L],
+                                  M[14, f, tile:tile + L], M[15, f, tile:tile + L])
+            y0, y1, y2, y3 = Y[0], Y[1], Y[2], Y[3]
+            bias = b[f]
+            for q in range(L):
+                # A^T down the columns: (m0 + m1 + m2, m1 - m2 - m3) ...
+                s00 = m0[q] + m4[q] + m8[q]
+                s01 = m1[q] + m5[q] + m9[q]
+                s02 = m2[q] + m6[q] + m10[q]
+                s03 = m3[q] + m7[q] + m11[q]
+                s10 = m4[q] - m8[q] - m12[q]
+                s11 = m5[q] - m9[q] - m13[q]
+                s12 = m6[q] - m10[q] - m14[q]
+                s13 = m7[q] - m11[q] - m15[q]
+                # ... and along the rows
+                y0[q] = s00 + s01 + s02 + bias
+                y1[q] = s01 - s02 - s03 + bias
+                y2[q] = s10 + s11 + s12 + bias
+                y3[q] = s11 - s12 - s13 + bias
+            for m in range(n):
+                plane = yc[f, start + m * H * W:start + (m + 1) * H * W]
+                for r in range(H):
+                    yu = Y[2 * (r % 2)]
+                    yv = Y[2 * (r % 2) + 1]
+                    row = (r // 2) * tw * n + m
+                    for s in range(0, W, 2):
+                        plane[r * W + s] = yu[row + (s // 2) * n]
+                    for s in range(1, W, 2):
+                        plane[r * W + s] = yv[row + (s // 2) * n]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def output_transform_adjoint(dyc, n, table, dM):
+    """The adjoint of ``output_transform`` (without the bias): dyc (F, T) -> dM (16, F, P),
+    A dY A^T of every tile's 2x2 block of output gradients (zeros past an odd edge)."""
+    F = dyc.shape[0]
+    _, r_size = _sizes(table, n)
+    for f in prange(F):
+        D = np.empty((4, r_size), dyc.dtype)  # each tile's output gradients (u, v) at 2*u + v
+        for level in range(table.shape[0]):
+            H, W, start, tile, th, tw = table[level]
+            L = th * tw * n
+            if H % 2 or W % 2:  # some tiles have outputs past the edge
+                D[:, :L] = 0
+            for m in range(n):
+                plane = dyc[f, start + m * H * W:start + (m + 1) * H * W]
+                for r in range(H):
+                    du = D[2 * (r % 2)]
+                    dv = D[2 * (r % 2) + 1]
+                    row = (r // 2) * tw * n + m
+                    for s in range(0, W, 2):
+                        du[row + (s // 2) * n] = plane[r * W + s]
+                    for s in range(1, W, 2):
+                        dv[row + (s // 2) * n] = plane[r * W + s]
+            d00, d01, d10, d11 = D[0], D[1], D[2], D[3]
+            for i in range(4):  # row i of A dY A^T: A's row i down the columns ...
+                a0, a1 = A[i, 0], A[i, 1]
+                g0, g1, g2, g3 = (dM[4 * i, f, tile:tile + L], dM[4 * i + 1, f, tile:tile + L],
+                                  dM[4 * i + 2, f, tile:tile + L], dM[4 * i + 3, f, tile:tile + L])
+                for q in range(L):
+                    e0 = a0 * d00[q] + a1 * d10[q]
+                    e1 = a0 * d01[q] + a1 * d11[q]
+                    # ... and along the row: (e0, e0 + e1, e0 - e1, -e1)
+                    g0[q] = e0
+                    g1[q] = e0 + e1
+                    g2[q] = e0 - e1
+                    g3[q] = -e1
+
+def conv3x3_forward(xc, n, hws, w, b, keep=None):
+    """A 3x3, stride-1, padding-1 convolution of channel-major levels xc (C, T) (a Joint's
+    data: n images, levels hws) -> y (F, T). w (F, C, 3, 3), b (F,) or None. keep: None, or
+    an empty list that receives V, the transformed input, for ``conv3x3_backward``."""
+    F, C = w.shape[:2]
+    table, P = tiles(n, hws)
+    V = np.empty((16, C, P), xc.dtype)
+    input_transform(xc, n, table, V)
+    if keep is not None:
+        keep.append(V)
+    M = np.matmul(filters(w), V)  # (16, F, C) @ (16, C, P): 16 GEMMs
+    y = np.empty((F, xc.shape[1]), xc.dtype)
+    output_transform(M, n, table, b if b is not None else np.zeros(F, xc.dtype), y)
+    return y
+
+
+def conv3x3_backward(dyc, xc, n, hws, w, need_input_grad=True, need_weight_grad=True, V=None):
+    """The backward of ``conv3x3_forward`` (without the bias): dyc (F, T) -> (dx (C, T) or
+    None, dw (F, C, 3, 3) or None). V: the forward's transformed input, if it kept it."""
+    F, C = w.shape[:2]
+    table, P = tiles(n, hws)
+    dM = np.empty((16, F, P), dyc.dtype)
+    output_transform_adjoint(dyc, n, table, dM)
+    dx = dw = None
+    if need_weight_grad:
+        if V is None:
+            V = np.empty((16, C, P), xc.dtype)
+            input_transform(xc, n, table, V)
+        dw = filters_adjoint(np.matmul(dM, V.transpose(0, 2, 1)))  # (16, F, P) @ (16, P, C)
+    if need_input_grad:
+        dV = np.matmul(filters(w).transpose(0, 2, 1), dM)  # (16, C, F) @ (16, F, P)
+        dx = np.empty((C, dyc.shape[1]), dyc.dtype)
+        input_transform_adjoint(dV, n, table, dx)
+    return dx, dw

@@ -1,0 +1,190 @@
+"""Winograd's F(2x2, 3x3) (kernels/winograd.py): each transform equals its matrix form on
+explicit windows, each adjoint passes the dot-product test, the convolution and its backward
+equal the reference kernels level by level. The finite-difference checks (float64) of the
+Joint op pair, which runs these underneath, are in test_joint_levels.py."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retina_np.kernels import cpu
+from retina_np.kernels import reference as ref
+from retina_np.kernels import winograd as wg
+from retina_np.kernels.levels import Joint
+
+levels = st.lists(st.tuples(st.integers(1, 7), st.integers(1, 7)), min_size=1, max_size=4)
+
+
+def _joint(rng, n, c, hws, dtype=np.float64):
+    T = n * sum(h * w for h, w in hws)
+    return Joint(rng.standard_normal((c, T)).astype(dtype), n, tuple(hws))
+
+
+def _windows(xj):
+    """Every tile's 4x4 input window, (P, C, 4, 4), in the kernels' tile order (level, tile
+    row, tile column, image), built from explicitly padded levels."""
+    out = []
+    for x in cpu.split_levels(xj):  # (n, C, H, W)
+        n, C, H, W = x.shape
+        th, tw = (H + 1) // 2, (W + 1) // 2
+        padded = np.zeros((n, C, 2 * th + 2, 2 * tw + 2))
+        padded[:, :, 1:H + 1, 1:W + 1] = x
+        for a in range(th):
+            for b in range(tw):
+                for m in range(n):
+                    out.append(padded[m, :, 2 * a:2 * a + 4, 2 * b:2 * b + 4])
+    return np.array(out)
+
+
+def test_the_matrices_give_a_3x3_correlation():
+    """A^T [(G g G^T) * (B^T d B)] A is the 2x2 'valid' correlation of the 4x4 window d with
+    the 3x3 filter g."""
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+    direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(2)] for i in range(2)])
+    y = wg.AT @ ((wg.G @ g @ wg.G.T) * (wg.BT @ d @ wg.BT.T)) @ wg.AT.T
+    np.testing.assert_allclose(y, direct, rtol=1e-12, atol=1e-12)
+
+
+@given(n=st.integers(1, 3), c=st.integers(1, 3), hws=levels)
+@settings(max_examples=25, deadline=None)
+def test_input_transform_is_bt_d_b_of_every_window(n, c, hws):
+    rng = np.random.default_rng(1)
+    xj = _joint(rng, n, c, hws)
+    table, P = wg.tiles(n, xj.hws)
+    V = np.empty((16, c, P))
+    wg.input_transform(xj.data, n, table, V)
+    expected = np.einsum("ki,pcij,lj->klcp", wg.BT, _windows(xj), wg.BT).reshape(16, c, P)
+    np.testing.assert_allclose(V, expected, rtol=1e-12, atol=1e-12)
+
+
+@given(n=st.integers(1, 3), f=st.integers(1, 3), hws=levels)
+@settings(max_examples=25, deadline=None)
+def test_output_transform_is_at_m_a_of_every_tile(n, f, hws):
+    """Each tile's A^T M A lands on its 2x2 block of pixels (blocks past an odd edge
+    cropped), plus the bias."""
+    rng = np.random.default_rng(2)
+    table, P = wg.tiles(n, tuple(hws))
+    M, b = rng.standard_normal((16, f, P)), rng.standard_normal(f)
+    T = n * sum(h * w for h, w in hws)
+    y = np.empty((f, T))
+    wg.output_transform(M, n, table, b, y)
+    blocks = np.einsum("ui,fpij,vj->pfuv", wg.AT, M.reshape(4, 4, f, P).transpose(2, 3, 0, 1),
+                       wg.AT)  # (P, F, 2, 2)
+    p = 0
+    for level, (h, w) in enumerate(hws):
+        th, tw = (h + 1) // 2, (w + 1) // 2
+        full = np.zeros((n, f, 2 * th, 2 * tw))
+        for a in range(th):
+            for bb in range(tw):
+                for m in range(n):
+                    full[m, :, 2 * a:2 * a + 2, 2 * bb:2 * bb + 2] = blocks[p]
+                    p += 1
+        got = cpu.split_levels(Joint(y, n, tuple(hws)))[level]
+        np.testing.assert_allclose(got, full[:, :, :h, :w] + b.reshape(1, f, 1, 1),
+                                   rtol=1e-12, atol=1e-12)
+
+
+@given(n=st.integers(1, 3), c=st.integers(1, 3), hws=levels, seed=st.integers(0, 99))
+@settings(max_examples=25, deadline=None)
+def test_adjoints_pass_the_dot_product_test(n, c, hws, seed):
+    """<T x, v> == <x, T* v> for the input, output and filter transforms."""
+    rng = np.random.default_rng(seed)
+    xj = _joint(rng, n, c, hws)
+    table, P = wg.tiles(n, xj.hws)
+    V, dV = np.empty((16, c, P)), rng.standard_normal((16, c, P))
+    wg.input_transform(xj.data, n, table, V)
+    dx = np.empty_like(xj.data)
+    wg.input_transform_adjoint(dV, n, table, dx)
+    assert np.isclose(np.sum(V * dV), np.sum(xj.data * dx), rtol=1e-12, atol=1e-12)
+
+    M, dy = rng.standard_normal((16, c, P)), rng.standard_normal(xj.data.shape)
+    y = np.empty_like(xj.data)
+    wg.output_transform(M, n, table, np.zeros(c), y)
+    dM = np.empty((16, c, P))
+    wg.output_transform_adjoint(dy, n, table, dM)
+    assert np.isclose(np.sum(y * dy), np.sum(M * dM), rtol=1e-12, atol=1e-12)
+
+    w, dU = rng.standard_normal((2, c, 3, 3)), rng.standard_normal((16, 2, c))
+    np.testing.assert_allclose(wg.filters(w), np.einsum("ai,fcij,bj->abfc", wg.G, w, wg.G)
+                               .reshape(16, 2, c), rtol=1e-12, atol=1e-12)
+    assert np.isclose(np.sum(wg.filters(w) * dU), np.sum(w * wg.filters_adjoint(dU)),
+                      rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), hws=levels,
+       bias=st.booleans())
+@settings(max_examples=20, deadline=None)
+def test_convolution_equals_the_reference_level_by_level(dtype, tol, n, c, f, hws, bias):
+    """Forward, input gradient, weight gradient and bias gradient of the Joint convolution
+    (Winograd) against reference.py on each level (the gradients summed over the levels)."""
+    rng = np.random.default_rng(3)
+    xj = _joint(rng, n, c, hws, dtype)
+    w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype) if bias else None
+    columns = []
+    yj = cpu.conv2d_forward_joint(xj, w, b, columns)
+    assert columns[0].shape == (16, c, wg.tiles(n, xj.hws)[1])
+    dyj = _joint(rng, n, f, hws, dtype)
+    dxj, dw, db = cpu.conv2d_backward_joint(dyj, xj, w, bias, True, columns)
+    xs, dys = cpu.split_levels(xj), cpu.split_levels(dyj)
+    x64 = [x.astype(np.float64) for x in xs]
+    w64 = w.astype(np.float64)
+    b64 = b.astype(np.float64) if bias else None
+
+    def close(got, want):
+        assert got.dtype == dtype
+        scale = max(float(np.abs(want).max()), 1.0)
+        assert float(np.abs(got.astype(np.float64) - want).max()) <= tol * scale
+
+    for y, dx, x, dy in zip(cpu.split_levels(yj), cpu.split_levels(dxj), x64, dys):
+        close(y, ref.conv2d_forward(x, w64, b64, 1, 1))
+        close(dx, ref.conv2d_backward_input(dy.astype(np.float64), w64, x.shape[2],
+                                            x.shape[3], 1, 1))
+    close(dw, sum(ref.conv2d_backward_weight(dy.astype(np.float64), x, 3, 3, 1, 1)
+                  for dy, x in zip(dys, x64)))
+    if bias:
+        close(db, sum(ref.bias_backward(dy.astype(np.float64)) for dy in dys))
+    else:
+        assert db is None
+
+
+def test_weight_gradient_later_and_without_the_kept_input():
+    """need_weight_grad=False, then the weight gradient alone (the queue's call), with and
+    without the forward's transformed input: the same numbers as all at once."""
+    rng = np.random.default_rng(4)
+    xj = _joint(rng, 2, 3, [(5, 4), (2, 3), (1, 1)])
+    w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    columns = []
+    cpu.conv2d_forward_joint(xj, w, b, columns)
+    dyj = _joint(rng, 2, 4, [(5, 4), (2, 3), (1, 1)])
+    dx, dw, db = cpu.conv2d_backward_joint(dyj, xj, w, True, True, columns)
+    dx_first, none_w, none_b = cpu.conv2d_backward_joint(dyj, xj, w, True, True, columns,
+                                                         need_weight_grad=False)
+    assert none_w is None and none_b is None
+    np.testing.assert_array_equal(dx_first.data, dx.data)
+    for kept in (columns, None):
+        no_dx, dw_later, db_later = cpu.conv2d_backward_joint(dyj, xj, w, True, False, kept)
+        assert no_dx is None
+        np.testing.assert_allclose(dw_later, dw, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(db_later, db)
+
+
+def test_direct_path_gives_the_same_numbers(monkeypatch):
+    """cpu.WINOGRAD = False runs the 3x3 Joint convolution as im2col + GEMM: equal results."""
+    rng = np.random.default_rng(5)
+    xj = _joint(rng, 2, 5, [(6, 6), (3, 3), (1, 1)])
+    w, b = rng.standard_normal((3, 5, 3, 3)), rng.standard_normal(3)
+    dyj = _joint(rng, 2, 3, [(6, 6), (3, 3), (1, 1)])
+    results = []
+    for flag in (True, False):
+        monkeypatch.setattr(cpu, "WINOGRAD", flag)
+        columns = []
+        y = cpu.conv2d_forward_joint(xj, w, b, columns)
+        assert columns[0].ndim == (3 if flag else 2)
+        results.append((y.data, *cpu.conv2d_backward_joint(dyj, xj, w, True, True, columns)))
+    (y1, dx1, dw1, db1), (y2, dx2, dw2, db2) = results
+    for a, c in ((y1, y2), (dx1.data, dx2.data), (dw1, dw2), (db1, db2)):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
