@@ -143,22 +143,23 @@ def _sizes(table, n):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def input_transform(xc, n, table, V):
-    """xc (C, T) channel-major levels -> V (16, C, P): B^T d B of every tile's 4x4 window
-    (the pixels outside the image are zeros)."""
-    C = xc.shape[0]
+def input_transform(x, cs, ms, n, table, V):
+    """x (flat; channel stride cs, image strides ms (levels,), see ``strides``) -> V (16, C,
+    P): B^T d B of every tile's 4x4 window (the pixels outside the image are zeros)."""
+    C = V.shape[1]
     e_size, r_size = _sizes(table, n)
     for c in prange(C):
-        E = np.empty(e_size, xc.dtype)  # the padded input's even columns, (pr, q, m)
-        O = np.empty(e_size, xc.dtype)  # and its odd ones
-        R = np.empty((4, 2, r_size), xc.dtype)  # B^T along the rows: (l, pr % 2, pr // 2, b, m)
+        E = np.empty(e_size, x.dtype)  # the padded input's even columns, (pr, q, m)
+        O = np.empty(e_size, x.dtype)  # and its odd ones
+        R = np.empty((4, 2, r_size), x.dtype)  # B^T along the rows: (l, pr % 2, pr // 2, b, m)
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
             q1, twn, L = tw + 1, tw * n, th * tw * n
             E[:(2 * th + 2) * q1 * n] = 0
             O[:(2 * th + 2) * q1 * n] = 0
             for m in range(n):  # pixel (r, s) is padded (r + 1, s + 1)
-                plane = xc[c, start + m * H * W:start + (m + 1) * H * W]
+                p = start + m * ms[level] + c * cs
+                plane = x[p:p + H * W]
                 for r in range(H):
                     row = ((r + 1) * q1) * n + m
                     for s in range(0, W, 2):
@@ -188,15 +189,16 @@ def input_transform(xc, n, table, V):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def input_transform_adjoint(dV, n, table, dxc):
-    """The adjoint of ``input_transform``: dV (16, C, P) -> dxc (C, T), each tile's B dV B^T
-    added onto its window (overlapping windows add up; the padding's share is dropped)."""
-    C = dxc.shape[0]
+def input_transform_adjoint(dV, n, table, dx, cs, ms):
+    """The adjoint of ``input_transform``: dV (16, C, P) -> dx (flat, strides cs, ms), each
+    tile's B dV B^T added onto its window (overlapping windows add up; the padding's share is
+    dropped)."""
+    C = dV.shape[1]
     e_size, r_size = _sizes(table, n)
     for c in prange(C):
-        dE = np.empty(e_size, dxc.dtype)
-        dO = np.empty(e_size, dxc.dtype)
-        dR = np.empty((4, 2, r_size), dxc.dtype)
+        dE = np.empty(e_size, dx.dtype)
+        dO = np.empty(e_size, dx.dtype)
+        dR = np.empty((4, 2, r_size), dx.dtype)
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
             q1, twn, L = tw + 1, tw * n, th * tw * n
@@ -229,7 +231,8 @@ def input_transform_adjoint(dV, n, table, dxc):
                     e1[j] += r1[j] + r2[j] - r0[j]
                     o1[j] -= r3[j]
             for m in range(n):
-                plane = dxc[c, start + m * H * W:start + (m + 1) * H * W]
+                p = start + m * ms[level] + c * cs
+                plane = dx[p:p + H * W]
                 for r in range(H):
                     row = ((r + 1) * q1) * n + m
                     for s in range(0, W, 2):
@@ -239,13 +242,13 @@ def input_transform_adjoint(dV, n, table, dxc):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def output_transform(M, n, table, b, yc):
-    """M (16, F, P) -> yc (F, T): A^T M A of every tile, the 2x2 block of outputs it gives
-    (those past an odd edge dropped), plus the bias b (F,)."""
-    F = yc.shape[0]
+def output_transform(M, n, table, b, y, cs, ms):
+    """M (16, F, P) -> y (flat, strides cs, ms): A^T M A of every tile, the 2x2 block of
+    outputs it gives (those past an odd edge dropped), plus the bias b (F,)."""
+    F = M.shape[1]
     _, r_size = _sizes(table, n)
     for f in prange(F):
-        Y = np.empty((4, r_size), yc.dtype)  # each tile's outputs (u, v) at 2*u + v
+        Y = np.empty((4, r_size), y.dtype)  # each tile's outputs (u, v) at 2*u + v
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
             L = th * tw * n
@@ -275,7 +278,8 @@ def output_transform(M, n, table, b, yc):
                 y2[q] = s10 + s11 + s12 + bias
                 y3[q] = s11 - s12 - s13 + bias
             for m in range(n):
-                plane = yc[f, start + m * H * W:start + (m + 1) * H * W]
+                p = start + m * ms[level] + f * cs
+                plane = y[p:p + H * W]
                 for r in range(H):
                     yu = Y[2 * (r % 2)]
                     yv = Y[2 * (r % 2) + 1]
@@ -287,20 +291,22 @@ def output_transform(M, n, table, b, yc):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def output_transform_adjoint(dyc, n, table, dM):
-    """The adjoint of ``output_transform`` (without the bias): dyc (F, T) -> dM (16, F, P),
-    A dY A^T of every tile's 2x2 block of output gradients (zeros past an odd edge)."""
-    F = dyc.shape[0]
+def output_transform_adjoint(dy, cs, ms, n, table, dM):
+    """The adjoint of ``output_transform`` (without the bias): dy (flat, strides cs, ms) ->
+    dM (16, F, P), A dY A^T of every tile's 2x2 block of output gradients (zeros past an odd
+    edge)."""
+    F = dM.shape[1]
     _, r_size = _sizes(table, n)
     for f in prange(F):
-        D = np.empty((4, r_size), dyc.dtype)  # each tile's output gradients (u, v) at 2*u + v
+        D = np.empty((4, r_size), dy.dtype)  # each tile's output gradients (u, v) at 2*u + v
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
             L = th * tw * n
             if H % 2 or W % 2:  # some tiles have outputs past the edge
                 D[:, :L] = 0
             for m in range(n):
-                plane = dyc[f, start + m * H * W:start + (m + 1) * H * W]
+                p = start + m * ms[level] + f * cs
+                plane = dy[p:p + H * W]
                 for r in range(H):
                     du = D[2 * (r % 2)]
                     dv = D[2 * (r % 2) + 1]
@@ -323,37 +329,69 @@ def output_transform_adjoint(dyc, n, table, dM):
                     g2[q] = e0 - e1
                     g3[q] = -e1
 
-def conv3x3_forward(xc, n, hws, w, b, keep=None):
-    """A 3x3, stride-1, padding-1 convolution of channel-major levels xc (C, T) (a Joint's
-    data: n images, levels hws) -> y (F, T). w (F, C, 3, 3), b (F,) or None. keep: None, or
-    an empty list that receives V, the transformed input, for ``conv3x3_backward``."""
+
+def strides(a, n, hws):
+    """Where pixel (r, s) of channel c of image m on level l lies in a.ravel(): at
+    start_l + m * ms[l] + c * cs + r * W + s (start_l: the tile table's). a: a Joint's data
+    (C, T), levels hws; or (N, C, H, W), one level. -> (cs, ms int64 (levels,))."""
+    if a.ndim == 2:
+        return a.shape[1], np.array([h * w for h, w in hws], np.int64)
+    N, C, H, W = a.shape
+    return H * W, np.array([C * H * W], np.int64)
+
+
+def conv3x3_forward(x, n, hws, w, b, keep=None):
+    """A 3x3, stride-1, padding-1 convolution: x a Joint's data (C, T) (n images, levels hws),
+    or (N, C, H, W) with n = N and hws = ((H, W),) -> y in the same layout, F channels.
+    w (F, C, 3, 3), b (F,) or None. keep: None, or an empty list that receives V, the
+    transformed input, for ``conv3x3_backward``."""
     F, C = w.shape[:2]
     table, P = tiles(n, hws)
-    V = np.empty((16, C, P), xc.dtype)
-    input_transform(xc, n, table, V)
+    V = np.empty((16, C, P), x.dtype)
+    input_transform(x.reshape(-1), *strides(x, n, hws), n, table, V)
     if keep is not None:
         keep.append(V)
     M = np.matmul(filters(w), V)  # (16, F, C) @ (16, C, P): 16 GEMMs
-    y = np.empty((F, xc.shape[1]), xc.dtype)
-    output_transform(M, n, table, b if b is not None else np.zeros(F, xc.dtype), y)
+    y = np.empty((F, x.shape[1]) if x.ndim == 2 else (n, F) + hws[0], x.dtype)
+    output_transform(M, n, table, b if b is not None else np.zeros(F, x.dtype), y.reshape(-1),
+                     *strides(y, n, hws))
     return y
 
 
-def conv3x3_backward(dyc, xc, n, hws, w, need_input_grad=True, need_weight_grad=True, V=None):
-    """The backward of ``conv3x3_forward`` (without the bias): dyc (F, T) -> (dx (C, T) or
+def conv3x3_backward(dy, x, n, hws, w, need_input_grad=True, need_weight_grad=True, V=None):
+    """The backward of ``conv3x3_forward`` (without the bias): dy, x in its layout -> (dx or
     None, dw (F, C, 3, 3) or None). V: the forward's transformed input, if it kept it."""
-    F, C = w.shape[:2]
-    table, P = tiles(n, hws)
-    dM = np.empty((16, F, P), dyc.dtype)
-    output_transform_adjoint(dyc, n, table, dM)
-    dx = dw = None
-    if need_weight_grad:
-        if V is None:
-            V = np.empty((16, C, P), xc.dtype)
-            input_transform(xc, n, table, V)
-        dw = filters_adjoint(np.matmul(dM, V.transpose(0, 2, 1)))  # (16, F, P) @ (16, P, C)
-    if need_input_grad:
-        dV = np.matmul(filters(w).transpose(0, 2, 1), dM)  # (16, C, F) @ (16, F, P)
-        dx = np.empty((C, dyc.shape[1]), dyc.dtype)
-        input_transform_adjoint(dV, n, table, dx)
+    dM = output_gradients(dy, n, hws)
+    dw = conv3x3_backward_weight(dy, x, n, hws, V, dM) if need_weight_grad else None
+    dx = conv3x3_backward_input(dy, w, n, hws, dM) if need_input_grad else None
     return dx, dw
+
+
+def output_gradients(dy, n, hws):
+    """dy (F channels, a layout of ``conv3x3_forward``) -> dM (16, F, P): A dY A^T per tile."""
+    table, P = tiles(n, hws)
+    dM = np.empty((16, dy.shape[0 if dy.ndim == 2 else 1], P), dy.dtype)
+    output_transform_adjoint(dy.reshape(-1), *strides(dy, n, hws), n, table, dM)
+    return dM
+
+
+def conv3x3_backward_input(dy, w, n, hws, dM=None):
+    """dy (F channels) -> dx (C channels, the same layout); dM: ``output_gradients(dy)``."""
+    F, C = w.shape[:2]
+    table, _ = tiles(n, hws)
+    dM = output_gradients(dy, n, hws) if dM is None else dM
+    dV = np.matmul(filters(w).transpose(0, 2, 1), dM)  # (16, C, F) @ (16, F, P)
+    dx = np.empty((C, dy.shape[1]) if dy.ndim == 2 else (n, C) + tuple(hws[0]), dy.dtype)
+    input_transform_adjoint(dV, n, table, dx.reshape(-1), *strides(dx, n, hws))
+    return dx
+
+
+def conv3x3_backward_weight(dy, x, n, hws, V=None, dM=None):
+    """dy (F channels), x (C channels) -> dw (F, C, 3, 3). V: the forward's transformed input,
+    dM: ``output_gradients(dy)``, where already at hand."""
+    table, P = tiles(n, hws)
+    dM = output_gradients(dy, n, hws) if dM is None else dM
+    if V is None:
+        V = np.empty((16, x.shape[0 if x.ndim == 2 else 1], P), x.dtype)
+        input_transform(x.reshape(-1), *strides(x, n, hws), n, table, V)
+    return filters_adjoint(np.matmul(dM, V.transpose(0, 2, 1)))  # (16, F, P) @ (16, P, C)

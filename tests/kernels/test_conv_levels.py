@@ -76,10 +76,11 @@ def test_same_levels_equal_level_by_level(n, c, f, sizes, k, bias):
     _check(xs, w, b, 1, k // 2, rng, tol=1e-10)
 
 
-def test_pyramid_shapes_float32():
+def test_pyramid_shapes_float32(monkeypatch):
     """The heads' case: five levels from 16x16 down to 1x1, one joint matrix kept (a 3x3
     convolution's: Winograd's transformed input, 16 x C x tiles, ceil(H/2) * ceil(W/2) tiles
-    per image and level)."""
+    per image and level; here fewer than cpu.WINOGRAD_MIN_TILES, which is lowered)."""
+    monkeypatch.setattr(cpu, "WINOGRAD_MIN_TILES", 1)
     rng = np.random.default_rng(1)
     xs, w, b = _levels_case(rng, 4, 16, 8, [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], 3,
                             np.float32)

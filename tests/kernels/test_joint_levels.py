@@ -135,10 +135,10 @@ def test_groupnorm_joint_gradients(n, cg, g, hws, scale, shift, seed):
 
 
 @given(n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3), hws=level_sizes,
-       seed=seeds, keep=st.booleans())
-def test_conv_joint_gradients(n, c, f, hws, seed, keep):
-    """3x3: Winograd's F(2x2, 3x3) (cpu.WINOGRAD), its weight gradient from the forward's kept
-    transformed input or from the input again (keep)."""
+       seed=seeds, keep=st.booleans(), winograd=st.booleans())
+def test_conv_joint_gradients(n, c, f, hws, seed, keep, winograd):
+    """im2col + GEMM, or Winograd's F(2x2, 3x3) (cpu.WINOGRAD_MIN_TILES lowered to these small
+    sizes); the weight gradient from the forward's kept matrix or from the input again."""
     rng = np.random.default_rng(seed)
     T = n * sum(h * w for h, w in hws)
     inputs = {"x": rng.standard_normal((c, T)), "w": rng.standard_normal((f, c, 3, 3)),
@@ -153,7 +153,12 @@ def test_conv_joint_gradients(n, c, f, hws, seed, keep):
         dx, dw, db = ops.conv2d_joint_backward(Joint(dy, n, tuple(hws)), cache)
         return dx.data, dw, db
 
-    report = gradcheck_op(forward, backward, inputs, seed=seed)
+    min_tiles = cpu.WINOGRAD_MIN_TILES
+    cpu.WINOGRAD_MIN_TILES = 1 if winograd else 1 << 60
+    try:
+        report = gradcheck_op(forward, backward, inputs, seed=seed)
+    finally:
+        cpu.WINOGRAD_MIN_TILES = min_tiles
     assert report.worst <= GRAD_TOL, str(report)
 
 

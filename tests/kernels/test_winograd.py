@@ -13,6 +13,13 @@ from retina_np.kernels import reference as ref
 from retina_np.kernels import winograd as wg
 from retina_np.kernels.levels import Joint
 
+
+@pytest.fixture(autouse=True)
+def _winograd_at_any_size(monkeypatch):
+    """The cpu kernels take Winograd's way for these small cases too."""
+    monkeypatch.setattr(cpu, "WINOGRAD_MIN_TILES", 1)
+
+
 levels = st.lists(st.tuples(st.integers(1, 7), st.integers(1, 7)), min_size=1, max_size=4)
 
 
@@ -54,7 +61,7 @@ def test_input_transform_is_bt_d_b_of_every_window(n, c, hws):
     xj = _joint(rng, n, c, hws)
     table, P = wg.tiles(n, xj.hws)
     V = np.empty((16, c, P))
-    wg.input_transform(xj.data, n, table, V)
+    wg.input_transform(xj.data.ravel(), *wg.strides(xj.data, n, xj.hws), n, table, V)
     expected = np.einsum("ki,pcij,lj->klcp", wg.BT, _windows(xj), wg.BT).reshape(16, c, P)
     np.testing.assert_allclose(V, expected, rtol=1e-12, atol=1e-12)
 
@@ -69,7 +76,7 @@ def test_output_transform_is_at_m_a_of_every_tile(n, f, hws):
     M, b = rng.standard_normal((16, f, P)), rng.standard_normal(f)
     T = n * sum(h * w for h, w in hws)
     y = np.empty((f, T))
-    wg.output_transform(M, n, table, b, y)
+    wg.output_transform(M, n, table, b, y.reshape(-1), *wg.strides(y, n, tuple(hws)))
     blocks = np.einsum("ui,fpij,vj->pfuv", wg.AT, M.reshape(4, 4, f, P).transpose(2, 3, 0, 1),
                        wg.AT)  # (P, F, 2, 2)
     p = 0
@@ -94,16 +101,16 @@ def test_adjoints_pass_the_dot_product_test(n, c, hws, seed):
     xj = _joint(rng, n, c, hws)
     table, P = wg.tiles(n, xj.hws)
     V, dV = np.empty((16, c, P)), rng.standard_normal((16, c, P))
-    wg.input_transform(xj.data, n, table, V)
+    wg.input_transform(xj.data.ravel(), *wg.strides(xj.data, n, xj.hws), n, table, V)
     dx = np.empty_like(xj.data)
-    wg.input_transform_adjoint(dV, n, table, dx)
+    wg.input_transform_adjoint(dV, n, table, dx.reshape(-1), *wg.strides(dx, n, xj.hws))
     assert np.isclose(np.sum(V * dV), np.sum(xj.data * dx), rtol=1e-12, atol=1e-12)
 
     M, dy = rng.standard_normal((16, c, P)), rng.standard_normal(xj.data.shape)
     y = np.empty_like(xj.data)
-    wg.output_transform(M, n, table, np.zeros(c), y)
+    wg.output_transform(M, n, table, np.zeros(c), y.reshape(-1), *wg.strides(y, n, xj.hws))
     dM = np.empty((16, c, P))
-    wg.output_transform_adjoint(dy, n, table, dM)
+    wg.output_transform_adjoint(dy.ravel(), *wg.strides(dy, n, xj.hws), n, table, dM)
     assert np.isclose(np.sum(y * dy), np.sum(M * dM), rtol=1e-12, atol=1e-12)
 
     w, dU = rng.standard_normal((2, c, 3, 3)), rng.standard_normal((16, 2, c))
@@ -188,3 +195,48 @@ def test_direct_path_gives_the_same_numbers(monkeypatch):
     (y1, dx1, dw1, db1), (y2, dx2, dw2, db2) = results
     for a, c in ((y1, y2), (dx1.data, dx2.data), (dw1, dw2), (db1, db2)):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 9),
+       w_=st.integers(1, 9), keep=st.booleans())
+@settings(max_examples=20, deadline=None)
+def test_image_convolution_equals_the_reference(dtype, tol, n, c, f, h, w_, keep):
+    """cpu.conv2d_forward / conv2d_backward_input / conv2d_backward_weight of a 3x3, stride-1,
+    padding-1 convolution of (N, C, H, W) images (the backbone's and the FPN's) take Winograd's
+    way: the reference kernels' numbers, with or without the forward's kept input."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+    w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    dy = rng.standard_normal((n, f, h, w_)).astype(dtype)
+    columns = [] if keep else None
+    y = cpu.conv2d_forward(x, w, b, 1, 1, columns)
+    if keep:
+        assert len(columns) == 1 and columns[0].shape == (16, c, n * ((h + 1) // 2)
+                                                          * ((w_ + 1) // 2))
+    dx = cpu.conv2d_backward_input(dy, w, h, w_, 1, 1)
+    dw = cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1, columns)
+    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+    for got, want in ((y, ref.conv2d_forward(x64, w64, b.astype(np.float64), 1, 1)),
+                      (dx, ref.conv2d_backward_input(dy64, w64, h, w_, 1, 1)),
+                      (dw, ref.conv2d_backward_weight(dy64, x64, 3, 3, 1, 1))):
+        assert got.dtype == dtype and got.shape == want.shape
+        scale = max(float(np.abs(want).max()), 1.0)
+        assert float(np.abs(got.astype(np.float64) - want).max()) <= tol * scale
+
+
+def test_small_or_other_convolutions_keep_im2col():
+    """Below WINOGRAD_MIN_TILES tiles, and for other kernels, strides and paddings, the
+    forward keeps the im2col matrix (2-D), not Winograd's transformed input (3-D)."""
+    cpu.WINOGRAD_MIN_TILES = 512  # the default (the fixture lowered it)
+    rng = np.random.default_rng(7)
+    for shape, k, s, p, winograd in (((8, 2, 16, 16), 3, 1, 1, True),
+                                     ((8, 2, 14, 16), 3, 1, 1, False),
+                                     ((8, 2, 32, 32), 3, 2, 1, False),
+                                     ((8, 2, 32, 32), 3, 1, 0, False),
+                                     ((8, 2, 32, 32), 5, 1, 2, False)):
+        x = rng.standard_normal(shape)
+        columns = []
+        cpu.conv2d_forward(x, rng.standard_normal((3, 2, k, k)), None, s, p, columns)
+        assert columns[0].ndim == (3 if winograd else 2), (shape, k, s, p)
