@@ -66,6 +66,27 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def _gemm_macs(conv, x, macs):
+    """The multiply-adds that the GEMMs of this convolution's forward do (each backward pass
+    does as many): ``macs`` for im2col + GEMM; for Winograd's F(2x2, 3x3) (kernels/winograd.py,
+    where ``cpu._winograd`` takes it) 16 * F * C per tile instead of 9 * F * C per output pixel.
+    x: the input, an (N, C, H, W) array or a Joint of levels."""
+    from retina_np.kernels import cpu
+
+    if not hasattr(cpu, "_winograd"):  # an older retina_np (comparing commits)
+        return macs
+    from retina_np.kernels import winograd
+
+    if hasattr(x, "hws"):  # a Joint
+        n, hws = x.n, x.hws
+    else:
+        n, hws = x.shape[0], ((x.shape[2], x.shape[3]),)
+    F, C, k = conv.out_channels, conv.in_channels, conv.kernel_size
+    if not cpu._winograd(n, C, F, hws, k, conv.stride, conv.padding):
+        return macs
+    return 16 * F * C * winograd.tiles(n, hws)[1]
+
+
 def _instrument():
     """Wrap every layer's forward/backward to time it and count conv FLOPs, and the step's
     stages (backbone + FPN, heads, loss, gradient norm, update) to time them on the clock.
@@ -81,7 +102,8 @@ def _instrument():
     from retina_np.models import heads, retinanet
     from retina_np.optim import SGD
 
-    times, stages, flops = defaultdict(float), defaultdict(float), {"conv": 0.0}
+    times, stages = defaultdict(float), defaultdict(float)
+    flops = {"conv": 0.0, "executed": 0.0}
     lock = threading.Lock()  # the subnets' threads add to the same totals
     for cls in (
         layers.Conv2d,
@@ -109,12 +131,16 @@ def _instrument():
                     if _key == "Conv2d.forward":  # forward, or forward_levels (a list or a
                         # Joint of levels: (F, T), T = the output pixels of all levels)
                         ys = [out] if _method == "forward" else out
-                        for y in ([ys.data] if hasattr(ys, "data") else ys):
+                        xs = [args[0]] if _method == "forward" else args[0]
+                        joint = hasattr(ys, "data")
+                        for x, y in ([(xs, ys.data)] if joint else zip(xs, ys)):
                             outputs = y.size  # N*F*Ho*Wo, or F*T
                             k = self.kernel_size
                             macs = outputs * self.in_channels * k * k
                             # forward, weight gradient and (but for the stem) input gradient
-                            flops["conv"] += 2 * macs * (3 if self.needs_input_grad else 2)
+                            passes = 3 if self.needs_input_grad else 2
+                            flops["conv"] += 2 * macs * passes
+                            flops["executed"] += 2 * _gemm_macs(self, x, macs) * passes
                 return out
 
             setattr(cls, method, wrapped)
@@ -161,7 +187,7 @@ def bench_train(repeat: int) -> dict:
         train_step(model, opt, images, targets, 0.01)
     times.clear()
     stages.clear()
-    flops["conv"] = 0.0
+    flops["conv"] = flops["executed"] = 0.0
     steps, losses = [], []
     gemm_rate = Gemm()
     for i in range(repeat):
@@ -179,6 +205,7 @@ def bench_train(repeat: int) -> dict:
         "mean_seconds_per_step": float(np.mean(steps)),
         "images_per_second": 8 / step,
         "conv_gflop_per_step": conv_flops / 1e9,
+        "executed_gflop_per_step": flops["executed"] / repeat / 1e9,
         "achieved_gflops": conv_flops / step / 1e9,
         "gemm_gflops": gemm,
         "gemm_gflops_median": float(np.median(gemm_rate.samples)),
@@ -286,6 +313,15 @@ def _print_train(train: dict) -> None:
         f"the {train['gemm_gflops']:.1f} GFLOP/s float32 GEMM measured in the same process "
         f"(the best of its samples between the steps, median {train['gemm_gflops_median']:.1f}); "
         f"peak RSS {train['peak_rss_mb']:.0f} MB"
+    )
+    executed = train.get("executed_gflop_per_step", train["conv_gflop_per_step"])
+    rate = executed / train["seconds_per_step"]
+    print(
+        f"  the conv FLOPs are those of the convolutions (9 multiply-adds per input channel "
+        f"and output pixel of a 3x3); the GEMMs did {executed:.2f} GFLOP of them, since the "
+        f"3x3 stride-1 convolutions with enough pixels run as Winograd's F(2x2, 3x3) "
+        f"(kernels/winograd.py: 16 per channel pair and 2x2 block, 2.25x fewer): "
+        f"{rate:.1f} GFLOP/s executed = {100 * rate / train['gemm_gflops']:.0f}% of the GEMM"
     )
     mean = train["mean_seconds_per_step"]
     print(f"  stages, on the clock (mean per step: {mean * 1000:.1f} ms; they run one after "

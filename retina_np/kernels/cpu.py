@@ -697,9 +697,8 @@ def conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None,
     db = _bias_gradient(dy) if has_bias and need_weight_grad else None
     # the forward's kept matrix says which way it went (V, the transformed input, is 3-D)
     if columns[0].ndim == 3 if columns else _winograd(xj.n, C, F, xj.hws, k):
-        dx, dw = winograd.conv3x3_backward(dy, xj.data, xj.n, xj.hws, w, need_input_grad,
-                                           need_weight_grad, columns[0] if columns else None)
-        return (xj.like(dx) if need_input_grad else None), dw, db
+        return _backward_joint_winograd(dyj, xj, w, need_input_grad, need_weight_grad,
+                                        columns) + (db,)
     dw = None
     if need_weight_grad:
         cols = columns[0] if columns else None
@@ -713,6 +712,27 @@ def conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None,
     dxc = np.zeros((C, dy.shape[1]), dy.dtype)
     _col2im_same_add(dcols, k, *_joint_geometry(xj, k), dxc)  # folded without padding
     return xj.like(dxc), dw, db
+
+
+def _backward_joint_winograd(dyj, xj, w, need_input_grad, need_weight_grad, columns):
+    """(dx Joint or None, dw or None) of a Winograd Joint convolution. columns (the forward's
+    [V], or None): an input-gradient call without the weight gradient leaves its transformed
+    output gradient there too, as (dy, dM), for the later call that computes the weight
+    gradient from the same dy (the heads' queued weight gradients: it is not made twice)."""
+    dy, n, hws = dyj.data, xj.n, xj.hws
+    later = columns[1] if columns and len(columns) > 1 and columns[1][0] is dy else None
+    dM = later[1] if later is not None else winograd.output_gradients(dy, n, hws)
+    dx = dw = None
+    if need_input_grad:
+        dx = xj.like(winograd.conv3x3_backward_input(dy, w, n, hws, dM))
+        if not need_weight_grad and columns:
+            columns[1:] = [(dy, dM)]
+    if need_weight_grad:
+        dw = winograd.conv3x3_backward_weight(dy, xj.data, n, hws,
+                                              columns[0] if columns else None, dM)
+        if columns:
+            del columns[1:]  # done with dM
+    return dx, dw
 
 
 def _bias_gradient(dy):

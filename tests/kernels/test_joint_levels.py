@@ -155,8 +155,8 @@ def test_conv_joint_gradients(n, c, f, hws, seed, keep, winograd):
 
     min_tiles = cpu.WINOGRAD_MIN_TILES
     cpu.WINOGRAD_MIN_TILES = 1 if winograd else 1 << 60
-    try:
-        report = gradcheck_op(forward, backward, inputs, seed=seed)
+    try:  # y is linear in each input: a larger step adds no truncation error, less rounding
+        report = gradcheck_op(forward, backward, inputs, eps=1e-4, seed=seed)
     finally:
         cpu.WINOGRAD_MIN_TILES = min_tiles
     assert report.worst <= GRAD_TOL, str(report)

@@ -240,3 +240,26 @@ def test_small_or_other_convolutions_keep_im2col():
         columns = []
         cpu.conv2d_forward(x, rng.standard_normal((3, 2, k, k)), None, s, p, columns)
         assert columns[0].ndim == (3 if winograd else 2), (shape, k, s, p)
+
+
+def test_queued_weight_gradient_reuses_the_output_gradient(monkeypatch):
+    """The input-gradient call leaves (dy, dM) with the forward's V; the later weight-gradient
+    call with the same dy uses it instead of transforming dy again, and lets it go."""
+    rng = np.random.default_rng(8)
+    xj = _joint(rng, 2, 3, [(4, 4), (2, 2)])
+    w = rng.standard_normal((2, 3, 3, 3))
+    columns = []
+    cpu.conv2d_forward_joint(xj, w, None, columns)
+    dyj = _joint(rng, 2, 2, [(4, 4), (2, 2)])
+    _, dw_now, _ = cpu.conv2d_backward_joint(dyj, xj, w, False, True, list(columns))
+    cpu.conv2d_backward_joint(dyj, xj, w, False, True, columns, need_weight_grad=False)
+    assert len(columns) == 2 and columns[1][0] is dyj.data
+    calls = []
+    original = wg.output_gradients
+    monkeypatch.setattr(wg, "output_gradients", lambda *a: calls.append(a) or original(*a))
+    _, dw_later, _ = cpu.conv2d_backward_joint(dyj, xj, w, False, False, columns)
+    assert calls == [] and len(columns) == 1
+    np.testing.assert_array_equal(dw_later, dw_now)
+    other = _joint(rng, 2, 2, [(4, 4), (2, 2)])  # another dy: transformed anew
+    cpu.conv2d_backward_joint(other, xj, w, False, False, columns)
+    assert len(calls) == 1
