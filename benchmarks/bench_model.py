@@ -316,13 +316,14 @@ def _print_train(train: dict) -> None:
     )
     executed = train.get("executed_gflop_per_step", train["conv_gflop_per_step"])
     rate = executed / train["seconds_per_step"]
-    print(
-        f"  the conv FLOPs are those of the convolutions (9 multiply-adds per input channel "
-        f"and output pixel of a 3x3); the GEMMs did {executed:.2f} GFLOP of them, since the "
-        f"3x3 stride-1 convolutions with enough pixels run as Winograd's F(2x2, 3x3) "
-        f"(kernels/winograd.py: 16 per channel pair and 2x2 block, 2.25x fewer): "
-        f"{rate:.1f} GFLOP/s executed = {100 * rate / train['gemm_gflops']:.0f}% of the GEMM"
-    )
+    if executed < train["conv_gflop_per_step"]:
+        print(
+            f"  the conv FLOPs are those of the convolutions (9 multiply-adds per input channel "
+            f"and output pixel of a 3x3); the GEMMs did {executed:.2f} GFLOP of them, since the "
+            f"3x3 stride-1 convolutions with enough pixels run as Winograd's F(2x2, 3x3) "
+            f"(kernels/winograd.py: 16 per channel pair and 2x2 block, 2.25x fewer): "
+            f"{rate:.1f} GFLOP/s executed = {100 * rate / train['gemm_gflops']:.0f}% of the GEMM"
+        )
     mean = train["mean_seconds_per_step"]
     print(f"  stages, on the clock (mean per step: {mean * 1000:.1f} ms; they run one after "
           "another):")

@@ -3,7 +3,8 @@
 Three files hold the same kernels under the same names and signatures:
 
 * ``reference.py`` -- plain Python loops, slow and obviously right (the teaching oracle);
-* ``cpu.py``       -- ``@njit`` versions, fast on a CPU;
+* ``cpu.py``       -- ``@njit`` versions, fast on a CPU (its 3x3 stride-1 convolutions with
+  enough pixels by Winograd's F(2x2, 3x3), ``winograd.py``: the same results up to rounding);
 * ``cuda.py``      -- ``numba.cuda`` versions taking and returning device arrays.
 
 Only ``retina_np.backend`` chooses between them. Every kernel accepts float32 and float64
@@ -65,6 +66,7 @@ does when the matrix would be too large) and ``split_levels`` gives the list bac
 layers on a Joint (only those):
 
     conv2d_forward_joint(xj, w, b, columns=None)          # "same" conv: Joint (C,T) -> (F,T)
+                                                          #   (3x3: Winograd, winograd.py)
     conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None)
                                                           # -> dx Joint or None, dw, db or None
     groupnorm_forward_joint(xj, gamma, beta, groups, eps, relu=False)  # -> y Joint, mean, invstd

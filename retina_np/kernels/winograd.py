@@ -1,5 +1,6 @@
-"""Winograd's minimal filtering F(2x2, 3x3) for the heads' 3x3 "same" convolutions on the CPU
-(Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+"""Winograd's minimal filtering F(2x2, 3x3) for 3x3 "same" convolutions on the CPU: the heads',
+and the backbone's and FPN's with enough pixels (``cpu._winograd``; Lavin & Gray, "Fast
+Algorithms for Convolutional Neural Networks", 2016).
 
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of the input (stride
 2 between windows, so neighbouring windows overlap by two pixels). Directly that is 36
@@ -14,13 +15,14 @@ matrix products, one per position (i, j) of the 4x4 tile:
     M[k] = U[k] @ V[k]      U (16, F, C) the transformed filters, V (16, C, P) the
                             transformed windows, P tiles: (F, P) = (F, C) @ (C, P)
 
-so a convolution is an input transform, 16 GEMMs of 64-wide K instead of one with K = 9*C,
-and an output transform. The backward is the adjoint of each step (Y is linear in U and V,
+so a convolution is an input transform, 16 GEMMs with K = C instead of one with K = 9*C, and
+an output transform. The backward is the adjoint of each step (Y is linear in U and V,
 U in g, V in d): dM = A dY A^T per tile; dV[k] = U[k]^T @ dM[k] and dU[k] = dM[k] @ V[k]^T
 (16 GEMMs each); dd = B dV B^T added onto each window (the windows overlap) and dg = G^T dU G.
 The results equal the direct convolution's up to float rounding (the transforms add and
 subtract, and G halves: float32 results differ from im2col + GEMM by a few ulps of the
-largest terms; float64 gradient checks in tests/kernels/test_winograd.py).
+largest terms; tests/kernels/test_winograd.py, and the float64 finite-difference checks of
+the Joint convolution in tests/kernels/test_joint_levels.py).
 
 Why here: the heads' GEMMs (K = 576, F = 64) ran at 64-72 GFLOP/s on one core against 96 for
 a large square one, since OpenBLAS packs the 9x larger unfolded matrix and uses each packed
@@ -30,7 +32,7 @@ one core: see docs/performance.md.
 
 Tiles: on a level of H x W pixels (padding 1) there are ceil(H/2) x ceil(W/2) tiles per image;
 odd sizes (the 1x1 level) compute outputs past the edge that are dropped. Tiles are numbered
-level, image, tile row, tile column, as the Joint's columns are (kernels/levels.py).
+level, tile row, tile column, image (the images innermost, see the transforms below).
 """
 
 from __future__ import annotations
@@ -38,11 +40,11 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 # The transforms' matrices (F(2x2, 3x3)): B^T for the input window, G for the filter, A^T for
-# the output. The kernels below write them out as additions; these are for the filter
-# transform and for the tests.
+# the output. The kernels below write them out as additions; these are for the tests and the
+# chapter (notebooks/01_convolution.ipynb).
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
@@ -54,9 +56,10 @@ OUT = 2  # output block side
 
 @functools.lru_cache(maxsize=64)
 def tiles(n, hws):
-    """The tile table of a Joint of n images with levels hws: (levels, 6) int64, one row
-    (H, W, column start in the Joint, first tile, tile rows, tile columns) per level, and
-    the number of tiles P. Made once per shape: it must not be written to."""
+    """The tile table of n images with levels hws (a Joint's, or one level of (N, C, H, W)
+    images): (levels, 6) int64, one row (H, W, the level's first column in a Joint, first
+    tile, tile rows, tile columns) per level, and the number of tiles P. Made once per
+    shape: it must not be written to."""
     rows, start, tile = [], 0, 0
     for h, w in hws:
         th, tw = (h + 1) // OUT, (w + 1) // OUT
@@ -142,13 +145,42 @@ def _sizes(table, n):
     return e, r
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
+def _bt(a, b, shift, L, t0, t1, t2, t3):
+    """B^T's step along one direction, for L windows at once: each window's four values
+    (d0, d1, d2, d3) are (a[q], b[q], a[q + shift], b[q + shift]) (the even and odd lines of
+    the input, the next window starting two lines on) -> (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+    in t0..t3 [q]."""
+    for q in range(L):
+        a0, b0, a1, b1 = a[q], b[q], a[q + shift], b[q + shift]
+        t0[q] = a0 - a1
+        t1[q] = b0 + a1
+        t2[q] = a1 - b0
+        t3[q] = b0 - b1
+
+
+@njit(cache=True, nogil=True)
+def _bt_adjoint(t0, t1, t2, t3, shift, L, a, b):
+    """The adjoint of ``_bt``: a, b [0, L + shift) <- the gradients t0..t3 [0, L). Entries q
+    and q + shift of neighbouring windows are the same, so each is written by one loop and
+    added to by the next."""
+    for q in range(L):
+        a[q] = t0[q]
+        b[q] = t1[q] - t2[q] + t3[q]
+    a[L:L + shift] = 0
+    b[L:L + shift] = 0
+    for q in range(L):
+        a[q + shift] += t1[q] + t2[q] - t0[q]
+        b[q + shift] -= t3[q]
+
+
+@njit(cache=True, nogil=True)
 def input_transform(x, cs, ms, n, table, V):
     """x (flat; channel stride cs, image strides ms (levels,), see ``strides``) -> V (16, C,
     P): B^T d B of every tile's 4x4 window (the pixels outside the image are zeros)."""
     C = V.shape[1]
     e_size, r_size = _sizes(table, n)
-    for c in prange(C):
+    for c in range(C):
         E = np.empty(e_size, x.dtype)  # the padded input's even columns, (pr, q, m)
         O = np.empty(e_size, x.dtype)  # and its odd ones
         R = np.empty((4, 2, r_size), x.dtype)  # B^T along the rows: (l, pr % 2, pr // 2, b, m)
@@ -166,70 +198,36 @@ def input_transform(x, cs, ms, n, table, V):
                         O[row + (s // 2) * n] = plane[r * W + s]
                     for s in range(1, W, 2):
                         E[row + ((s + 1) // 2) * n] = plane[r * W + s]
-            for pr in range(2 * th + 2):  # B^T along each padded row, all (b, m) at once
-                e0, o0 = E[pr * q1 * n:], O[pr * q1 * n:]
-                e1, o1 = e0[n:], o0[n:]
-                r0, r1, r2, r3 = (R[0, pr % 2, (pr // 2) * twn:], R[1, pr % 2, (pr // 2) * twn:],
-                                  R[2, pr % 2, (pr // 2) * twn:], R[3, pr % 2, (pr // 2) * twn:])
-                for j in range(twn):  # (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
-                    r0[j] = e0[j] - e1[j]
-                    r1[j] = o0[j] + e1[j]
-                    r2[j] = e1[j] - o0[j]
-                    r3[j] = o0[j] - o1[j]
-            for col in range(4):  # and down each column: (t0 - t2, t1 + t2, t2 - t1, t1 - t3)
-                t0, t1 = R[col, 0], R[col, 1]
-                t2, t3 = t0[twn:], t1[twn:]
-                v0, v1 = V[col, c, tile:tile + L], V[4 + col, c, tile:tile + L]
-                v2, v3 = V[8 + col, c, tile:tile + L], V[12 + col, c, tile:tile + L]
-                for q in range(L):
-                    v0[q] = t0[q] - t2[q]
-                    v1[q] = t1[q] + t2[q]
-                    v2[q] = t2[q] - t1[q]
-                    v3[q] = t1[q] - t3[q]
+            for pr in range(2 * th + 2):  # B^T along each padded row, all (b, m) at once:
+                row = (pr // 2) * twn  # window columns 0..3 are E[b], O[b], E[b+1], O[b+1]
+                _bt(E[pr * q1 * n:], O[pr * q1 * n:], n, twn, R[0, pr % 2, row:],
+                    R[1, pr % 2, row:], R[2, pr % 2, row:], R[3, pr % 2, row:])
+            for col in range(4):  # and down each column (rows: even, odd, even + 1, odd + 1)
+                _bt(R[col, 0], R[col, 1], twn, L, V[col, c, tile:], V[4 + col, c, tile:],
+                    V[8 + col, c, tile:], V[12 + col, c, tile:])
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def input_transform_adjoint(dV, n, table, dx, cs, ms):
     """The adjoint of ``input_transform``: dV (16, C, P) -> dx (flat, strides cs, ms), each
     tile's B dV B^T added onto its window (overlapping windows add up; the padding's share is
     dropped)."""
     C = dV.shape[1]
     e_size, r_size = _sizes(table, n)
-    for c in prange(C):
+    for c in range(C):
         dE = np.empty(e_size, dx.dtype)
         dO = np.empty(e_size, dx.dtype)
         dR = np.empty((4, 2, r_size), dx.dtype)
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
             q1, twn, L = tw + 1, tw * n, th * tw * n
-            for col in range(4):  # the columns' step backwards; rows a and a + 1 overlap,
-                d0, d1 = dR[col, 0], dR[col, 1]  # so each is written by one loop, then added to
-                v0, v1 = dV[col, c, tile:tile + L], dV[4 + col, c, tile:tile + L]
-                v2, v3 = dV[8 + col, c, tile:tile + L], dV[12 + col, c, tile:tile + L]
-                for q in range(L):
-                    d0[q] = v0[q]
-                    d1[q] = v1[q] - v2[q] + v3[q]
-                d0[L:L + twn] = 0
-                d1[L:L + twn] = 0
-                d2, d3 = d0[twn:], d1[twn:]
-                for q in range(L):
-                    d2[q] += v1[q] + v2[q] - v0[q]
-                    d3[q] -= v3[q]
-            for pr in range(2 * th + 2):  # the rows' step backwards, the same way
-                e0, o0 = dE[pr * q1 * n:], dO[pr * q1 * n:]
-                r0, r1, r2, r3 = (dR[0, pr % 2, (pr // 2) * twn:],
-                                  dR[1, pr % 2, (pr // 2) * twn:],
-                                  dR[2, pr % 2, (pr // 2) * twn:],
-                                  dR[3, pr % 2, (pr // 2) * twn:])
-                for j in range(twn):
-                    e0[j] = r0[j]
-                    o0[j] = r1[j] - r2[j] + r3[j]
-                e0[twn:twn + n] = 0
-                o0[twn:twn + n] = 0
-                e1, o1 = e0[n:], o0[n:]
-                for j in range(twn):
-                    e1[j] += r1[j] + r2[j] - r0[j]
-                    o1[j] -= r3[j]
+            for col in range(4):  # the columns' step backwards
+                _bt_adjoint(dV[col, c, tile:], dV[4 + col, c, tile:], dV[8 + col, c, tile:],
+                            dV[12 + col, c, tile:], twn, L, dR[col, 0], dR[col, 1])
+            for pr in range(2 * th + 2):  # the rows' step backwards
+                row = (pr // 2) * twn
+                _bt_adjoint(dR[0, pr % 2, row:], dR[1, pr % 2, row:], dR[2, pr % 2, row:],
+                            dR[3, pr % 2, row:], n, twn, dE[pr * q1 * n:], dO[pr * q1 * n:])
             for m in range(n):
                 p = start + m * ms[level] + c * cs
                 plane = dx[p:p + H * W]
@@ -241,13 +239,40 @@ def input_transform_adjoint(dV, n, table, dx, cs, ms):
                         plane[r * W + s] = dE[row + ((s + 1) // 2) * n]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
+def _blocks_to_plane(Y, H, W, tw, n, m, plane):
+    """Image m's outputs from the 2x2 blocks into its plane (H*W,): pixel (r, s) is entry
+    2*(r % 2) + s % 2 of block ((r//2)*tw + s//2)*n + m of Y (4, tiles) (the blocks past an
+    odd edge are dropped)."""
+    for r in range(H):
+        row = (r // 2) * tw * n + m
+        even, odd = Y[2 * (r % 2)], Y[2 * (r % 2) + 1]
+        for s in range(0, W, 2):
+            plane[r * W + s] = even[row + (s // 2) * n]
+        for s in range(1, W, 2):
+            plane[r * W + s] = odd[row + (s // 2) * n]
+
+
+@njit(cache=True, nogil=True)
+def _plane_to_blocks(plane, H, W, tw, n, m, D):
+    """The adjoint of ``_blocks_to_plane``: image m's plane into its places in D (4, tiles)
+    (the places past an odd edge are left as they are)."""
+    for r in range(H):
+        row = (r // 2) * tw * n + m
+        even, odd = D[2 * (r % 2)], D[2 * (r % 2) + 1]
+        for s in range(0, W, 2):
+            even[row + (s // 2) * n] = plane[r * W + s]
+        for s in range(1, W, 2):
+            odd[row + (s // 2) * n] = plane[r * W + s]
+
+
+@njit(cache=True, nogil=True)
 def output_transform(M, n, table, b, y, cs, ms):
     """M (16, F, P) -> y (flat, strides cs, ms): A^T M A of every tile, the 2x2 block of
     outputs it gives (those past an odd edge dropped), plus the bias b (F,)."""
     F = M.shape[1]
     _, r_size = _sizes(table, n)
-    for f in prange(F):
+    for f in range(F):
         Y = np.empty((4, r_size), y.dtype)  # each tile's outputs (u, v) at 2*u + v
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
@@ -279,25 +304,17 @@ def output_transform(M, n, table, b, y, cs, ms):
                 y3[q] = s11 - s12 - s13 + bias
             for m in range(n):
                 p = start + m * ms[level] + f * cs
-                plane = y[p:p + H * W]
-                for r in range(H):
-                    yu = Y[2 * (r % 2)]
-                    yv = Y[2 * (r % 2) + 1]
-                    row = (r // 2) * tw * n + m
-                    for s in range(0, W, 2):
-                        plane[r * W + s] = yu[row + (s // 2) * n]
-                    for s in range(1, W, 2):
-                        plane[r * W + s] = yv[row + (s // 2) * n]
+                _blocks_to_plane(Y, H, W, tw, n, m, y[p:p + H * W])
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def output_transform_adjoint(dy, cs, ms, n, table, dM):
     """The adjoint of ``output_transform`` (without the bias): dy (flat, strides cs, ms) ->
     dM (16, F, P), A dY A^T of every tile's 2x2 block of output gradients (zeros past an odd
     edge)."""
     F = dM.shape[1]
     _, r_size = _sizes(table, n)
-    for f in prange(F):
+    for f in range(F):
         D = np.empty((4, r_size), dy.dtype)  # each tile's output gradients (u, v) at 2*u + v
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
@@ -306,15 +323,7 @@ def output_transform_adjoint(dy, cs, ms, n, table, dM):
                 D[:, :L] = 0
             for m in range(n):
                 p = start + m * ms[level] + f * cs
-                plane = dy[p:p + H * W]
-                for r in range(H):
-                    du = D[2 * (r % 2)]
-                    dv = D[2 * (r % 2) + 1]
-                    row = (r // 2) * tw * n + m
-                    for s in range(0, W, 2):
-                        du[row + (s // 2) * n] = plane[r * W + s]
-                    for s in range(1, W, 2):
-                        dv[row + (s // 2) * n] = plane[r * W + s]
+                _plane_to_blocks(dy[p:p + H * W], H, W, tw, n, m, D)
             d00, d01, d10, d11 = D[0], D[1], D[2], D[3]
             for i in range(4):  # row i of A dY A^T: A's row i down the columns ...
                 a0, a1 = A[i, 0], A[i, 1]
