@@ -5,7 +5,8 @@ GEMM is numpy's ``@``, i.e. OpenBLAS): pad the input with zeros, unfold every (k
 into a column, and the convolution becomes a product with the (F, C*kh*kw) weight matrix.
 The input gradient is the transposed product followed by col2im, which adds each column back
 onto the patch it came from. A 1x1, stride-1, unpadded convolution needs no unfolding: the
-input already is that matrix.
+input already is that matrix. 3x3 stride-1 convolutions with enough pixels (``_winograd``)
+run as Winograd's F(2x2, 3x3) instead (``winograd.py``).
 
 Threads: the ``prange`` loops (numba's pool) and the GEMMs (OpenBLAS's pool) take turns and
 each uses every core, so neither pool may keep spinning once its part is done. GNU OpenMP's
@@ -49,10 +50,13 @@ KEEP_MAX_ELEMENTS = 1 << 23
 # 3x3 "same" convolutions (stride 1, padding 1) run as Winograd's F(2x2, 3x3) (winograd.py)
 # where that pays: at least WINOGRAD_MIN_TILES tiles (2x2 output blocks), so that each of its
 # 16 GEMMs is large enough, and a transformed input of at most KEEP_MAX_ELEMENTS. Forward and
-# backward on 2 cores (ad-hoc timing, batch 8): 16 channels at 32x32 2.26 -> 1.58 ms, 64 at
-# 16x16 4.59 -> 3.69 ms; but 64 at 8x8 1.12 -> 1.60 ms and 128 at 4x4 1.24 -> 2.91 ms, where
-# the 16 products are small and the filters' transform is not. The heads' Joint (all levels
-# in one) has 688 tiles at batch 8. WINOGRAD = False: im2col + GEMM everywhere (comparisons).
+# backward on 2 cores (ad-hoc timing, batch 8, transforms as parallel loops): 16 channels at
+# 32x32 2.26 -> 1.58 ms, 64 at 16x16 4.59 -> 3.69 ms; but 64 at 8x8 1.12 -> 1.60 ms and 128
+# at 4x4 1.24 -> 2.91 ms, where the 16 products are small and the filters' transform is not.
+# The heads' Joint (all levels in one) has 688 tiles at batch 8: the training step 102 -> 87
+# ms; the backbone's and FPN's add nothing to the step with the serial transforms kept, but
+# ResNet-50-FPN inference at 512x512 ran 1.18 -> 1.10 s (docs/performance.md).
+# WINOGRAD = False: im2col + GEMM everywhere (comparisons).
 WINOGRAD = True
 WINOGRAD_MIN_TILES = 512
 
