@@ -68,8 +68,9 @@ def _timed(fn) -> float:
 
 def _gemm_macs(conv, x, macs):
     """The multiply-adds that the GEMMs of this convolution's forward do (each backward pass
-    does as many): ``macs`` for im2col + GEMM; for Winograd's F(2x2, 3x3) (kernels/winograd.py,
-    where ``cpu._winograd`` takes it) 16 * F * C per tile instead of 9 * F * C per output pixel.
+    does as many): ``macs`` for im2col + GEMM; for Winograd's F(2x2, 3x3) (kernels/winograd.py:
+    the heads' Joints, where ``cpu._winograd`` takes it) 16 * F * C per tile instead of 9 * F * C
+    per output pixel.
     x: the input, an (N, C, H, W) array or a Joint of levels."""
     from retina_np.kernels import cpu
 
@@ -77,14 +78,12 @@ def _gemm_macs(conv, x, macs):
         return macs
     from retina_np.kernels import winograd
 
-    if hasattr(x, "hws"):  # a Joint
-        n, hws = x.n, x.hws
-    else:
-        n, hws = x.shape[0], ((x.shape[2], x.shape[3]),)
-    F, C, k = conv.out_channels, conv.in_channels, conv.kernel_size
-    if not cpu._winograd(n, C, F, hws, k, conv.stride, conv.padding):
+    if not hasattr(x, "hws"):  # (N, C, H, W) images: im2col + GEMM
         return macs
-    return 16 * F * C * winograd.tiles(n, hws)[1]
+    F, C, k = conv.out_channels, conv.in_channels, conv.kernel_size
+    if not cpu._winograd(x.n, C, F, x.hws, k):
+        return macs
+    return 16 * F * C * winograd.tiles(x.n, x.hws)[1]
 
 
 def _instrument():
@@ -320,7 +319,7 @@ def _print_train(train: dict) -> None:
         print(
             f"  the conv FLOPs are those of the convolutions (9 multiply-adds per input channel "
             f"and output pixel of a 3x3); the GEMMs did {executed:.2f} GFLOP of them, since the "
-            f"3x3 stride-1 convolutions with enough pixels run as Winograd's F(2x2, 3x3) "
+            f"heads' 3x3 convolutions run as Winograd's F(2x2, 3x3) "
             f"(kernels/winograd.py: 16 per channel pair and 2x2 block, 2.25x fewer): "
             f"{rate:.1f} GFLOP/s executed = {100 * rate / train['gemm_gflops']:.0f}% of the GEMM"
         )

@@ -5,8 +5,8 @@ GEMM is numpy's ``@``, i.e. OpenBLAS): pad the input with zeros, unfold every (k
 into a column, and the convolution becomes a product with the (F, C*kh*kw) weight matrix.
 The input gradient is the transposed product followed by col2im, which adds each column back
 onto the patch it came from. A 1x1, stride-1, unpadded convolution needs no unfolding: the
-input already is that matrix. 3x3 stride-1 convolutions with enough pixels (``_winograd``)
-run as Winograd's F(2x2, 3x3) instead (``winograd.py``).
+input already is that matrix. The heads' 3x3 convolutions on a Joint of levels run as
+Winograd's F(2x2, 3x3) instead (``winograd.py``, ``_winograd``).
 
 Threads: the ``prange`` loops (numba's pool) and the GEMMs (OpenBLAS's pool) take turns and
 each uses every core, so neither pool may keep spinning once its part is done. GNU OpenMP's
@@ -47,26 +47,27 @@ COLS_MAX_ELEMENTS = 1 << 20
 # big model does not hold gigabytes.
 KEEP_MAX_ELEMENTS = 1 << 23
 
-# 3x3 "same" convolutions (stride 1, padding 1) run as Winograd's F(2x2, 3x3) (winograd.py)
-# where that pays: at least WINOGRAD_MIN_TILES tiles (2x2 output blocks), so that each of its
-# 16 GEMMs is large enough, and a transformed input of at most KEEP_MAX_ELEMENTS. Forward and
-# backward on 2 cores (ad-hoc timing, batch 8, transforms as parallel loops): 16 channels at
-# 32x32 2.26 -> 1.58 ms, 64 at 16x16 4.59 -> 3.69 ms; but 64 at 8x8 1.12 -> 1.60 ms and 128
-# at 4x4 1.24 -> 2.91 ms, where the 16 products are small and the filters' transform is not.
-# The heads' Joint (all levels in one) has 688 tiles at batch 8: the training step 102 -> 87
-# ms; the backbone's and FPN's add nothing to the step with the serial transforms kept, but
-# ResNet-50-FPN inference at 512x512 ran 1.18 -> 1.10 s (docs/performance.md).
-# WINOGRAD = False: im2col + GEMM everywhere (comparisons).
+# The heads' 3x3 convolutions on a Joint (kernels/levels.py) run as Winograd's F(2x2, 3x3)
+# (winograd.py) where that pays: at least WINOGRAD_MIN_TILES tiles (2x2 output blocks), so that
+# each of its 16 GEMMs is large enough, and a transformed input of at most KEEP_MAX_ELEMENTS.
+# The shapes preset's heads have 688 tiles at batch 8: the training step 102 -> 87 ms (each
+# subnet runs on one core, where the im2col GEMM with K = 9*64 ran at 64-72 GFLOP/s and the 16
+# with K = 64 at 90). Small levels alone were slower by Winograd: 64 channels at 8x8 1.12 ->
+# 1.60 ms and 128 at 4x4 1.24 -> 2.91 ms forward and backward. The backbone's and the FPN's
+# 3x3 convolutions of (N, C, H, W) images keep im2col + GEMM: by Winograd, the training step
+# was no faster (faster in 35-40% of alternating pairs), and their kernels alone on 2 cores
+# were slower at 64 channels on 16x16 (docs/performance.md). WINOGRAD = False: im2col + GEMM
+# for the heads too (comparisons).
 WINOGRAD = True
 WINOGRAD_MIN_TILES = 512
 
 
-def _winograd(N, C, F, hws, k, stride=1, padding=None):
-    """Whether a k x k convolution of N images with levels hws (C -> F channels) runs as
-    Winograd's F(2x2, 3x3)."""
-    if not WINOGRAD or k != 3 or stride != 1 or padding not in (None, 1):
+def _winograd(n, C, F, hws, k):
+    """Whether a "same" k x k convolution of a Joint of n images with levels hws (C -> F
+    channels) runs as Winograd's F(2x2, 3x3)."""
+    if not WINOGRAD or k != 3:
         return False
-    tiles = N * sum(((h + 1) // 2) * ((w + 1) // 2) for h, w in hws)
+    tiles = n * sum(((h + 1) // 2) * ((w + 1) // 2) for h, w in hws)
     return tiles >= WINOGRAD_MIN_TILES and 16 * max(C, F) * tiles <= KEEP_MAX_ELEMENTS
 
 
@@ -386,8 +387,6 @@ def conv2d_forward(x, w, b, stride, padding, columns=None):
     w2 = w.reshape(F, C * kh * kw)
     y = np.empty((N, F, Ho, Wo), x.dtype)
     y3 = y.reshape(N, F, Ho * Wo)
-    if _winograd(N, C, F, ((H, W),), kh, stride, padding):  # columns receives V
-        return winograd.conv3x3_forward(x, N, ((H, W),), w, b, columns)
     if _is_pointwise(kh, kw, stride, padding):
         np.matmul(w2, x.reshape(N, C, H * W), out=y3)  # (F, C) @ (N, C, L) -> (N, F, L)
     else:
@@ -428,8 +427,6 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     _, C, kh, kw = w.shape
     w2t = w.reshape(F, C * kh * kw).T  # (C*kh*kw, F)
     dy3 = dy.reshape(N, F, Ho * Wo)
-    if _winograd(N, C, F, ((H, W),), kh, stride, padding):
-        return winograd.conv3x3_backward_input(dy, w, N, ((H, W),))
     if _is_pointwise(kh, kw, stride, padding):
         return np.matmul(w2t, dy3).reshape(N, C, H, W)
     if _is_same(kh, kw, stride, padding):
@@ -465,10 +462,6 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
     N, F, Ho, Wo = dy.shape
     C = x.shape[1]
     dy3 = dy.reshape(N, F, Ho * Wo)
-    if columns[0].ndim == 3 if columns else _winograd(N, C, F, ((x.shape[2], x.shape[3]),),
-                                                      kh, stride, padding):
-        return winograd.conv3x3_backward_weight(dy, x, N, ((x.shape[2], x.shape[3]),),
-                                                columns[0] if columns else None)
     if _is_pointwise(kh, kw, stride, padding):  # x itself is the (C, L) matrix
         x3 = x.reshape(N, C, Ho * Wo)
         pairs = ((_columns(dy3, n0, n1, l0 * Wo, l1 * Wo), _columns(x3, n0, n1, l0 * Wo, l1 * Wo))

@@ -202,21 +202,17 @@ def test_direct_path_gives_the_same_numbers(monkeypatch):
        w_=st.integers(1, 9), keep=st.booleans())
 @settings(max_examples=20, deadline=None)
 def test_image_convolution_equals_the_reference(dtype, tol, n, c, f, h, w_, keep):
-    """cpu.conv2d_forward / conv2d_backward_input / conv2d_backward_weight of a 3x3, stride-1,
-    padding-1 convolution of (N, C, H, W) images (the backbone's and the FPN's) take Winograd's
-    way: the reference kernels' numbers, with or without the forward's kept input."""
+    """The same kernels on (N, C, H, W) images (one level; chapter 1 times them on one):
+    forward, input and weight gradients equal the reference's, with or without the kept V."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((n, c, h, w_)).astype(dtype)
     w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype)
     dy = rng.standard_normal((n, f, h, w_)).astype(dtype)
-    columns = [] if keep else None
-    y = cpu.conv2d_forward(x, w, b, 1, 1, columns)
-    if keep:
-        assert len(columns) == 1 and columns[0].shape == (16, c, n * ((h + 1) // 2)
-                                                          * ((w_ + 1) // 2))
-    dx = cpu.conv2d_backward_input(dy, w, h, w_, 1, 1)
-    dw = cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1, columns)
+    kept = []
+    y = wg.conv3x3_forward(x, n, ((h, w_),), w, b, kept)
+    assert kept[0].shape == (16, c, n * ((h + 1) // 2) * ((w_ + 1) // 2))
+    dx, dw = wg.conv3x3_backward(dy, x, n, ((h, w_),), w, V=kept[0] if keep else None)
     x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
     for got, want in ((y, ref.conv2d_forward(x64, w64, b.astype(np.float64), 1, 1)),
                       (dx, ref.conv2d_backward_input(dy64, w64, h, w_, 1, 1)),
@@ -226,20 +222,24 @@ def test_image_convolution_equals_the_reference(dtype, tol, n, c, f, h, w_, keep
         assert float(np.abs(got.astype(np.float64) - want).max()) <= tol * scale
 
 
-def test_small_or_other_convolutions_keep_im2col():
-    """Below WINOGRAD_MIN_TILES tiles, and for other kernels, strides and paddings, the
-    forward keeps the im2col matrix (2-D), not Winograd's transformed input (3-D)."""
+def test_only_large_enough_joints_take_winograd():
+    """cpu._winograd: a Joint's 3x3 convolution with at least WINOGRAD_MIN_TILES tiles (the
+    forward keeps V, 3-D); fewer tiles, other kernel sizes, and convolutions of (N, C, H, W)
+    images keep im2col (a 2-D matrix)."""
     cpu.WINOGRAD_MIN_TILES = 512  # the default (the fixture lowered it)
     rng = np.random.default_rng(7)
-    for shape, k, s, p, winograd in (((8, 2, 16, 16), 3, 1, 1, True),
-                                     ((8, 2, 14, 16), 3, 1, 1, False),
-                                     ((8, 2, 32, 32), 3, 2, 1, False),
-                                     ((8, 2, 32, 32), 3, 1, 0, False),
-                                     ((8, 2, 32, 32), 5, 1, 2, False)):
-        x = rng.standard_normal(shape)
+    for n, hws, k, winograd in ((8, [(16, 16), (8, 8), (1, 1)], 3, True),
+                                (8, [(14, 16)], 3, False),
+                                (8, [(16, 16)], 5, False)):
+        xj = _joint(rng, n, 2, hws, np.float32)
         columns = []
-        cpu.conv2d_forward(x, rng.standard_normal((3, 2, k, k)), None, s, p, columns)
-        assert columns[0].ndim == (3 if winograd else 2), (shape, k, s, p)
+        cpu.conv2d_forward_joint(xj, rng.standard_normal((3, 2, k, k)).astype(np.float32),
+                                 None, columns)
+        assert columns[0].ndim == (3 if winograd else 2), (hws, k)
+    columns = []
+    cpu.conv2d_forward(rng.standard_normal((8, 2, 32, 32)), rng.standard_normal((3, 2, 3, 3)),
+                       None, 1, 1, columns)
+    assert all(cols.ndim == 2 for cols in columns)
 
 
 def test_queued_weight_gradient_reuses_the_output_gradient(monkeypatch):
