@@ -51,8 +51,7 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
 A = np.ascontiguousarray(AT.T)  # (4, 2): its entries are 0 and +-1, exact in any dtype
 
-TILE = 4  # input window side
-OUT = 2  # output block side
+OUT = 2  # the side of a tile's block of outputs (its input window: OUT + 2)
 
 
 @functools.lru_cache(maxsize=64)
