@@ -352,21 +352,39 @@ def strides(a, n, hws):
     return H * W, np.array([C * H * W], np.int64)
 
 
+def _empty(a, channels, n, hws):
+    """An uninitialised array in a's layout (a Joint's data, or (N, C, H, W) images) with
+    ``channels`` channels."""
+    shape = (channels, a.shape[1]) if a.ndim == 2 else (n, channels) + tuple(hws[0])
+    return np.empty(shape, a.dtype)
+
+
+def _channels(a):
+    """The channel count of a (a Joint's data (C, T), or (N, C, H, W) images)."""
+    return a.shape[0 if a.ndim == 2 else 1]
+
+
+def transformed_input(x, n, hws):
+    """x (C channels, a layout of ``conv3x3_forward``) -> V (16, C, P): B^T d B per tile."""
+    table, P = tiles(n, hws)
+    V = np.empty((16, _channels(x), P), x.dtype)
+    input_transform(x.reshape(-1), *strides(x, n, hws), n, table, V)
+    return V
+
+
 def conv3x3_forward(x, n, hws, w, b, keep=None):
     """A 3x3, stride-1, padding-1 convolution: x a Joint's data (C, T) (n images, levels hws),
     or (N, C, H, W) with n = N and hws = ((H, W),) -> y in the same layout, F channels.
     w (F, C, 3, 3), b (F,) or None. keep: None, or an empty list that receives V, the
     transformed input, for ``conv3x3_backward``."""
-    F, C = w.shape[:2]
-    table, P = tiles(n, hws)
-    V = np.empty((16, C, P), x.dtype)
-    input_transform(x.reshape(-1), *strides(x, n, hws), n, table, V)
+    F = w.shape[0]
+    V = transformed_input(x, n, hws)
     if keep is not None:
         keep.append(V)
     M = np.matmul(filters(w), V)  # (16, F, C) @ (16, C, P): 16 GEMMs
-    y = np.empty((F, x.shape[1]) if x.ndim == 2 else (n, F) + hws[0], x.dtype)
-    output_transform(M, n, table, b if b is not None else np.zeros(F, x.dtype), y.reshape(-1),
-                     *strides(y, n, hws))
+    y = _empty(x, F, n, hws)
+    output_transform(M, n, tiles(n, hws)[0], b if b is not None else np.zeros(F, x.dtype),
+                     y.reshape(-1), *strides(y, n, hws))
     return y
 
 
@@ -382,28 +400,23 @@ def conv3x3_backward(dy, x, n, hws, w, need_input_grad=True, need_weight_grad=Tr
 def output_gradients(dy, n, hws):
     """dy (F channels, a layout of ``conv3x3_forward``) -> dM (16, F, P): A dY A^T per tile."""
     table, P = tiles(n, hws)
-    dM = np.empty((16, dy.shape[0 if dy.ndim == 2 else 1], P), dy.dtype)
+    dM = np.empty((16, _channels(dy), P), dy.dtype)
     output_transform_adjoint(dy.reshape(-1), *strides(dy, n, hws), n, table, dM)
     return dM
 
 
 def conv3x3_backward_input(dy, w, n, hws, dM=None):
     """dy (F channels) -> dx (C channels, the same layout); dM: ``output_gradients(dy)``."""
-    F, C = w.shape[:2]
-    table, _ = tiles(n, hws)
     dM = output_gradients(dy, n, hws) if dM is None else dM
     dV = np.matmul(filters(w).transpose(0, 2, 1), dM)  # (16, C, F) @ (16, F, P)
-    dx = np.empty((C, dy.shape[1]) if dy.ndim == 2 else (n, C) + tuple(hws[0]), dy.dtype)
-    input_transform_adjoint(dV, n, table, dx.reshape(-1), *strides(dx, n, hws))
+    dx = _empty(dy, w.shape[1], n, hws)
+    input_transform_adjoint(dV, n, tiles(n, hws)[0], dx.reshape(-1), *strides(dx, n, hws))
     return dx
 
 
 def conv3x3_backward_weight(dy, x, n, hws, V=None, dM=None):
     """dy (F channels), x (C channels) -> dw (F, C, 3, 3). V: the forward's transformed input,
     dM: ``output_gradients(dy)``, where already at hand."""
-    table, P = tiles(n, hws)
     dM = output_gradients(dy, n, hws) if dM is None else dM
-    if V is None:
-        V = np.empty((16, x.shape[0 if x.ndim == 2 else 1], P), x.dtype)
-        input_transform(x.reshape(-1), *strides(x, n, hws), n, table, V)
+    V = transformed_input(x, n, hws) if V is None else V
     return filters_adjoint(np.matmul(dM, V.transpose(0, 2, 1)))  # (16, F, P) @ (16, P, C)
