@@ -31,7 +31,9 @@ from numba import njit, prange  # noqa: E402
 
 from retina_np.kernels import levels, winograd  # noqa: E402
 from retina_np.kernels.levels import Joint  # noqa: E402
-from retina_np.kernels.threads import side_by_side  # noqa: E402, F401 - the heads' subnets
+
+# side_by_side: the heads' subnets; serial_when_small: the backbone's small kernels
+from retina_np.kernels.threads import serial_when_small, side_by_side  # noqa: E402, F401
 
 # About the largest im2col matrix (elements; 4 MB in float32). The output is cut into tiles
 # whose unfolded input stays this small: several whole images when they are small (one larger
@@ -375,6 +377,7 @@ def _is_pointwise(kh, kw, stride, padding):
     return kh == 1 and kw == 1 and stride == 1 and padding == 0
 
 
+@serial_when_small
 def conv2d_forward(x, w, b, stride, padding, columns=None):
     """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo).
 
@@ -421,6 +424,7 @@ def _unfolder(x, kh, kw, stride, padding, Wo):
     return unfold
 
 
+@serial_when_small
 def conv2d_backward_input(dy, w, H, W, stride, padding):
     """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W)."""
     N, F, Ho, Wo = dy.shape
@@ -454,6 +458,7 @@ def _backward_input_same(dy3, w2t, N, C, H, W, k):
     return dx
 
 
+@serial_when_small
 def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
     """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw).
 
@@ -821,6 +826,7 @@ def _affine(src, m, a, b, relu, dst):
             dst[i] = (src[i] - m) * a + b
 
 
+@serial_when_small
 @njit(parallel=True, cache=True, nogil=True)
 def batchnorm2d_stats(x):
     """x (N, C, H, W) -> mean (C,), biased var (C,), accumulated in float64 (two passes)."""
@@ -872,6 +878,7 @@ def batchnorm2d_eval_stats(running_mean, running_var, eps):
     return mean, invstd
 
 
+@serial_when_small
 @njit(parallel=True, cache=True, nogil=True)
 def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
     """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta,
@@ -888,6 +895,7 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
     return y
 
 
+@serial_when_small
 @njit(parallel=True, cache=True, nogil=True)
 def batchnorm2d_backward(dy, x, mean, invstd, gamma):
     """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
@@ -1145,6 +1153,7 @@ def add_forward(a, b):
 
 
 # ----------------------------------------------------------------------------- max pooling
+@serial_when_small
 @njit(parallel=True, cache=True, nogil=True)
 def maxpool2d_forward(x, k, stride, padding):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int64 as h*W + w (first max).

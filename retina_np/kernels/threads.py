@@ -24,6 +24,7 @@ threadpoolctl finds; or ``ENABLED = False`` (for comparisons).
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,17 @@ SIDE_BY_SIDE_MAX_CHANNELS = 128
 
 # Numba's threading layers that may be entered from several threads at once.
 THREAD_SAFE_LAYERS = ("omp", "tbb")
+
+# Below this many elements of its first argument a kernel runs on one thread (Numba's and
+# BLAS's), called from outside a task (``serial_when_small``). The backbone's forward is the
+# one part of a training step that calls the kernels with every core: from the second stage on
+# (8 x 16 x 32 x 32 = 131,072 values at the shapes preset) the two threads' launch and their
+# wait at the end of every loop cost more than they save (batch norm 0.24 ms on two threads
+# against 0.09 on one, the 1x1 downsampling convolutions 0.5 against 0.23; ad-hoc timings of
+# the layers in a step), and far more when the host leaves one core waiting: in alternating
+# steps the backbone's forward ran 33 ms against 46-55 ms in such a spell, and 22.5 against
+# 21.8 in a quiet one (docs/performance.md). 0: every kernel on every core (comparisons).
+SERIAL_MAX_ELEMENTS = 1 << 18
 
 _inside = threading.local()  # .task is True in a thread that is running a task
 _pool: ThreadPoolExecutor | None = None
@@ -76,6 +88,30 @@ def side_by_side(*tasks, channels=0):
         if error is not None:
             raise error
     return [value for value, _ in outcomes]
+
+
+def serial_when_small(kernel):
+    """``kernel`` (whose first argument is an array), run on one thread when that array has
+    fewer than SERIAL_MAX_ELEMENTS elements and the call comes from outside a task (inside
+    one the share is already set). The results are the same numbers, but for the rounding of
+    the GEMMs, whose sums OpenBLAS splits by its thread count."""
+
+    @functools.wraps(kernel, updated=())
+    def run(x, *args, **kwargs):
+        if (x.size >= SERIAL_MAX_ELEMENTS or getattr(_inside, "task", False)
+                or numba.get_num_threads() < 2):
+            return kernel(x, *args, **kwargs)
+        blas = _blas_libraries()
+        blas_threads = [lib.num_threads for lib in blas]
+        for lib in blas:
+            lib.set_num_threads(1)
+        try:
+            return _run(lambda: kernel(x, *args, **kwargs), 1)
+        finally:
+            for lib, n in zip(blas, blas_threads):
+                lib.set_num_threads(n)
+
+    return run
 
 
 def _run(task, threads):

@@ -87,6 +87,64 @@ def test_an_error_is_raised_once_every_task_has_finished(side_by_side_possible):
     assert numba.get_num_threads() == cores and _blas_threads() == blas_before
 
 
+def _thread_counts(x):
+    return numba.get_num_threads(), _blas_threads()
+
+
+def test_small_kernels_run_on_one_thread_outside_a_task(side_by_side_possible, monkeypatch):
+    cores, blas_before = numba.get_num_threads(), _blas_threads()
+    counts = threads.serial_when_small(_thread_counts)
+    small = np.zeros(threads.SERIAL_MAX_ELEMENTS - 1, np.float32)
+    large = np.zeros(threads.SERIAL_MAX_ELEMENTS, np.float32)
+    assert counts(small) == (1, [1] * len(blas_before))
+    assert counts(large) == (cores, blas_before)
+    # inside a task the task's share stays
+    assert threads.side_by_side(lambda: counts(small), lambda: counts(small)) == [
+        (cores // 2, [cores // 2] * len(blas_before))] * 2
+    monkeypatch.setattr(threads, "SERIAL_MAX_ELEMENTS", 0)
+    assert counts(small) == (cores, blas_before)
+    monkeypatch.undo()
+
+    def fails(x):
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        threads.serial_when_small(fails)(small)
+    assert (numba.get_num_threads(), _blas_threads()) == (cores, blas_before)
+
+
+def test_the_parallel_kernels_of_the_backbone_go_serial_when_small(side_by_side_possible,
+                                                                  monkeypatch):
+    # every kernel that the backbone's forward calls with every core and that splits its work
+    # over them (a prange loop or a GEMM) is behind the gate
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    v = np.ones(3, np.float32)
+    calls = {
+        "conv2d_forward": lambda: cpu.conv2d_forward(x, w, None, 1, 1),
+        "conv2d_backward_input": lambda: cpu.conv2d_backward_input(dy, w, 8, 8, 1, 1),
+        "conv2d_backward_weight": lambda: cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1),
+        "batchnorm2d_stats": lambda: cpu.batchnorm2d_stats(x),
+        "batchnorm2d_forward": lambda: cpu.batchnorm2d_forward(x, v, v, v, v),
+        "batchnorm2d_backward": lambda: cpu.batchnorm2d_backward(x, x, v, v, v),
+        "maxpool2d_forward": lambda: cpu.maxpool2d_forward(x, 3, 2, 1),
+    }
+    serial = []
+    run = threads._run
+
+    def recording_run(task, n):
+        serial.append(n)
+        return run(task, n)
+
+    monkeypatch.setattr(threads, "_run", recording_run)
+    for name, call in calls.items():
+        serial.clear()
+        call()
+        assert serial == [1], name
+
+
 def test_one_by_one_inside_a_task_when_wide_disabled_or_on_workqueue(side_by_side_possible,
                                                                  monkeypatch):
     here = threading.get_ident()
