@@ -76,5 +76,9 @@ layers on a Joint (only those):
 ``side_by_side(*tasks, channels=0)`` calls independent pieces of work (the heads' two
 subnets, whose convolutions are ``channels`` wide) and returns their results in order:
 ``cpu.py`` runs narrow ones at the same time, each on its share of the cores
-(``threads.py``), ``cuda.py`` one after another, as their launches queue anyway.
+(``threads.py``), ``cuda.py`` one after another, as their launches queue anyway. Outside
+such tasks, ``cpu.py``'s kernels that split their work over the cores (the convolutions,
+batch norm, max pooling) run on one thread when their input is small
+(``threads.serial_when_small``, below ``threads.SERIAL_MAX_ELEMENTS``): the backbone's
+forward from its second stage on.
 """

@@ -377,7 +377,8 @@ def _is_pointwise(kh, kw, stride, padding):
     return kh == 1 and kw == 1 and stride == 1 and padding == 0
 
 
-@serial_when_small
+# (the multiply-adds of a stride-1 convolution: an upper bound for strided ones)
+@serial_when_small(macs=lambda x, w, *_: x.size * w.shape[0] * w.shape[2] * w.shape[3])
 def conv2d_forward(x, w, b, stride, padding, columns=None):
     """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo).
 
@@ -424,7 +425,7 @@ def _unfolder(x, kh, kw, stride, padding, Wo):
     return unfold
 
 
-@serial_when_small
+@serial_when_small(macs=lambda dy, w, *_: dy.size * w.shape[1] * w.shape[2] * w.shape[3])
 def conv2d_backward_input(dy, w, H, W, stride, padding):
     """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W)."""
     N, F, Ho, Wo = dy.shape
@@ -458,7 +459,7 @@ def _backward_input_same(dy3, w2t, N, C, H, W, k):
     return dx
 
 
-@serial_when_small
+@serial_when_small(macs=lambda dy, x, kh, kw, *_: dy.size * x.shape[1] * kh * kw)
 def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
     """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw).
 

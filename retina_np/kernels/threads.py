@@ -53,6 +53,11 @@ THREAD_SAFE_LAYERS = ("omp", "tbb")
 # steps the backbone's forward ran 33 ms against 46-55 ms in such a spell, and 22.5 against
 # 21.8 in a quiet one (docs/performance.md). 0: every kernel on every core (comparisons).
 SERIAL_MAX_ELEMENTS = 1 << 18
+# A convolution with a small input can still be a large product: ResNet-50's last 3x3
+# convolutions at 512x512 (512 channels at 16x16, 131,072 input values) do 604M multiply-adds.
+# Above this many it keeps every core (the shapes preset's largest below the element bound,
+# the FPN's P3 output conv, does 75M).
+SERIAL_MAX_MACS = 1 << 27
 
 _inside = threading.local()  # .task is True in a thread that is running a task
 _pool: ThreadPoolExecutor | None = None
@@ -90,16 +95,21 @@ def side_by_side(*tasks, channels=0):
     return [value for value, _ in outcomes]
 
 
-def serial_when_small(kernel):
+def serial_when_small(kernel=None, *, macs=None):
     """``kernel`` (whose first argument is an array), run on one thread when that array has
-    fewer than SERIAL_MAX_ELEMENTS elements and the call comes from outside a task (inside
-    one the share is already set). The results are the same numbers, but for the rounding of
-    the GEMMs, whose sums OpenBLAS splits by its thread count."""
+    fewer than SERIAL_MAX_ELEMENTS elements, and (for a convolution, ``macs(*args)`` its
+    multiply-adds) does fewer than SERIAL_MAX_MACS multiply-adds, and the call comes from
+    outside a task (inside one the share is already set). The results are the same numbers,
+    but for the rounding of the GEMMs, whose sums OpenBLAS splits by its thread count. Used
+    as ``@serial_when_small`` or ``@serial_when_small(macs=...)``."""
+    if kernel is None:
+        return functools.partial(serial_when_small, macs=macs)
 
     @functools.wraps(kernel, updated=())
     def run(x, *args, **kwargs):
         if (x.size >= SERIAL_MAX_ELEMENTS or getattr(_inside, "task", False)
-                or numba.get_num_threads() < 2):
+                or numba.get_num_threads() < 2
+                or (macs is not None and macs(x, *args) >= SERIAL_MAX_MACS)):
             return kernel(x, *args, **kwargs)
         blas = _blas_libraries()
         blas_threads = [lib.num_threads for lib in blas]

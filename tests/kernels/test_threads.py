@@ -98,6 +98,11 @@ def test_small_kernels_run_on_one_thread_outside_a_task(side_by_side_possible, m
     large = np.zeros(threads.SERIAL_MAX_ELEMENTS, np.float32)
     assert counts(small) == (1, [1] * len(blas_before))
     assert counts(large) == (cores, blas_before)
+    # a small input but a large product (a convolution's multiply-adds) keeps every core
+    by_work = threads.serial_when_small(macs=lambda x, work: work)(
+        lambda x, work: _thread_counts(x))
+    assert by_work(small, threads.SERIAL_MAX_MACS - 1) == (1, [1] * len(blas_before))
+    assert by_work(small, threads.SERIAL_MAX_MACS) == (cores, blas_before)
     # inside a task the task's share stays
     assert threads.side_by_side(lambda: counts(small), lambda: counts(small)) == [
         (cores // 2, [cores // 2] * len(blas_before))] * 2
