@@ -2,12 +2,15 @@
 steps of one process (CPU, float32, SGD, batch 8).
 
     python benchmarks/bench_alternating.py winograd          # 60 steps, 30 of each
+    python benchmarks/bench_alternating.py winograd-images
     python benchmarks/bench_alternating.py serial --steps 20
 
 The switches:
 
 * ``winograd``: the heads' 3x3 convolutions by Winograd's F(2x2, 3x3) (``cpu.WINOGRAD``), or by
   im2col + GEMM;
+* ``winograd-images``: the same for the backbone's and the FPN's 3x3 convolutions that run on
+  one thread (``cpu.WINOGRAD_IMAGES``);
 * ``serial``: small kernels called outside a task on one thread
   (``threads.SERIAL_MAX_ELEMENTS``), or every kernel on every core.
 
@@ -39,11 +42,16 @@ def _switches():
     def set_winograd(on):
         cpu.WINOGRAD = on
 
+    def set_winograd_images(on):
+        cpu.WINOGRAD_IMAGES = on
+
     def set_serial(on):
         threads.SERIAL_MAX_ELEMENTS = serial if on else 0
 
     return {
         "winograd": ("the heads by Winograd's F(2x2, 3x3) (off: im2col + GEMM)", set_winograd),
+        "winograd-images": ("the backbone's and FPN's 3x3 convolutions that run on one thread by "
+                            "Winograd's F(2x2, 3x3) (off: im2col + GEMM)", set_winograd_images),
         "serial": (f"kernels below {serial} elements on one thread (off: every core)",
                    set_serial),
     }
@@ -51,7 +59,7 @@ def _switches():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("switch", choices=("winograd", "serial"))
+    parser.add_argument("switch", choices=("winograd", "winograd-images", "serial"))
     parser.add_argument("--steps", type=int, default=60, help="timed steps, both variants")
     args = parser.parse_args()
 

@@ -26,6 +26,7 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before numba starts its OpenMP pool
 
+import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
@@ -56,12 +57,18 @@ KEEP_MAX_ELEMENTS = 1 << 23
 # subnet runs on one core, where the im2col GEMM with K = 9*64 ran at 64-72 GFLOP/s and the 16
 # with K = 64 at 90). Small levels alone were slower by Winograd: 64 channels at 8x8 1.12 ->
 # 1.60 ms and 128 at 4x4 1.24 -> 2.91 ms forward and backward. The backbone's and the FPN's
-# 3x3 convolutions of (N, C, H, W) images keep im2col + GEMM: by Winograd, the training step
-# was no faster (faster in 35-40% of alternating pairs), and their kernels alone on 2 cores
-# were slower at 64 channels on 16x16 (docs/performance.md). WINOGRAD = False: im2col + GEMM
-# for the heads too (comparisons).
+# 3x3 convolutions of (N, C, H, W) images take it where they run on one thread
+# (``_winograd_images``: inside a task, or small enough for ``serial_when_small``), as all of
+# them do in the shapes preset's training step but the stem: the 64-channel P3 output conv,
+# forward and both gradients on one core, 8.0 -> 4.7-5.6 ms, layer1's 16 channels at 32x32
+# 3.2-3.9 -> 2.1-2.9 ms; the step 100.1 -> 95.2 and 100.0 -> 98.5 ms in alternating steps
+# (faster in 60% and 67% of the pairs; benchmarks/bench_alternating.py winograd-images). On
+# every core (with its transforms on one thread) it was no faster than im2col + GEMM, whose
+# GEMM and unfolding use every core (docs/performance.md). WINOGRAD = False: im2col + GEMM
+# for the heads; WINOGRAD_IMAGES = False: for the images (comparisons).
 WINOGRAD = True
 WINOGRAD_MIN_TILES = 512
+WINOGRAD_IMAGES = True
 
 
 def _winograd(n, C, F, hws, k):
@@ -71,6 +78,14 @@ def _winograd(n, C, F, hws, k):
         return False
     tiles = n * sum(((h + 1) // 2) * ((w + 1) // 2) for h, w in hws)
     return tiles >= WINOGRAD_MIN_TILES and 16 * max(C, F) * tiles <= KEEP_MAX_ELEMENTS
+
+
+def _winograd_images(N, C, F, H, W, kh, kw, stride, padding):
+    """Whether a convolution of (N, C, H, W) images runs as Winograd's F(2x2, 3x3): a "same"
+    3x3 one that ``_winograd`` allows, called on one thread (inside a task, or small enough
+    for ``serial_when_small``; its transforms run on one thread)."""
+    return (WINOGRAD_IMAGES and kh == kw == 3 and stride == 1 and padding == 1
+            and numba.get_num_threads() == 1 and _winograd(N, C, F, ((H, W),), 3))
 
 
 def _out_size(n_in: int, k: int, stride: int, padding: int) -> int:
@@ -387,6 +402,8 @@ def conv2d_forward(x, w, b, stride, padding, columns=None):
     """
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
+    if _winograd_images(N, C, F, H, W, kh, kw, stride, padding):  # columns receives V
+        return winograd.conv3x3_forward(x, N, ((H, W),), w, b, columns)
     Ho, Wo = _out_size(H, kh, stride, padding), _out_size(W, kw, stride, padding)
     w2 = w.reshape(F, C * kh * kw)
     y = np.empty((N, F, Ho, Wo), x.dtype)
@@ -430,6 +447,8 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W)."""
     N, F, Ho, Wo = dy.shape
     _, C, kh, kw = w.shape
+    if _winograd_images(N, C, F, H, W, kh, kw, stride, padding):
+        return winograd.conv3x3_backward_input(dy, w, N, ((H, W),))
     w2t = w.reshape(F, C * kh * kw).T  # (C*kh*kw, F)
     dy3 = dy.reshape(N, F, Ho * Wo)
     if _is_pointwise(kh, kw, stride, padding):
@@ -466,7 +485,12 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
     columns: the forward's unfolded x (``conv2d_forward(..., columns=[])``), if it kept it.
     """
     N, F, Ho, Wo = dy.shape
-    C = x.shape[1]
+    C, H, W = x.shape[1:]
+    # the forward's kept matrix says which way it went (V, the transformed input, is 3-D)
+    if (columns[0].ndim == 3 if columns
+            else _winograd_images(N, C, F, H, W, kh, kw, stride, padding)):
+        return winograd.conv3x3_backward_weight(dy, x, N, ((H, W),),
+                                                columns[0] if columns else None)
     dy3 = dy.reshape(N, F, Ho * Wo)
     if _is_pointwise(kh, kw, stride, padding):  # x itself is the (C, L) matrix
         x3 = x.reshape(N, C, Ho * Wo)

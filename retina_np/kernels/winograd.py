@@ -1,7 +1,8 @@
 """Winograd's minimal filtering F(2x2, 3x3) for the heads' 3x3 "same" convolutions on the CPU
 (``cpu._winograd``; Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
 The kernels take a Joint of levels or (N, C, H, W) images; the package uses them for the
-heads' Joints, where they pay (the backbone keeps im2col, see ``cpu.WINOGRAD``).
+heads' Joints, and for the backbone's and the FPN's convolutions of images that run on one
+thread, where they pay (see ``cpu.WINOGRAD``).
 
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of the input (stride
 2 between windows, so neighbouring windows overlap by two pixels). Directly that is 36

@@ -3,12 +3,13 @@ explicit windows, each adjoint passes the dot-product test, the convolution and 
 equal the reference kernels level by level. The finite-difference checks (float64) of the
 Joint op pair, which runs these underneath, are in test_joint_levels.py."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retina_np.kernels import cpu
+from retina_np.kernels import cpu, threads
 from retina_np.kernels import reference as ref
 from retina_np.kernels import winograd as wg
 from retina_np.kernels.levels import Joint
@@ -222,10 +223,38 @@ def test_image_convolution_equals_the_reference(dtype, tol, n, c, f, h, w_, keep
         assert float(np.abs(got.astype(np.float64) - want).max()) <= tol * scale
 
 
-def test_only_large_enough_joints_take_winograd():
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 9),
+       w_=st.integers(1, 9), keep=st.booleans())
+@settings(max_examples=20, deadline=None)
+def test_image_convolutions_on_one_thread_take_winograd(dtype, tol, n, c, f, h, w_, keep):
+    """cpu.conv2d_forward, conv2d_backward_input and conv2d_backward_weight of (N, C, H, W)
+    images: a small "same" 3x3 convolution runs on one thread (threads.serial_when_small) and
+    then by Winograd (the forward keeps V, 3-D); the results equal the reference's."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+    w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    dy = rng.standard_normal((n, f, h, w_)).astype(dtype)
+    kept = []
+    y = cpu.conv2d_forward(x, w, b, 1, 1, kept)
+    assert len(kept) == 1 and kept[0].ndim == 3
+    dx = cpu.conv2d_backward_input(dy, w, h, w_, 1, 1)
+    dw = cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1, kept if keep else None)
+    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+    for got, want in ((y, ref.conv2d_forward(x64, w64, b.astype(np.float64), 1, 1)),
+                      (dx, ref.conv2d_backward_input(dy64, w64, h, w_, 1, 1)),
+                      (dw, ref.conv2d_backward_weight(dy64, x64, 3, 3, 1, 1))):
+        assert got.dtype == dtype and got.shape == want.shape
+        scale = max(float(np.abs(want).max()), 1.0)
+        assert float(np.abs(got.astype(np.float64) - want).max()) <= tol * scale
+
+
+def test_only_large_enough_joints_and_one_thread_images_take_winograd(monkeypatch):
     """cpu._winograd: a Joint's 3x3 convolution with at least WINOGRAD_MIN_TILES tiles (the
-    forward keeps V, 3-D); fewer tiles, other kernel sizes, and convolutions of (N, C, H, W)
-    images keep im2col (a 2-D matrix)."""
+    forward keeps V, 3-D); fewer tiles and other kernel sizes keep im2col (a 2-D matrix).
+    Convolutions of (N, C, H, W) images take Winograd only on one thread: small ones
+    (threads.serial_when_small), or inside a task; on every core they keep im2col."""
     cpu.WINOGRAD_MIN_TILES = 512  # the default (the fixture lowered it)
     rng = np.random.default_rng(7)
     for n, hws, k, winograd in ((8, [(16, 16), (8, 8), (1, 1)], 3, True),
@@ -236,10 +265,24 @@ def test_only_large_enough_joints_take_winograd():
         cpu.conv2d_forward_joint(xj, rng.standard_normal((3, 2, k, k)).astype(np.float32),
                                  None, columns)
         assert columns[0].ndim == (3 if winograd else 2), (hws, k)
-    columns = []
-    cpu.conv2d_forward(rng.standard_normal((8, 2, 32, 32)), rng.standard_normal((3, 2, 3, 3)),
-                       None, 1, 1, columns)
-    assert all(cols.ndim == 2 for cols in columns)
+
+    def kept(x, w):
+        columns = []
+        cpu.conv2d_forward(x, w, None, 1, 1, columns)
+        return [cols.ndim for cols in columns]
+
+    x, w = rng.standard_normal((8, 2, 32, 32)), rng.standard_normal((3, 2, 3, 3))  # 2048 tiles
+    assert kept(x, w) == [3]  # small: on one thread
+    assert kept(x[:1], w) == [2]  # 256 tiles
+    assert set(kept(x, rng.standard_normal((3, 2, 5, 5)))) == {2}
+    if numba.get_num_threads() > 1:
+        monkeypatch.setattr(threads, "SERIAL_MAX_ELEMENTS", 0)  # every kernel on every core
+        assert set(kept(x, w)) == {2}
+        if threads._threads_per_task(2) == 1:  # tasks run at once here, on one core each
+            assert threads.side_by_side(lambda: kept(x, w), lambda: kept(x, w)) == [[3], [3]]
+        monkeypatch.undo()
+    monkeypatch.setattr(cpu, "WINOGRAD_IMAGES", False)
+    assert set(kept(x, w)) == {2}
 
 
 def test_queued_weight_gradient_reuses_the_output_gradient(monkeypatch):
