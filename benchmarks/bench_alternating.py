@@ -3,6 +3,7 @@ steps of one process (CPU, float32, SGD, batch 8).
 
     python benchmarks/bench_alternating.py winograd          # 60 steps, 30 of each
     python benchmarks/bench_alternating.py winograd-images
+    python benchmarks/bench_alternating.py f4
     python benchmarks/bench_alternating.py serial --steps 20
 
 The switches:
@@ -11,6 +12,8 @@ The switches:
   im2col + GEMM;
 * ``winograd-images``: the same for the backbone's and the FPN's 3x3 convolutions that run on
   one thread (``cpu.WINOGRAD_IMAGES``);
+* ``f4``: Winograd's F(4x4, 3x3) wherever Winograd runs (``cpu.WINOGRAD_OUT`` 4), or
+  F(2x2, 3x3) (2);
 * ``serial``: small kernels called outside a task on one thread
   (``threads.SERIAL_MAX_ELEMENTS``), or every kernel on every core.
 
@@ -45,6 +48,9 @@ def _switches():
     def set_winograd_images(on):
         cpu.WINOGRAD_IMAGES = on
 
+    def set_f4(on):
+        cpu.WINOGRAD_OUT = 4 if on else 2
+
     def set_serial(on):
         threads.SERIAL_MAX_ELEMENTS = serial if on else 0
 
@@ -52,6 +58,7 @@ def _switches():
         "winograd": ("the heads by Winograd's F(2x2, 3x3) (off: im2col + GEMM)", set_winograd),
         "winograd-images": ("the backbone's and FPN's 3x3 convolutions that run on one thread by "
                             "Winograd's F(2x2, 3x3) (off: im2col + GEMM)", set_winograd_images),
+        "f4": ("Winograd's F(4x4, 3x3) (off: F(2x2, 3x3))", set_f4),
         "serial": (f"kernels below {serial} elements on one thread (off: every core)",
                    set_serial),
     }
@@ -59,7 +66,7 @@ def _switches():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("switch", choices=("winograd", "winograd-images", "serial"))
+    parser.add_argument("switch", choices=("winograd", "winograd-images", "f4", "serial"))
     parser.add_argument("--steps", type=int, default=60, help="timed steps, both variants")
     args = parser.parse_args()
 

@@ -69,23 +69,32 @@ KEEP_MAX_ELEMENTS = 1 << 23
 WINOGRAD = True
 WINOGRAD_MIN_TILES = 512
 WINOGRAD_IMAGES = True
+# The side of the blocks of outputs: 4, Winograd's F(4x4, 3x3) (36 products per channel pair
+# for 16 outputs, against 64 by F(2x2, 3x3)), or 2 (comparisons). With 4 a head layer of the
+# shapes preset on one core, forward 2.77 -> 1.95 ms and backward 5.37 -> 4.17 ms, the FPN's
+# P3 output conv 1.82 -> 1.41 and 4.15 -> 2.46 ms (the best of 40 calls, ad-hoc timing).
+WINOGRAD_OUT = 4
 
 
 def _winograd(n, C, F, hws, k):
-    """Whether a "same" k x k convolution of a Joint of n images with levels hws (C -> F
-    channels) runs as Winograd's F(2x2, 3x3)."""
+    """The block side (``WINOGRAD_OUT``) if a "same" k x k convolution of a Joint of n images
+    with levels hws (C -> F channels) runs by Winograd's algorithm, else 0. The size test
+    counts 2x2 blocks whatever the block side, so that both sides take the same layers."""
     if not WINOGRAD or k != 3:
-        return False
+        return 0
     tiles = n * sum(((h + 1) // 2) * ((w + 1) // 2) for h, w in hws)
-    return tiles >= WINOGRAD_MIN_TILES and 16 * max(C, F) * tiles <= KEEP_MAX_ELEMENTS
+    terms = (WINOGRAD_OUT + 2) ** 2 * max(C, F) * winograd.tiles(n, tuple(hws), WINOGRAD_OUT)[1]
+    return WINOGRAD_OUT if tiles >= WINOGRAD_MIN_TILES and terms <= KEEP_MAX_ELEMENTS else 0
 
 
 def _winograd_images(N, C, F, H, W, kh, kw, stride, padding):
-    """Whether a convolution of (N, C, H, W) images runs as Winograd's F(2x2, 3x3): a "same"
-    3x3 one that ``_winograd`` allows, called on one thread (inside a task, or small enough
-    for ``serial_when_small``; its transforms run on one thread)."""
-    return (WINOGRAD_IMAGES and kh == kw == 3 and stride == 1 and padding == 1
-            and numba.get_num_threads() == 1 and _winograd(N, C, F, ((H, W),), 3))
+    """The block side if a convolution of (N, C, H, W) images runs by Winograd's algorithm,
+    else 0: a "same" 3x3 one that ``_winograd`` allows, called on one thread (inside a task,
+    or small enough for ``serial_when_small``; its transforms run on one thread)."""
+    if not (WINOGRAD_IMAGES and kh == kw == 3 and stride == 1 and padding == 1
+            and numba.get_num_threads() == 1):
+        return 0
+    return _winograd(N, C, F, ((H, W),), 3)
 
 
 def _out_size(n_in: int, k: int, stride: int, padding: int) -> int:
@@ -402,8 +411,9 @@ def conv2d_forward(x, w, b, stride, padding, columns=None):
     """
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
-    if _winograd_images(N, C, F, H, W, kh, kw, stride, padding):  # columns receives V
-        return winograd.conv3x3_forward(x, N, ((H, W),), w, b, columns)
+    out = _winograd_images(N, C, F, H, W, kh, kw, stride, padding)
+    if out:  # columns receives V
+        return winograd.conv3x3_forward(x, N, ((H, W),), w, b, columns, out)
     Ho, Wo = _out_size(H, kh, stride, padding), _out_size(W, kw, stride, padding)
     w2 = w.reshape(F, C * kh * kw)
     y = np.empty((N, F, Ho, Wo), x.dtype)
@@ -447,8 +457,9 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W)."""
     N, F, Ho, Wo = dy.shape
     _, C, kh, kw = w.shape
-    if _winograd_images(N, C, F, H, W, kh, kw, stride, padding):
-        return winograd.conv3x3_backward_input(dy, w, N, ((H, W),))
+    out = _winograd_images(N, C, F, H, W, kh, kw, stride, padding)
+    if out:
+        return winograd.conv3x3_backward_input(dy, w, N, ((H, W),), out=out)
     w2t = w.reshape(F, C * kh * kw).T  # (C*kh*kw, F)
     dy3 = dy.reshape(N, F, Ho * Wo)
     if _is_pointwise(kh, kw, stride, padding):
@@ -487,10 +498,11 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
     N, F, Ho, Wo = dy.shape
     C, H, W = x.shape[1:]
     # the forward's kept matrix says which way it went (V, the transformed input, is 3-D)
-    if (columns[0].ndim == 3 if columns
-            else _winograd_images(N, C, F, H, W, kh, kw, stride, padding)):
-        return winograd.conv3x3_backward_weight(dy, x, N, ((H, W),),
-                                                columns[0] if columns else None)
+    if columns and columns[0].ndim == 3:
+        return winograd.conv3x3_backward_weight(dy, x, N, ((H, W),), columns[0])
+    out = 0 if columns else _winograd_images(N, C, F, H, W, kh, kw, stride, padding)
+    if out:
+        return winograd.conv3x3_backward_weight(dy, x, N, ((H, W),), out=out)
     dy3 = dy.reshape(N, F, Ho * Wo)
     if _is_pointwise(kh, kw, stride, padding):  # x itself is the (C, L) matrix
         x3 = x.reshape(N, C, Ho * Wo)
@@ -703,8 +715,9 @@ def conv2d_forward_joint(xj, w, b, columns=None):
     (``winograd.py``: 16 GEMMs with 2.25x fewer multiplications). columns: as
     ``conv2d_forward_levels``'s (for a 3x3 convolution it receives the transformed input)."""
     F, C, k, _ = w.shape
-    if _winograd(xj.n, C, F, xj.hws, k):
-        return xj.like(winograd.conv3x3_forward(xj.data, xj.n, xj.hws, w, b, columns))
+    out = _winograd(xj.n, C, F, xj.hws, k)
+    if out:
+        return xj.like(winograd.conv3x3_forward(xj.data, xj.n, xj.hws, w, b, columns, out))
     cols = np.empty((C * k * k, xj.data.shape[1]), xj.data.dtype)
     _im2col_same(xj.data, k, *_joint_geometry(xj, k), cols)
     if columns is not None:
@@ -748,7 +761,9 @@ def _backward_joint_winograd(dyj, xj, w, need_input_grad, need_weight_grad, colu
     gradient from the same dy (the heads' queued weight gradients: it is not made twice)."""
     dy, n, hws = dyj.data, xj.n, xj.hws
     later = columns[1] if columns and len(columns) > 1 and columns[1][0] is dy else None
-    dM = later[1] if later is not None else winograd.output_gradients(dy, n, hws)
+    out = (winograd.block_side(columns[0]) if columns
+           else _winograd(n, w.shape[1], w.shape[0], hws, 3))
+    dM = later[1] if later is not None else winograd.output_gradients(dy, n, hws, out)
     dx = dw = None
     if need_input_grad:
         dx = xj.like(winograd.conv3x3_backward_input(dy, w, n, hws, dM))

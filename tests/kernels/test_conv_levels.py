@@ -76,16 +76,19 @@ def test_same_levels_equal_level_by_level(n, c, f, sizes, k, bias):
     _check(xs, w, b, 1, k // 2, rng, tol=1e-10)
 
 
-def test_pyramid_shapes_float32(monkeypatch):
+@pytest.mark.parametrize("out, tiles", [(2, 64 + 16 + 4 + 1 + 1), (4, 16 + 4 + 1 + 1 + 1)])
+def test_pyramid_shapes_float32(monkeypatch, out, tiles):
     """The heads' case: five levels from 16x16 down to 1x1, one joint matrix kept (a 3x3
-    convolution's: Winograd's transformed input, 16 x C x tiles, ceil(H/2) * ceil(W/2) tiles
-    per image and level; here fewer than cpu.WINOGRAD_MIN_TILES, which is lowered)."""
+    convolution's: Winograd's transformed input, (out + 2)^2 x C x tiles, ceil(H/out) *
+    ceil(W/out) tiles per image and level; here fewer than cpu.WINOGRAD_MIN_TILES, which is
+    lowered)."""
     monkeypatch.setattr(cpu, "WINOGRAD_MIN_TILES", 1)
+    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
     rng = np.random.default_rng(1)
     xs, w, b = _levels_case(rng, 4, 16, 8, [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], 3,
                             np.float32)
     columns = _check(xs, w, b, 1, 1, rng, tol=2e-4)
-    assert len(columns) == 1 and columns[0].shape == (16, 16, 4 * (64 + 16 + 4 + 1 + 1))
+    assert len(columns) == 1 and columns[0].shape == ((out + 2) ** 2, 16, 4 * tiles)
 
 
 def test_large_weight_gradient_orientation(monkeypatch):

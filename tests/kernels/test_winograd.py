@@ -1,12 +1,13 @@
-"""Winograd's F(2x2, 3x3) (kernels/winograd.py): each transform equals its matrix form on
-explicit windows, each adjoint passes the dot-product test, the convolution and its backward
-equal the reference kernels level by level. The finite-difference checks (float64) of the
-Joint op pair, which runs these underneath, are in test_joint_levels.py."""
+"""Winograd's F(2x2, 3x3) and F(4x4, 3x3) (kernels/winograd.py; ``out``, the block side, 2 or
+4): each transform equals its matrix form on explicit windows, each adjoint passes the
+dot-product test, the convolution and its backward equal the reference kernels level by
+level. The finite-difference checks (float64) of the Joint op pair, which runs these
+underneath, are in test_joint_levels.py."""
 
 import numba
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from retina_np.kernels import cpu, threads
@@ -21,6 +22,19 @@ def _winograd_at_any_size(monkeypatch):
     monkeypatch.setattr(cpu, "WINOGRAD_MIN_TILES", 1)
 
 
+# out -> the matrices (B^T, G, A^T) and the kernels (input transform, its adjoint, output
+# transform, its adjoint)
+SCHEMES = {
+    2: ((wg.BT, wg.G, wg.AT),
+        (wg.input_transform, wg.input_transform_adjoint, wg.output_transform,
+         wg.output_transform_adjoint)),
+    4: ((wg.BT4, wg.G4, wg.AT4),
+        (wg.input_transform4, wg.input_transform4_adjoint, wg.output_transform4,
+         wg.output_transform4_adjoint)),
+}
+outs = pytest.mark.parametrize("out", [2, 4])
+
+
 levels = st.lists(st.tuples(st.integers(1, 7), st.integers(1, 7)), min_size=1, max_size=4)
 
 
@@ -29,112 +43,131 @@ def _joint(rng, n, c, hws, dtype=np.float64):
     return Joint(rng.standard_normal((c, T)).astype(dtype), n, tuple(hws))
 
 
-def _windows(xj):
-    """Every tile's 4x4 input window, (P, C, 4, 4), in the kernels' tile order (level, tile
-    row, tile column, image), built from explicitly padded levels."""
-    out = []
+def _windows(xj, out):
+    """Every tile's (out + 2) x (out + 2) input window, (P, C, out + 2, out + 2), in the
+    kernels' tile order (level, tile row, tile column, image), built from explicitly padded
+    levels."""
+    windows = []
     for x in cpu.split_levels(xj):  # (n, C, H, W)
         n, C, H, W = x.shape
-        th, tw = (H + 1) // 2, (W + 1) // 2
-        padded = np.zeros((n, C, 2 * th + 2, 2 * tw + 2))
+        th, tw = -(-H // out), -(-W // out)
+        padded = np.zeros((n, C, out * th + 2, out * tw + 2))
         padded[:, :, 1:H + 1, 1:W + 1] = x
         for a in range(th):
             for b in range(tw):
                 for m in range(n):
-                    out.append(padded[m, :, 2 * a:2 * a + 4, 2 * b:2 * b + 4])
-    return np.array(out)
+                    windows.append(padded[m, :, out * a:out * a + out + 2,
+                                          out * b:out * b + out + 2])
+    return np.array(windows)
 
 
-def test_the_matrices_give_a_3x3_correlation():
-    """A^T [(G g G^T) * (B^T d B)] A is the 2x2 'valid' correlation of the 4x4 window d with
-    the 3x3 filter g."""
+@outs
+def test_the_matrices_give_a_3x3_correlation(out):
+    """A^T [(G g G^T) * (B^T d B)] A is the out x out 'valid' correlation of the window d
+    (out + 2 on a side) with the 3x3 filter g."""
+    BT, G, AT = SCHEMES[out][0]
     rng = np.random.default_rng(0)
-    d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
-    direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(2)] for i in range(2)])
-    y = wg.AT @ ((wg.G @ g @ wg.G.T) * (wg.BT @ d @ wg.BT.T)) @ wg.AT.T
+    d, g = rng.standard_normal((out + 2, out + 2)), rng.standard_normal((3, 3))
+    direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(out)]
+                       for i in range(out)])
+    y = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
     np.testing.assert_allclose(y, direct, rtol=1e-12, atol=1e-12)
 
 
+@outs
 @given(n=st.integers(1, 3), c=st.integers(1, 3), hws=levels)
 @settings(max_examples=25, deadline=None)
-def test_input_transform_is_bt_d_b_of_every_window(n, c, hws):
+def test_input_transform_is_bt_d_b_of_every_window(out, n, c, hws):
+    (BT, _, _), (transform, _, _, _) = SCHEMES[out]
+    terms = (out + 2) ** 2
     rng = np.random.default_rng(1)
     xj = _joint(rng, n, c, hws)
-    table, P = wg.tiles(n, xj.hws)
-    V = np.empty((16, c, P))
-    wg.input_transform(xj.data.ravel(), *wg.strides(xj.data, n, xj.hws), n, table, V)
-    expected = np.einsum("ki,pcij,lj->klcp", wg.BT, _windows(xj), wg.BT).reshape(16, c, P)
+    table, P = wg.tiles(n, xj.hws, out)
+    V = np.empty((terms, c, P))
+    transform(xj.data.ravel(), *wg.strides(xj.data, n, xj.hws), n, table, V)
+    expected = np.einsum("ki,pcij,lj->klcp", BT, _windows(xj, out), BT).reshape(terms, c, P)
     np.testing.assert_allclose(V, expected, rtol=1e-12, atol=1e-12)
 
 
+@outs
 @given(n=st.integers(1, 3), f=st.integers(1, 3), hws=levels)
 @settings(max_examples=25, deadline=None)
-def test_output_transform_is_at_m_a_of_every_tile(n, f, hws):
-    """Each tile's A^T M A lands on its 2x2 block of pixels (blocks past an odd edge
+def test_output_transform_is_at_m_a_of_every_tile(out, n, f, hws):
+    """Each tile's A^T M A lands on its out x out block of pixels (blocks past the edge
     cropped), plus the bias."""
+    (_, _, AT), (_, _, transform, _) = SCHEMES[out]
+    side = out + 2
     rng = np.random.default_rng(2)
-    table, P = wg.tiles(n, tuple(hws))
-    M, b = rng.standard_normal((16, f, P)), rng.standard_normal(f)
+    table, P = wg.tiles(n, tuple(hws), out)
+    M, b = rng.standard_normal((side * side, f, P)), rng.standard_normal(f)
     T = n * sum(h * w for h, w in hws)
     y = np.empty((f, T))
-    wg.output_transform(M, n, table, b, y.reshape(-1), *wg.strides(y, n, tuple(hws)))
-    blocks = np.einsum("ui,fpij,vj->pfuv", wg.AT, M.reshape(4, 4, f, P).transpose(2, 3, 0, 1),
-                       wg.AT)  # (P, F, 2, 2)
+    transform(M, n, table, b, y.reshape(-1), *wg.strides(y, n, tuple(hws)))
+    blocks = np.einsum("ui,fpij,vj->pfuv", AT,
+                       M.reshape(side, side, f, P).transpose(2, 3, 0, 1), AT)  # (P, F, out, out)
     p = 0
     for level, (h, w) in enumerate(hws):
-        th, tw = (h + 1) // 2, (w + 1) // 2
-        full = np.zeros((n, f, 2 * th, 2 * tw))
+        th, tw = -(-h // out), -(-w // out)
+        full = np.zeros((n, f, out * th, out * tw))
         for a in range(th):
             for bb in range(tw):
                 for m in range(n):
-                    full[m, :, 2 * a:2 * a + 2, 2 * bb:2 * bb + 2] = blocks[p]
+                    full[m, :, out * a:out * a + out, out * bb:out * bb + out] = blocks[p]
                     p += 1
         got = cpu.split_levels(Joint(y, n, tuple(hws)))[level]
         np.testing.assert_allclose(got, full[:, :, :h, :w] + b.reshape(1, f, 1, 1),
                                    rtol=1e-12, atol=1e-12)
 
 
+@outs
 @given(n=st.integers(1, 3), c=st.integers(1, 3), hws=levels, seed=st.integers(0, 99))
 @settings(max_examples=25, deadline=None)
-def test_adjoints_pass_the_dot_product_test(n, c, hws, seed):
+def test_adjoints_pass_the_dot_product_test(out, n, c, hws, seed):
     """<T x, v> == <x, T* v> for the input, output and filter transforms."""
+    (_, G, _), (transform, adjoint, out_transform, out_adjoint) = SCHEMES[out]
+    terms = (out + 2) ** 2
     rng = np.random.default_rng(seed)
     xj = _joint(rng, n, c, hws)
-    table, P = wg.tiles(n, xj.hws)
-    V, dV = np.empty((16, c, P)), rng.standard_normal((16, c, P))
-    wg.input_transform(xj.data.ravel(), *wg.strides(xj.data, n, xj.hws), n, table, V)
+    table, P = wg.tiles(n, xj.hws, out)
+    V, dV = np.empty((terms, c, P)), rng.standard_normal((terms, c, P))
+    transform(xj.data.ravel(), *wg.strides(xj.data, n, xj.hws), n, table, V)
     dx = np.empty_like(xj.data)
-    wg.input_transform_adjoint(dV, n, table, dx.reshape(-1), *wg.strides(dx, n, xj.hws))
+    adjoint(dV, n, table, dx.reshape(-1), *wg.strides(dx, n, xj.hws))
     assert np.isclose(np.sum(V * dV), np.sum(xj.data * dx), rtol=1e-12, atol=1e-12)
 
-    M, dy = rng.standard_normal((16, c, P)), rng.standard_normal(xj.data.shape)
+    M, dy = rng.standard_normal((terms, c, P)), rng.standard_normal(xj.data.shape)
     y = np.empty_like(xj.data)
-    wg.output_transform(M, n, table, np.zeros(c), y.reshape(-1), *wg.strides(y, n, xj.hws))
-    dM = np.empty((16, c, P))
-    wg.output_transform_adjoint(dy.ravel(), *wg.strides(dy, n, xj.hws), n, table, dM)
+    out_transform(M, n, table, np.zeros(c), y.reshape(-1), *wg.strides(y, n, xj.hws))
+    dM = np.empty((terms, c, P))
+    out_adjoint(dy.ravel(), *wg.strides(dy, n, xj.hws), n, table, dM)
     assert np.isclose(np.sum(y * dy), np.sum(M * dM), rtol=1e-12, atol=1e-12)
 
-    w, dU = rng.standard_normal((2, c, 3, 3)), rng.standard_normal((16, 2, c))
-    np.testing.assert_allclose(wg.filters(w), np.einsum("ai,fcij,bj->abfc", wg.G, w, wg.G)
-                               .reshape(16, 2, c), rtol=1e-12, atol=1e-12)
-    assert np.isclose(np.sum(wg.filters(w) * dU), np.sum(w * wg.filters_adjoint(dU)),
+    w, dU = rng.standard_normal((2, c, 3, 3)), rng.standard_normal((terms, 2, c))
+    np.testing.assert_allclose(wg.filters(w, out), np.einsum("ai,fcij,bj->abfc", G, w, G)
+                               .reshape(terms, 2, c), rtol=1e-12, atol=1e-12)
+    assert np.isclose(np.sum(wg.filters(w, out) * dU), np.sum(w * wg.filters_adjoint(dU)),
                       rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 @given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), hws=levels,
        bias=st.booleans())
-@settings(max_examples=20, deadline=None)
-def test_convolution_equals_the_reference_level_by_level(dtype, tol, n, c, f, hws, bias):
+@outs
+# the fixture sets the same value for every example
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_convolution_equals_the_reference_level_by_level(monkeypatch, out, dtype, tol, n, c,
+                                                         f, hws, bias):
     """Forward, input gradient, weight gradient and bias gradient of the Joint convolution
     (Winograd) against reference.py on each level (the gradients summed over the levels)."""
+    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
     rng = np.random.default_rng(3)
     xj = _joint(rng, n, c, hws, dtype)
     w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype) if bias else None
     columns = []
     yj = cpu.conv2d_forward_joint(xj, w, b, columns)
-    assert columns[0].shape == (16, c, wg.tiles(n, xj.hws)[1])
+    assert columns[0].shape == ((out + 2) ** 2, c, wg.tiles(n, xj.hws, out)[1])
     dyj = _joint(rng, n, f, hws, dtype)
     dxj, dw, db = cpu.conv2d_backward_joint(dyj, xj, w, bias, True, columns)
     xs, dys = cpu.split_levels(xj), cpu.split_levels(dyj)
@@ -159,9 +192,11 @@ def test_convolution_equals_the_reference_level_by_level(dtype, tol, n, c, f, hw
         assert db is None
 
 
-def test_weight_gradient_later_and_without_the_kept_input():
+@outs
+def test_weight_gradient_later_and_without_the_kept_input(monkeypatch, out):
     """need_weight_grad=False, then the weight gradient alone (the queue's call), with and
     without the forward's transformed input: the same numbers as all at once."""
+    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
     rng = np.random.default_rng(4)
     xj = _joint(rng, 2, 3, [(5, 4), (2, 3), (1, 1)])
     w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
@@ -180,8 +215,10 @@ def test_weight_gradient_later_and_without_the_kept_input():
         np.testing.assert_array_equal(db_later, db)
 
 
-def test_direct_path_gives_the_same_numbers(monkeypatch):
+@outs
+def test_direct_path_gives_the_same_numbers(monkeypatch, out):
     """cpu.WINOGRAD = False runs the 3x3 Joint convolution as im2col + GEMM: equal results."""
+    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
     rng = np.random.default_rng(5)
     xj = _joint(rng, 2, 5, [(6, 6), (3, 3), (1, 1)])
     w, b = rng.standard_normal((3, 5, 3, 3)), rng.standard_normal(3)
@@ -201,8 +238,9 @@ def test_direct_path_gives_the_same_numbers(monkeypatch):
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 @given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 9),
        w_=st.integers(1, 9), keep=st.booleans())
+@outs
 @settings(max_examples=20, deadline=None)
-def test_image_convolution_equals_the_reference(dtype, tol, n, c, f, h, w_, keep):
+def test_image_convolution_equals_the_reference(out, dtype, tol, n, c, f, h, w_, keep):
     """The same kernels on (N, C, H, W) images (one level; chapter 1 times them on one):
     forward, input and weight gradients equal the reference's, with or without the kept V."""
     rng = np.random.default_rng(6)
@@ -211,9 +249,10 @@ def test_image_convolution_equals_the_reference(dtype, tol, n, c, f, h, w_, keep
     b = rng.standard_normal(f).astype(dtype)
     dy = rng.standard_normal((n, f, h, w_)).astype(dtype)
     kept = []
-    y = wg.conv3x3_forward(x, n, ((h, w_),), w, b, kept)
-    assert kept[0].shape == (16, c, n * ((h + 1) // 2) * ((w_ + 1) // 2))
-    dx, dw = wg.conv3x3_backward(dy, x, n, ((h, w_),), w, V=kept[0] if keep else None)
+    y = wg.conv3x3_forward(x, n, ((h, w_),), w, b, kept, out)
+    assert kept[0].shape == ((out + 2) ** 2, c, n * -(-h // out) * -(-w_ // out))
+    dx, dw = wg.conv3x3_backward(dy, x, n, ((h, w_),), w, V=kept[0] if keep else None,
+                                 out=out)
     x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
     for got, want in ((y, ref.conv2d_forward(x64, w64, b.astype(np.float64), 1, 1)),
                       (dx, ref.conv2d_backward_input(dy64, w64, h, w_, 1, 1)),
@@ -226,11 +265,16 @@ def test_image_convolution_equals_the_reference(dtype, tol, n, c, f, h, w_, keep
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 @given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 9),
        w_=st.integers(1, 9), keep=st.booleans())
-@settings(max_examples=20, deadline=None)
-def test_image_convolutions_on_one_thread_take_winograd(dtype, tol, n, c, f, h, w_, keep):
+@outs
+# the fixture sets the same value for every example
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_image_convolutions_on_one_thread_take_winograd(monkeypatch, out, dtype, tol, n, c, f,
+                                                        h, w_, keep):
     """cpu.conv2d_forward, conv2d_backward_input and conv2d_backward_weight of (N, C, H, W)
     images: a small "same" 3x3 convolution runs on one thread (threads.serial_when_small) and
     then by Winograd (the forward keeps V, 3-D); the results equal the reference's."""
+    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
     rng = np.random.default_rng(9)
     x = rng.standard_normal((n, c, h, w_)).astype(dtype)
     w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
@@ -238,7 +282,7 @@ def test_image_convolutions_on_one_thread_take_winograd(dtype, tol, n, c, f, h, 
     dy = rng.standard_normal((n, f, h, w_)).astype(dtype)
     kept = []
     y = cpu.conv2d_forward(x, w, b, 1, 1, kept)
-    assert len(kept) == 1 and kept[0].ndim == 3
+    assert len(kept) == 1 and kept[0].shape[0] == (out + 2) ** 2
     dx = cpu.conv2d_backward_input(dy, w, h, w_, 1, 1)
     dw = cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1, kept if keep else None)
     x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
@@ -285,9 +329,11 @@ def test_only_large_enough_joints_and_one_thread_images_take_winograd(monkeypatc
     assert set(kept(x, w)) == {2}
 
 
-def test_queued_weight_gradient_reuses_the_output_gradient(monkeypatch):
+@outs
+def test_queued_weight_gradient_reuses_the_output_gradient(monkeypatch, out):
     """The input-gradient call leaves (dy, dM) with the forward's V; the later weight-gradient
     call with the same dy uses it instead of transforming dy again, and lets it go."""
+    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
     rng = np.random.default_rng(8)
     xj = _joint(rng, 2, 3, [(4, 4), (2, 2)])
     w = rng.standard_normal((2, 3, 3, 3))
