@@ -68,19 +68,17 @@ def _timed(fn) -> float:
 
 def _gemm_macs(conv, x, macs):
     """The multiply-adds that the GEMMs of this convolution's forward do (each backward pass
-    does as many): ``macs`` for im2col + GEMM; for Winograd's F(2x2, 3x3) (kernels/winograd.py:
+    does as many): ``macs`` for im2col + GEMM; for Winograd's algorithm (kernels/winograd.py:
     the heads' Joints, and the backbone's and FPN's 3x3 convolutions that run on one thread)
-    16 * F * C per tile instead of 9 * F * C per output pixel. Which way the forward went is
-    read from its cache: it keeps V, the transformed input (3-D), or im2col's matrices (2-D).
-    x: the input, an (N, C, H, W) array or a Joint of levels."""
+    F * C per tile and entry of the transformed tile (16 for F(2x2, 3x3)'s 2x2 blocks, 36 for
+    F(4x4, 3x3)'s 4x4) instead of 9 * F * C per output pixel. Which way the forward went is
+    read from its cache: it keeps V (terms, C, tiles), the transformed input, or im2col's 2-D
+    matrices. x: the input, an (N, C, H, W) array or a Joint of levels."""
     columns = conv._caches[-1].columns if getattr(conv, "_caches", None) else None
     if not columns or columns[0].ndim != 3:
         return macs
-    from retina_np.kernels import winograd
-
-    F, C = conv.out_channels, conv.in_channels
-    n, hws = (x.n, x.hws) if hasattr(x, "hws") else (x.shape[0], (tuple(x.shape[2:]),))
-    return 16 * F * C * winograd.tiles(n, hws)[1]
+    terms, _, tiles = columns[0].shape
+    return terms * conv.out_channels * conv.in_channels * tiles
 
 
 def _instrument():
@@ -317,8 +315,8 @@ def _print_train(train: dict) -> None:
             f"  the conv FLOPs are those of the convolutions (9 multiply-adds per input channel "
             f"and output pixel of a 3x3); the GEMMs did {executed:.2f} GFLOP of them, since the "
             f"heads' 3x3 convolutions, and the backbone's and FPN's that run on one thread, "
-            f"run as Winograd's F(2x2, 3x3) "
-            f"(kernels/winograd.py: 16 per channel pair and 2x2 block, 2.25x fewer): "
+            f"run by Winograd's algorithm (kernels/winograd.py; F(4x4, 3x3): 36 per channel "
+            f"pair and 4x4 block, 4x fewer, where the blocks fill the map): "
             f"{rate:.1f} GFLOP/s executed = {100 * rate / train['gemm_gflops']:.0f}% of the GEMM"
         )
     mean = train["mean_seconds_per_step"]
