@@ -407,7 +407,10 @@ def _times_g4(u0, u1, u2, u3, u4, u5, L, o0, o1, o2):
 def _filters4(g, U):
     """g (filters, 9) -> U (36, filters): G g G^T (6x6, row by row), as ``_filters``."""
     L = g.shape[0]
-    gt = np.ascontiguousarray(g.T)  # (9, filters): each tap a contiguous row
+    gt = np.empty((9, L), g.dtype)  # each tap a contiguous row (written out: numpy's
+    for t in range(L):              # transposed copies took seconds to compile)
+        for k in range(9):
+            gt[k, t] = g[t, k]
     Gg = np.empty((6, 3, L))  # G g: (row i, column j)
     for j in range(3):  # G down each column of g
         _times_gt4(gt[j], gt[3 + j], gt[6 + j], L, Gg[0, j], Gg[1, j], Gg[2, j], Gg[3, j],
@@ -429,7 +432,9 @@ def _filters4_adjoint(dU, dg):
     for j in range(3):  # and G^T down its columns
         _times_g4(dUG[0, j], dUG[1, j], dUG[2, j], dUG[3, j], dUG[4, j], dUG[5, j], L, dgt[j],
                   dgt[3 + j], dgt[6 + j])
-    dg[:] = dgt.T
+    for t in range(L):
+        for k in range(9):
+            dg[t, k] = dgt[k, t]
 
 
 # The transforms are laid out as F(2x2, 3x3)'s, with four phases for two: the windows start
