@@ -3,8 +3,9 @@
 Three files hold the same kernels under the same names and signatures:
 
 * ``reference.py`` -- plain Python loops, slow and obviously right (the teaching oracle);
-* ``cpu.py``       -- ``@njit`` versions, fast on a CPU (the heads' 3x3 convolutions by
-  Winograd's F(2x2, 3x3), ``winograd.py``: the same results up to rounding);
+* ``cpu.py``       -- ``@njit`` versions, fast on a CPU (the heads' 3x3 convolutions, and the
+  backbone's on one thread, by Winograd's F(4x4, 3x3), ``winograd.py``: the same results up
+  to rounding);
 * ``cuda.py``      -- ``numba.cuda`` versions taking and returning device arrays.
 
 Only ``retina_np.backend`` chooses between them. Every kernel accepts float32 and float64

@@ -6,7 +6,8 @@ into a column, and the convolution becomes a product with the (F, C*kh*kw) weigh
 The input gradient is the transposed product followed by col2im, which adds each column back
 onto the patch it came from. A 1x1, stride-1, unpadded convolution needs no unfolding: the
 input already is that matrix. The heads' 3x3 convolutions on a Joint of levels run as
-Winograd's F(2x2, 3x3) instead (``winograd.py``, ``_winograd``).
+Winograd's F(4x4, 3x3) instead (``winograd.py``, ``_winograd``), and so do the backbone's
+where they run on one thread (``_winograd_images``).
 
 Threads: the ``prange`` loops (numba's pool) and the GEMMs (OpenBLAS's pool) take turns and
 each uses every core, so neither pool may keep spinning once its part is done. GNU OpenMP's
@@ -50,9 +51,10 @@ COLS_MAX_ELEMENTS = 1 << 20
 # big model does not hold gigabytes.
 KEEP_MAX_ELEMENTS = 1 << 23
 
-# The heads' 3x3 convolutions on a Joint (kernels/levels.py) run as Winograd's F(2x2, 3x3)
-# (winograd.py) where that pays: at least WINOGRAD_MIN_TILES tiles (2x2 output blocks), so that
-# each of its 16 GEMMs is large enough, and a transformed input of at most KEEP_MAX_ELEMENTS.
+# The heads' 3x3 convolutions on a Joint (kernels/levels.py) run by Winograd's algorithm
+# (winograd.py; the numbers in this paragraph were measured with F(2x2, 3x3)) where that pays:
+# at least WINOGRAD_MIN_TILES 2x2 blocks of outputs, so that each of its GEMMs is large
+# enough, and a transformed input of at most KEEP_MAX_ELEMENTS.
 # The shapes preset's heads have 688 tiles at batch 8: the training step 102 -> 87 ms (each
 # subnet runs on one core, where the im2col GEMM with K = 9*64 ran at 64-72 GFLOP/s and the 16
 # with K = 64 at 90). Small levels alone were slower by Winograd: 64 channels at 8x8 1.12 ->
@@ -711,8 +713,8 @@ def _joint_pieces(n, hws):
 
 def conv2d_forward_joint(xj, w, b, columns=None):
     """A "same" convolution (stride 1, padding (k-1)/2) of a Joint (C, T) -> Joint (F, T):
-    one unfolding and one GEMM for every level; 3x3 ones by Winograd's F(2x2, 3x3)
-    (``winograd.py``: 16 GEMMs with 2.25x fewer multiplications). columns: as
+    one unfolding and one GEMM for every level; 3x3 ones by Winograd's F(4x4, 3x3)
+    (``winograd.py``: 36 GEMMs with up to 4x fewer multiplications). columns: as
     ``conv2d_forward_levels``'s (for a 3x3 convolution it receives the transformed input)."""
     F, C, k, _ = w.shape
     out = _winograd(xj.n, C, F, xj.hws, k)

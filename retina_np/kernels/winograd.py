@@ -1,8 +1,11 @@
-"""Winograd's minimal filtering F(2x2, 3x3) for the heads' 3x3 "same" convolutions on the CPU
-(``cpu._winograd``; Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
-The kernels take a Joint of levels or (N, C, H, W) images; the package uses them for the
-heads' Joints, and for the backbone's and the FPN's convolutions of images that run on one
-thread, where they pay (see ``cpu.WINOGRAD``).
+"""Winograd's minimal filtering F(2x2, 3x3) and F(4x4, 3x3) for 3x3 "same" convolutions on the
+CPU (``cpu._winograd``; Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+2016). The kernels take a Joint of levels or (N, C, H, W) images; the package uses them for
+the heads' Joints, and for the backbone's and the FPN's convolutions of images that run on one
+thread, where they pay (see ``cpu.WINOGRAD``), with 4x4 blocks (``cpu.WINOGRAD_OUT``).
+
+F(2x2, 3x3) first, as it is the smaller one to read; F(4x4, 3x3) (below, the same steps with
+6x6 windows and 36 products) is what the package runs.
 
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of the input (stride
 2 between windows, so neighbouring windows overlap by two pixels). Directly that is 36
@@ -32,8 +35,9 @@ value for only 64 rows; with K = 64 the same core ran the 16 products at 90 GFLO
 2.25x fewer multiplications. A layer of the shapes preset's heads, forward and backward, on
 one core: see docs/performance.md.
 
-Tiles: on a level of H x W pixels (padding 1) there are ceil(H/2) x ceil(W/2) tiles per image;
-odd sizes (the 1x1 level) compute outputs past the edge that are dropped. Tiles are numbered
+Tiles: on a level of H x W pixels (padding 1) there are ceil(H/2) x ceil(W/2) tiles per image
+(ceil(H/4) x ceil(W/4) for F(4x4, 3x3)); odd sizes (the 1x1 level) compute outputs past the
+edge that are dropped. Tiles are numbered
 level, tile row, tile column, image (the images innermost, see the transforms below).
 """
 
