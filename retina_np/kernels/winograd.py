@@ -149,13 +149,13 @@ def _filters_adjoint(dU, dg):
 
 
 @njit(cache=True, nogil=True)
-def _sizes(table, n):
-    """The largest per-level buffers: (padded rows x (tile columns + 1) x n, (tile rows + 1)
-    x tile columns x n)."""
+def _sizes(table, n, out=2):
+    """The largest per-level buffers for blocks of out x out: (padded rows x (tile columns
+    + 1) x n, (tile rows + 1) x tile columns x n)."""
     e = r = 1
     for level in range(table.shape[0]):
         th, tw = table[level, 4], table[level, 5]
-        e = max(e, (2 * th + 2) * (tw + 1) * n)
+        e = max(e, (out * th + 2) * (tw + 1) * n)
         r = max(r, (th + 1) * tw * n)
     return e, r
 
@@ -447,18 +447,6 @@ def _filters4_adjoint(dU, dg):
 # phases 0 and 1 at b + 1; and its rows likewise.
 
 
-@njit(cache=True, nogil=True)
-def _sizes4(table, n):
-    """The largest per-level buffers: (padded rows x (tile columns + 1) x n, (tile rows + 1)
-    x tile columns x n)."""
-    e = r = 1
-    for level in range(table.shape[0]):
-        th, tw = table[level, 4], table[level, 5]
-        e = max(e, (4 * th + 2) * (tw + 1) * n)
-        r = max(r, (th + 1) * tw * n)
-    return e, r
-
-
 @njit(cache=True, nogil=True, inline="always")
 def _bt4(p0, p1, p2, p3, shift, L, t0, t1, t2, t3, t4, t5):
     """B^T's step along one direction for L windows: each window's six values are (p0[q],
@@ -495,12 +483,36 @@ def _bt4_adjoint(t0, t1, t2, t3, t4, t5, shift, L, p0, p1, p2, p3):
         p1[q + shift] += t5[q]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _plane_to_phases4(plane, H, W, q1, n, m, Q):
+    """Image m's plane (H*W,) into the column phases Q (4, (pr, q, m)) of the padded input:
+    pixel (r, s) is padded (r + 1, s + 1) = (r + 1, 4q + j) (the padding is left as it is)."""
+    for r in range(H):
+        row = ((r + 1) * q1) * n + m
+        for j in range(4):
+            phase = Q[j]
+            for s in range((j + 3) % 4, W, 4):
+                phase[row + ((s + 1) // 4) * n] = plane[r * W + s]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _phases4_to_plane(Q, H, W, q1, n, m, plane):
+    """The adjoint of ``_plane_to_phases4``: image m's pixels from Q into its plane (the
+    padding's entries are dropped)."""
+    for r in range(H):
+        row = ((r + 1) * q1) * n + m
+        for j in range(4):
+            phase = Q[j]
+            for s in range((j + 3) % 4, W, 4):
+                plane[r * W + s] = phase[row + ((s + 1) // 4) * n]
+
+
 @njit(cache=True, nogil=True)
 def input_transform4(x, cs, ms, n, table, V):
     """``input_transform`` for F(4x4, 3x3): x (flat; strides cs, ms) -> V (36, C, P), B^T d B
     of every tile's 6x6 window."""
     C = V.shape[1]
-    e_size, r_size = _sizes4(table, n)
+    e_size, r_size = _sizes(table, n, 4)
     for c in range(C):
         Q = np.empty((4, e_size), x.dtype)  # the padded input's columns by phase, (pr, q, m)
         R = np.empty((6, 4, r_size), x.dtype)  # B^T along the rows: (l, pr % 4, pr // 4, b, m)
@@ -508,15 +520,9 @@ def input_transform4(x, cs, ms, n, table, V):
             H, W, start, tile, th, tw = table[level]
             q1, twn, L = tw + 1, tw * n, th * tw * n
             Q[:, :(4 * th + 2) * q1 * n] = 0
-            for m in range(n):  # pixel (r, s) is padded (r + 1, s + 1) = (r + 1, 4q + j)
+            for m in range(n):
                 p = start + m * ms[level] + c * cs
-                plane = x[p:p + H * W]
-                for r in range(H):
-                    row = ((r + 1) * q1) * n + m
-                    for j in range(4):
-                        phase = Q[j]
-                        for s in range((j + 3) % 4, W, 4):
-                            phase[row + ((s + 1) // 4) * n] = plane[r * W + s]
+                _plane_to_phases4(x[p:p + H * W], H, W, q1, n, m, Q)
             for pr in range(4 * th + 2):  # B^T along each padded row, all (b, m) at once
                 row, o, ph = (pr // 4) * twn, pr * q1 * n, pr % 4
                 _bt4(Q[0, o:], Q[1, o:], Q[2, o:], Q[3, o:], n, twn, R[0, ph, row:],
@@ -532,7 +538,7 @@ def input_transform4(x, cs, ms, n, table, V):
 def input_transform4_adjoint(dV, n, table, dx, cs, ms):
     """The adjoint of ``input_transform4``: dV (36, C, P) -> dx (flat, strides cs, ms)."""
     C = dV.shape[1]
-    e_size, r_size = _sizes4(table, n)
+    e_size, r_size = _sizes(table, n, 4)
     for c in range(C):
         dQ = np.empty((4, e_size), dx.dtype)
         dR = np.empty((6, 4, r_size), dx.dtype)
@@ -551,13 +557,7 @@ def input_transform4_adjoint(dV, n, table, dx, cs, ms):
                              dQ[0, o:], dQ[1, o:], dQ[2, o:], dQ[3, o:])
             for m in range(n):
                 p = start + m * ms[level] + c * cs
-                plane = dx[p:p + H * W]
-                for r in range(H):
-                    row = ((r + 1) * q1) * n + m
-                    for j in range(4):
-                        phase = dQ[j]
-                        for s in range((j + 3) % 4, W, 4):
-                            plane[r * W + s] = phase[row + ((s + 1) // 4) * n]
+                _phases4_to_plane(dQ, H, W, q1, n, m, dx[p:p + H * W])
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -588,12 +588,37 @@ def _a4(g0, g1, g2, g3, L, o0, o1, o2, o3, o4, o5):
         o5[q] = d
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _blocks4_to_plane(Y, H, W, tw, n, m, plane):
+    """Image m's outputs from the 4x4 blocks into its plane (H*W,): pixel (r, s) is entry
+    4*(r % 4) + s % 4 of block ((r//4)*tw + s//4)*n + m of Y (16, tiles) (the outputs past
+    the edge are dropped)."""
+    for r in range(H):
+        row = (r // 4) * tw * n + m
+        for j in range(4):
+            block = Y[4 * (r % 4) + j]
+            for s in range(j, W, 4):
+                plane[r * W + s] = block[row + (s // 4) * n]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _plane_to_blocks4(plane, H, W, tw, n, m, D):
+    """The adjoint of ``_blocks4_to_plane``: image m's plane into its places in D (16, tiles)
+    (the places past the edge are left as they are)."""
+    for r in range(H):
+        row = (r // 4) * tw * n + m
+        for j in range(4):
+            block = D[4 * (r % 4) + j]
+            for s in range(j, W, 4):
+                block[row + (s // 4) * n] = plane[r * W + s]
+
+
 @njit(cache=True, nogil=True)
 def output_transform4(M, n, table, b, y, cs, ms):
     """``output_transform`` for F(4x4, 3x3): M (36, F, P) -> y (flat, strides cs, ms), A^T M A
     of every tile (its 4x4 block, the outputs past the edge dropped), plus the bias b (F,)."""
     F = M.shape[1]
-    _, r_size = _sizes4(table, n)
+    _, r_size = _sizes(table, n, 4)
     zero = y.dtype.type(0)
     for f in range(F):
         S = np.empty((24, r_size), y.dtype)  # A^T M: (row u, column j) at 6*u + j
@@ -610,13 +635,7 @@ def output_transform4(M, n, table, b, y, cs, ms):
                      S[6 * u + 5], L, b[f], Y[4 * u], Y[4 * u + 1], Y[4 * u + 2], Y[4 * u + 3])
             for m in range(n):
                 p = start + m * ms[level] + f * cs
-                plane = y[p:p + H * W]
-                for r in range(H):
-                    row = (r // 4) * tw * n + m
-                    for j in range(4):
-                        block = Y[4 * (r % 4) + j]
-                        for s in range(j, W, 4):
-                            plane[r * W + s] = block[row + (s // 4) * n]
+                _blocks4_to_plane(Y, H, W, tw, n, m, y[p:p + H * W])
 
 
 @njit(cache=True, nogil=True)
@@ -625,7 +644,7 @@ def output_transform4_adjoint(dy, cs, ms, n, table, dM):
     dM (36, F, P), A dY A^T of every tile's 4x4 block of output gradients (zeros past the
     edge)."""
     F = dM.shape[1]
-    _, r_size = _sizes4(table, n)
+    _, r_size = _sizes(table, n, 4)
     for f in range(F):
         D = np.empty((16, r_size), dy.dtype)  # each tile's output gradients (u, v) at 4*u + v
         E = np.empty((24, r_size), dy.dtype)  # dY A^T: (row u, column j) at 6*u + j
@@ -636,13 +655,7 @@ def output_transform4_adjoint(dy, cs, ms, n, table, dM):
                 D[:, :L] = 0
             for m in range(n):
                 p = start + m * ms[level] + f * cs
-                plane = dy[p:p + H * W]
-                for r in range(H):
-                    row = (r // 4) * tw * n + m
-                    for j in range(4):
-                        block = D[4 * (r % 4) + j]
-                        for s in range(j, W, 4):
-                            block[row + (s // 4) * n] = plane[r * W + s]
+                _plane_to_blocks4(dy[p:p + H * W], H, W, tw, n, m, D)
             for u in range(4):  # A along each row u
                 _a4(D[4 * u], D[4 * u + 1], D[4 * u + 2], D[4 * u + 3], L, E[6 * u],
                     E[6 * u + 1], E[6 * u + 2], E[6 * u + 3], E[6 * u + 4], E[6 * u + 5])

@@ -235,6 +235,27 @@ def test_direct_path_gives_the_same_numbers(monkeypatch, out):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
 
 
+def _images_case(rng, n, c, f, h, w_, dtype):
+    """x (n, c, h, w_), w (f, c, 3, 3), b (f,), dy (n, f, h, w_), random, in dtype."""
+    return (rng.standard_normal((n, c, h, w_)).astype(dtype),
+            rng.standard_normal((f, c, 3, 3)).astype(dtype), rng.standard_normal(f).astype(dtype),
+            rng.standard_normal((n, f, h, w_)).astype(dtype))
+
+
+def _assert_equal_the_reference(got, x, w, b, dy, tol):
+    """(y, dx, dw) of images x (N, C, H, W) against reference.py's, in float64, to tol of the
+    largest value (at least 1); each in x's dtype."""
+    h, w_ = x.shape[2:]
+    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
+    wants = (ref.conv2d_forward(x64, w64, b.astype(np.float64), 1, 1),
+             ref.conv2d_backward_input(dy64, w64, h, w_, 1, 1),
+             ref.conv2d_backward_weight(dy64, x64, 3, 3, 1, 1))
+    for array, want in zip(got, wants):
+        assert array.dtype == x.dtype and array.shape == want.shape
+        scale = max(float(np.abs(want).max()), 1.0)
+        assert float(np.abs(array.astype(np.float64) - want).max()) <= tol * scale
+
+
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
 @given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 9),
        w_=st.integers(1, 9), keep=st.booleans())
@@ -243,23 +264,13 @@ def test_direct_path_gives_the_same_numbers(monkeypatch, out):
 def test_image_convolution_equals_the_reference(out, dtype, tol, n, c, f, h, w_, keep):
     """The same kernels on (N, C, H, W) images (one level; chapter 1 times them on one):
     forward, input and weight gradients equal the reference's, with or without the kept V."""
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
-    w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
-    b = rng.standard_normal(f).astype(dtype)
-    dy = rng.standard_normal((n, f, h, w_)).astype(dtype)
+    x, w, b, dy = _images_case(np.random.default_rng(6), n, c, f, h, w_, dtype)
     kept = []
     y = wg.conv3x3_forward(x, n, ((h, w_),), w, b, kept, out)
     assert kept[0].shape == ((out + 2) ** 2, c, n * -(-h // out) * -(-w_ // out))
     dx, dw = wg.conv3x3_backward(dy, x, n, ((h, w_),), w, V=kept[0] if keep else None,
                                  out=out)
-    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
-    for got, want in ((y, ref.conv2d_forward(x64, w64, b.astype(np.float64), 1, 1)),
-                      (dx, ref.conv2d_backward_input(dy64, w64, h, w_, 1, 1)),
-                      (dw, ref.conv2d_backward_weight(dy64, x64, 3, 3, 1, 1))):
-        assert got.dtype == dtype and got.shape == want.shape
-        scale = max(float(np.abs(want).max()), 1.0)
-        assert float(np.abs(got.astype(np.float64) - want).max()) <= tol * scale
+    _assert_equal_the_reference((y, dx, dw), x, w, b, dy, tol)
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
@@ -275,23 +286,13 @@ def test_image_convolutions_on_one_thread_take_winograd(monkeypatch, out, dtype,
     images: a small "same" 3x3 convolution runs on one thread (threads.serial_when_small) and
     then by Winograd (the forward keeps V, 3-D); the results equal the reference's."""
     monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
-    rng = np.random.default_rng(9)
-    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
-    w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
-    b = rng.standard_normal(f).astype(dtype)
-    dy = rng.standard_normal((n, f, h, w_)).astype(dtype)
+    x, w, b, dy = _images_case(np.random.default_rng(9), n, c, f, h, w_, dtype)
     kept = []
     y = cpu.conv2d_forward(x, w, b, 1, 1, kept)
     assert len(kept) == 1 and kept[0].shape[0] == (out + 2) ** 2
     dx = cpu.conv2d_backward_input(dy, w, h, w_, 1, 1)
     dw = cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1, kept if keep else None)
-    x64, w64, dy64 = x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64)
-    for got, want in ((y, ref.conv2d_forward(x64, w64, b.astype(np.float64), 1, 1)),
-                      (dx, ref.conv2d_backward_input(dy64, w64, h, w_, 1, 1)),
-                      (dw, ref.conv2d_backward_weight(dy64, x64, 3, 3, 1, 1))):
-        assert got.dtype == dtype and got.shape == want.shape
-        scale = max(float(np.abs(want).max()), 1.0)
-        assert float(np.abs(got.astype(np.float64) - want).max()) <= tol * scale
+    _assert_equal_the_reference((y, dx, dw), x, w, b, dy, tol)
 
 
 def test_only_large_enough_joints_and_one_thread_images_take_winograd(monkeypatch):
