@@ -85,8 +85,8 @@ def _winograd(n, C, F, hws, k):
     if not WINOGRAD or k != 3:
         return 0
     tiles = n * sum(((h + 1) // 2) * ((w + 1) // 2) for h, w in hws)
-    terms = (WINOGRAD_OUT + 2) ** 2 * max(C, F) * winograd.tiles(n, tuple(hws), WINOGRAD_OUT)[1]
-    return WINOGRAD_OUT if tiles >= WINOGRAD_MIN_TILES and terms <= KEEP_MAX_ELEMENTS else 0
+    kept = (WINOGRAD_OUT + 2) ** 2 * max(C, F) * winograd.tiles(n, tuple(hws), WINOGRAD_OUT)[1]
+    return WINOGRAD_OUT if tiles >= WINOGRAD_MIN_TILES and kept <= KEEP_MAX_ELEMENTS else 0
 
 
 def _winograd_images(N, C, F, H, W, kh, kw, stride, padding):

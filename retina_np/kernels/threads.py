@@ -51,7 +51,8 @@ THREAD_SAFE_LAYERS = ("omp", "tbb")
 # against 0.09 on one, the 1x1 downsampling convolutions 0.5 against 0.23; ad-hoc timings of
 # the layers in a step), and far more when the host leaves one core waiting: in alternating
 # steps the backbone's forward ran 33 ms against 46-55 ms in such a spell, and 22.5 against
-# 21.8 in a quiet one (docs/performance.md). 0: every kernel on every core (comparisons).
+# 21.8 in a quiet one (``benchmarks/bench_alternating.py serial``, docs/performance.md).
+# 0: every kernel on every core (comparisons).
 SERIAL_MAX_ELEMENTS = 1 << 18
 # A convolution with a small input can still be a large product: ResNet-50's last 3x3
 # convolutions at 512x512 (512 channels at 16x16, 131,072 input values) do 604M multiply-adds.
