@@ -24,6 +24,7 @@ threadpoolctl finds; or ``ENABLED = False`` (for comparisons).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import threading
@@ -78,18 +79,11 @@ def side_by_side(*tasks, channels=0):
     threads = _threads_per_task(len(tasks), channels)
     if threads is None:
         return [task() for task in tasks]
-    blas = _blas_libraries()
-    blas_threads = [lib.num_threads for lib in blas]
-    for lib in blas:
-        lib.set_num_threads(threads)
-    try:
+    with _blas_threads(threads):
         others = [_worker_pool(len(tasks) - 1).submit(_run, task, threads)
                   for task in tasks[1:]]
         first = _outcome(_run, tasks[0], threads)
         outcomes = [first] + [_outcome(f.result) for f in others]
-    finally:
-        for lib, n in zip(blas, blas_threads):
-            lib.set_num_threads(n)
     for _, error in outcomes:
         if error is not None:
             raise error
@@ -112,17 +106,25 @@ def serial_when_small(kernel=None, *, macs=None):
                 or numba.get_num_threads() < 2
                 or (macs is not None and macs(x, *args) >= SERIAL_MAX_MACS)):
             return kernel(x, *args, **kwargs)
-        blas = _blas_libraries()
-        blas_threads = [lib.num_threads for lib in blas]
-        for lib in blas:
-            lib.set_num_threads(1)
-        try:
+        with _blas_threads(1):
             return _run(lambda: kernel(x, *args, **kwargs), 1)
-        finally:
-            for lib, n in zip(blas, blas_threads):
-                lib.set_num_threads(n)
 
     return run
+
+
+@contextlib.contextmanager
+def _blas_threads(threads):
+    """Every loaded BLAS library on ``threads`` threads inside the block, as before after it
+    (the count is process-wide)."""
+    blas = _blas_libraries()
+    before = [lib.num_threads for lib in blas]
+    for lib in blas:
+        lib.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        for lib, n in zip(blas, before):
+            lib.set_num_threads(n)
 
 
 def _run(task, threads):
