@@ -84,9 +84,9 @@ def _winograd(n, C, F, hws, k):
     counts 2x2 blocks whatever the block side, so that both sides take the same layers."""
     if not WINOGRAD or k != 3:
         return 0
-    tiles = n * sum(((h + 1) // 2) * ((w + 1) // 2) for h, w in hws)
+    blocks = winograd.tiles(n, tuple(hws), 2)[1]  # 2x2 blocks of outputs
     kept = (WINOGRAD_OUT + 2) ** 2 * max(C, F) * winograd.tiles(n, tuple(hws), WINOGRAD_OUT)[1]
-    return WINOGRAD_OUT if tiles >= WINOGRAD_MIN_TILES and kept <= KEEP_MAX_ELEMENTS else 0
+    return WINOGRAD_OUT if blocks >= WINOGRAD_MIN_TILES and kept <= KEEP_MAX_ELEMENTS else 0
 
 
 def _winograd_images(N, C, F, H, W, kh, kw, stride, padding):
