@@ -81,7 +81,7 @@ def filters(w, out=OUT):
     F, C = w.shape[:2]
     terms = (out + 2) ** 2
     U = np.empty((terms, F, C), w.dtype)
-    (_filters if out == 2 else _filters4)(w.reshape(F * C, 9), U.reshape(terms, F * C))
+    _KERNELS[out][4](w.reshape(F * C, 9), U.reshape(terms, F * C))
     return U
 
 
@@ -89,8 +89,8 @@ def filters_adjoint(dU):
     """The adjoint of ``filters``: dU (16 or 36, F, C) -> dw (F, C, 3, 3) = G^T dU G."""
     terms, F, C = dU.shape
     dw = np.empty((F, C, 3, 3), dU.dtype)
-    (_filters_adjoint if terms == 16 else _filters4_adjoint)(
-        np.ascontiguousarray(dU).reshape(terms, F * C), dw.reshape(F * C, 9))
+    _KERNELS[block_side(dU)][5](np.ascontiguousarray(dU).reshape(terms, F * C),
+                                dw.reshape(F * C, 9))
     return dw
 
 
@@ -143,9 +143,9 @@ def _filters_adjoint(dU, dg):
 # column b, image m (images innermost, the tiles' order in V and M too): the levels' images
 # have the same geometry, so every step but the first and last is one contiguous loop over
 # all tiles of the level, which LLVM vectorises. The windows overlap by two pixels, so the
-# padded input is split into its even and odd columns E and O (rows pr, columns q, images m):
-# a window's columns 2b..2b+3 are E[b], O[b], E[b+1], O[b+1], and its rows 2a..2a+3 are rows
-# a and a+1 of the even and the odd padded rows.
+# padded input is split into its even and odd columns Q[0] and Q[1] (rows pr, columns q,
+# images m): a window's columns 2b..2b+3 are Q[0][b], Q[1][b], Q[0][b+1], Q[1][b+1], and its
+# rows 2a..2a+3 are rows a and a+1 of the even and the odd padded rows.
 
 
 @njit(cache=True, nogil=True)
@@ -199,26 +199,16 @@ def input_transform(x, cs, ms, n, table, V):
     C = V.shape[1]
     e_size, r_size = _sizes(table, n)
     for c in range(C):
-        E = np.empty(e_size, x.dtype)  # the padded input's even columns, (pr, q, m)
-        O = np.empty(e_size, x.dtype)  # and its odd ones
+        Q = np.empty((2, e_size), x.dtype)  # the padded input's even and odd columns (pr, q, m)
         R = np.empty((4, 2, r_size), x.dtype)  # B^T along the rows: (l, pr % 2, pr // 2, b, m)
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
             q1, twn, L = tw + 1, tw * n, th * tw * n
-            E[:(2 * th + 2) * q1 * n] = 0
-            O[:(2 * th + 2) * q1 * n] = 0
-            for m in range(n):  # pixel (r, s) is padded (r + 1, s + 1)
-                p = start + m * ms[level] + c * cs
-                plane = x[p:p + H * W]
-                for r in range(H):
-                    row = ((r + 1) * q1) * n + m
-                    for s in range(0, W, 2):
-                        O[row + (s // 2) * n] = plane[r * W + s]
-                    for s in range(1, W, 2):
-                        E[row + ((s + 1) // 2) * n] = plane[r * W + s]
+            Q[:, :(2 * th + 2) * q1 * n] = 0
+            _planes_to_phases(x, cs, ms, n, c, level, H, W, start, q1, 2, Q)
             for pr in range(2 * th + 2):  # B^T along each padded row, all (b, m) at once:
-                row = (pr // 2) * twn  # window columns 0..3 are E[b], O[b], E[b+1], O[b+1]
-                _bt(E[pr * q1 * n:], O[pr * q1 * n:], n, twn, R[0, pr % 2, row:],
+                row = (pr // 2) * twn  # window columns 0..3: Q[0][b], Q[1][b], Q[0][b+1], Q[1][b+1]
+                _bt(Q[0, pr * q1 * n:], Q[1, pr * q1 * n:], n, twn, R[0, pr % 2, row:],
                     R[1, pr % 2, row:], R[2, pr % 2, row:], R[3, pr % 2, row:])
             for col in range(4):  # and down each column (rows: even, odd, even + 1, odd + 1)
                 _bt(R[col, 0], R[col, 1], twn, L, V[col, c, tile:], V[4 + col, c, tile:],
@@ -233,8 +223,7 @@ def input_transform_adjoint(dV, n, table, dx, cs, ms):
     C = dV.shape[1]
     e_size, r_size = _sizes(table, n)
     for c in range(C):
-        dE = np.empty(e_size, dx.dtype)
-        dO = np.empty(e_size, dx.dtype)
+        dQ = np.empty((2, e_size), dx.dtype)
         dR = np.empty((4, 2, r_size), dx.dtype)
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
@@ -245,43 +234,73 @@ def input_transform_adjoint(dV, n, table, dx, cs, ms):
             for pr in range(2 * th + 2):  # the rows' step backwards
                 row = (pr // 2) * twn
                 _bt_adjoint(dR[0, pr % 2, row:], dR[1, pr % 2, row:], dR[2, pr % 2, row:],
-                            dR[3, pr % 2, row:], n, twn, dE[pr * q1 * n:], dO[pr * q1 * n:])
-            for m in range(n):
-                p = start + m * ms[level] + c * cs
-                plane = dx[p:p + H * W]
-                for r in range(H):
-                    row = ((r + 1) * q1) * n + m
-                    for s in range(0, W, 2):
-                        plane[r * W + s] = dO[row + (s // 2) * n]
-                    for s in range(1, W, 2):
-                        plane[r * W + s] = dE[row + ((s + 1) // 2) * n]
+                            dR[3, pr % 2, row:], n, twn, dQ[0, pr * q1 * n:],
+                            dQ[1, pr * q1 * n:])
+            _phases_to_planes(dQ, n, c, level, H, W, start, q1, 2, dx, cs, ms)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _blocks_to_plane(Y, H, W, tw, n, m, plane):
-    """Image m's outputs from the 2x2 blocks into its plane (H*W,): pixel (r, s) is entry
-    2*(r % 2) + s % 2 of block ((r//2)*tw + s//2)*n + m of Y (4, tiles) (the blocks past an
-    odd edge are dropped)."""
-    for r in range(H):
-        row = (r // 2) * tw * n + m
-        even, odd = Y[2 * (r % 2)], Y[2 * (r % 2) + 1]
-        for s in range(0, W, 2):
-            plane[r * W + s] = even[row + (s // 2) * n]
-        for s in range(1, W, 2):
-            plane[r * W + s] = odd[row + (s // 2) * n]
+def _blocks_to_planes(Y, y, cs, ms, n, f, level, H, W, start, tw, out):
+    """Channel f's outputs on one level from the out x out blocks into y (flat, strides cs,
+    ms), image by image: pixel (r, s) is entry out*(r % out) + s % out of block ((r//out)*tw +
+    s//out)*n + m of Y (out*out, tiles) (the outputs past the edge are dropped)."""
+    for m in range(n):
+        p = start + m * ms[level] + f * cs
+        plane = y[p:p + H * W]
+        for r in range(H):
+            row = (r // out) * tw * n + m
+            for j in range(out):
+                block = Y[out * (r % out) + j]
+                for s in range(j, W, out):
+                    plane[r * W + s] = block[row + (s // out) * n]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _plane_to_blocks(plane, H, W, tw, n, m, D):
-    """The adjoint of ``_blocks_to_plane``: image m's plane into its places in D (4, tiles)
-    (the places past an odd edge are left as they are)."""
-    for r in range(H):
-        row = (r // 2) * tw * n + m
-        even, odd = D[2 * (r % 2)], D[2 * (r % 2) + 1]
-        for s in range(0, W, 2):
-            even[row + (s // 2) * n] = plane[r * W + s]
-        for s in range(1, W, 2):
-            odd[row + (s // 2) * n] = plane[r * W + s]
+def _planes_to_blocks(dy, cs, ms, n, f, level, H, W, start, tw, out, L, D):
+    """The adjoint of ``_blocks_to_planes``: channel f's gradients on one level into their
+    places in D (out*out, tiles), the places past the edge zero."""
+    if H % out or W % out:  # some tiles have outputs past the edge
+        D[:, :L] = 0
+    for m in range(n):
+        p = start + m * ms[level] + f * cs
+        plane = dy[p:p + H * W]
+        for r in range(H):
+            row = (r // out) * tw * n + m
+            for j in range(out):
+                block = D[out * (r % out) + j]
+                for s in range(j, W, out):
+                    block[row + (s // out) * n] = plane[r * W + s]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _planes_to_phases(x, cs, ms, n, c, level, H, W, start, q1, out, Q):
+    """Channel c's planes on one level into the column phases Q (out, (pr, q, m)) of the
+    padded input: pixel (r, s) is padded (r + 1, s + 1) = (r + 1, out*q + j) (the padding is
+    left as it is)."""
+    for m in range(n):
+        p = start + m * ms[level] + c * cs
+        plane = x[p:p + H * W]
+        for r in range(H):
+            row = ((r + 1) * q1) * n + m
+            for j in range(out):
+                phase = Q[j]
+                for s in range((j + out - 1) % out, W, out):
+                    phase[row + ((s + 1) // out) * n] = plane[r * W + s]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _phases_to_planes(Q, n, c, level, H, W, start, q1, out, dx, cs, ms):
+    """The adjoint of ``_planes_to_phases``: the pixels from Q into channel c's planes (the
+    padding's entries are dropped)."""
+    for m in range(n):
+        p = start + m * ms[level] + c * cs
+        plane = dx[p:p + H * W]
+        for r in range(H):
+            row = ((r + 1) * q1) * n + m
+            for j in range(out):
+                phase = Q[j]
+                for s in range((j + out - 1) % out, W, out):
+                    plane[r * W + s] = phase[row + ((s + 1) // out) * n]
 
 
 @njit(cache=True, nogil=True)
@@ -320,9 +339,7 @@ def output_transform(M, n, table, b, y, cs, ms):
                 y1[q] = s01 - s02 - s03 + bias
                 y2[q] = s10 + s11 + s12 + bias
                 y3[q] = s11 - s12 - s13 + bias
-            for m in range(n):
-                p = start + m * ms[level] + f * cs
-                _blocks_to_plane(Y, H, W, tw, n, m, y[p:p + H * W])
+            _blocks_to_planes(Y, y, cs, ms, n, f, level, H, W, start, tw, 2)
 
 
 @njit(cache=True, nogil=True)
@@ -337,11 +354,7 @@ def output_transform_adjoint(dy, cs, ms, n, table, dM):
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
             L = th * tw * n
-            if H % 2 or W % 2:  # some tiles have outputs past the edge
-                D[:, :L] = 0
-            for m in range(n):
-                p = start + m * ms[level] + f * cs
-                _plane_to_blocks(dy[p:p + H * W], H, W, tw, n, m, D)
+            _planes_to_blocks(dy, cs, ms, n, f, level, H, W, start, tw, 2, L, D)
             d00, d01, d10, d11 = D[0], D[1], D[2], D[3]
             for i in range(4):  # row i of A dY A^T: A's row i down the columns ...
                 a0, a1 = A[i, 0], A[i, 1]
@@ -483,30 +496,6 @@ def _bt4_adjoint(t0, t1, t2, t3, t4, t5, shift, L, p0, p1, p2, p3):
         p1[q + shift] += t5[q]
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _plane_to_phases4(plane, H, W, q1, n, m, Q):
-    """Image m's plane (H*W,) into the column phases Q (4, (pr, q, m)) of the padded input:
-    pixel (r, s) is padded (r + 1, s + 1) = (r + 1, 4q + j) (the padding is left as it is)."""
-    for r in range(H):
-        row = ((r + 1) * q1) * n + m
-        for j in range(4):
-            phase = Q[j]
-            for s in range((j + 3) % 4, W, 4):
-                phase[row + ((s + 1) // 4) * n] = plane[r * W + s]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _phases4_to_plane(Q, H, W, q1, n, m, plane):
-    """The adjoint of ``_plane_to_phases4``: image m's pixels from Q into its plane (the
-    padding's entries are dropped)."""
-    for r in range(H):
-        row = ((r + 1) * q1) * n + m
-        for j in range(4):
-            phase = Q[j]
-            for s in range((j + 3) % 4, W, 4):
-                plane[r * W + s] = phase[row + ((s + 1) // 4) * n]
-
-
 @njit(cache=True, nogil=True)
 def input_transform4(x, cs, ms, n, table, V):
     """``input_transform`` for F(4x4, 3x3): x (flat; strides cs, ms) -> V (36, C, P), B^T d B
@@ -520,9 +509,7 @@ def input_transform4(x, cs, ms, n, table, V):
             H, W, start, tile, th, tw = table[level]
             q1, twn, L = tw + 1, tw * n, th * tw * n
             Q[:, :(4 * th + 2) * q1 * n] = 0
-            for m in range(n):
-                p = start + m * ms[level] + c * cs
-                _plane_to_phases4(x[p:p + H * W], H, W, q1, n, m, Q)
+            _planes_to_phases(x, cs, ms, n, c, level, H, W, start, q1, 4, Q)
             for pr in range(4 * th + 2):  # B^T along each padded row, all (b, m) at once
                 row, o, ph = (pr // 4) * twn, pr * q1 * n, pr % 4
                 _bt4(Q[0, o:], Q[1, o:], Q[2, o:], Q[3, o:], n, twn, R[0, ph, row:],
@@ -555,9 +542,7 @@ def input_transform4_adjoint(dV, n, table, dx, cs, ms):
                 _bt4_adjoint(dR[0, ph, row:], dR[1, ph, row:], dR[2, ph, row:],
                              dR[3, ph, row:], dR[4, ph, row:], dR[5, ph, row:], n, twn,
                              dQ[0, o:], dQ[1, o:], dQ[2, o:], dQ[3, o:])
-            for m in range(n):
-                p = start + m * ms[level] + c * cs
-                _phases4_to_plane(dQ, H, W, q1, n, m, dx[p:p + H * W])
+            _phases_to_planes(dQ, n, c, level, H, W, start, q1, 4, dx, cs, ms)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -588,31 +573,6 @@ def _a4(g0, g1, g2, g3, L, o0, o1, o2, o3, o4, o5):
         o5[q] = d
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _blocks4_to_plane(Y, H, W, tw, n, m, plane):
-    """Image m's outputs from the 4x4 blocks into its plane (H*W,): pixel (r, s) is entry
-    4*(r % 4) + s % 4 of block ((r//4)*tw + s//4)*n + m of Y (16, tiles) (the outputs past
-    the edge are dropped)."""
-    for r in range(H):
-        row = (r // 4) * tw * n + m
-        for j in range(4):
-            block = Y[4 * (r % 4) + j]
-            for s in range(j, W, 4):
-                plane[r * W + s] = block[row + (s // 4) * n]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _plane_to_blocks4(plane, H, W, tw, n, m, D):
-    """The adjoint of ``_blocks4_to_plane``: image m's plane into its places in D (16, tiles)
-    (the places past the edge are left as they are)."""
-    for r in range(H):
-        row = (r // 4) * tw * n + m
-        for j in range(4):
-            block = D[4 * (r % 4) + j]
-            for s in range(j, W, 4):
-                block[row + (s // 4) * n] = plane[r * W + s]
-
-
 @njit(cache=True, nogil=True)
 def output_transform4(M, n, table, b, y, cs, ms):
     """``output_transform`` for F(4x4, 3x3): M (36, F, P) -> y (flat, strides cs, ms), A^T M A
@@ -633,9 +593,7 @@ def output_transform4(M, n, table, b, y, cs, ms):
             for u in range(4):  # and along each row u, with the bias
                 _at4(S[6 * u], S[6 * u + 1], S[6 * u + 2], S[6 * u + 3], S[6 * u + 4],
                      S[6 * u + 5], L, b[f], Y[4 * u], Y[4 * u + 1], Y[4 * u + 2], Y[4 * u + 3])
-            for m in range(n):
-                p = start + m * ms[level] + f * cs
-                _blocks4_to_plane(Y, H, W, tw, n, m, y[p:p + H * W])
+            _blocks_to_planes(Y, y, cs, ms, n, f, level, H, W, start, tw, 4)
 
 
 @njit(cache=True, nogil=True)
@@ -651,11 +609,7 @@ def output_transform4_adjoint(dy, cs, ms, n, table, dM):
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
             L = th * tw * n
-            if H % 4 or W % 4:  # some tiles have outputs past the edge
-                D[:, :L] = 0
-            for m in range(n):
-                p = start + m * ms[level] + f * cs
-                _plane_to_blocks4(dy[p:p + H * W], H, W, tw, n, m, D)
+            _planes_to_blocks(dy, cs, ms, n, f, level, H, W, start, tw, 4, L, D)
             for u in range(4):  # A along each row u
                 _a4(D[4 * u], D[4 * u + 1], D[4 * u + 2], D[4 * u + 3], L, E[6 * u],
                     E[6 * u + 1], E[6 * u + 2], E[6 * u + 3], E[6 * u + 4], E[6 * u + 5])
@@ -687,11 +641,13 @@ def _channels(a):
     return a.shape[0 if a.ndim == 2 else 1]
 
 
-# out -> (input transform, its adjoint, output transform, its adjoint)
+# out -> (input transform, its adjoint, output transform, its adjoint, filter transform, its
+# adjoint)
 _KERNELS = {
-    2: (input_transform, input_transform_adjoint, output_transform, output_transform_adjoint),
+    2: (input_transform, input_transform_adjoint, output_transform, output_transform_adjoint,
+        _filters, _filters_adjoint),
     4: (input_transform4, input_transform4_adjoint, output_transform4,
-        output_transform4_adjoint),
+        output_transform4_adjoint, _filters4, _filters4_adjoint),
 }
 
 
