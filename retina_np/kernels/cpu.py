@@ -89,6 +89,12 @@ def _winograd(n, C, F, hws, k):
     return WINOGRAD_OUT if blocks >= WINOGRAD_MIN_TILES and kept <= KEEP_MAX_ELEMENTS else 0
 
 
+def _kept_block_side(columns):
+    """Which way the forward went, from the matrices it kept: Winograd's block side for V, the
+    transformed input (3-D), or 0 for im2col's 2-D matrices."""
+    return winograd.block_side(columns[0]) if columns[0].ndim == 3 else 0
+
+
 def _winograd_images(N, C, F, H, W, kh, kw, stride, padding):
     """The block side if a convolution of (N, C, H, W) images runs by Winograd's algorithm,
     else 0: a "same" 3x3 one that ``_winograd`` allows, called on one thread (inside a task,
@@ -499,12 +505,11 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
     """
     N, F, Ho, Wo = dy.shape
     C, H, W = x.shape[1:]
-    # the forward's kept matrix says which way it went (V, the transformed input, is 3-D)
-    if columns and columns[0].ndim == 3:
-        return winograd.conv3x3_backward_weight(dy, x, N, ((H, W),), columns[0])
-    out = 0 if columns else _winograd_images(N, C, F, H, W, kh, kw, stride, padding)
+    out = (_kept_block_side(columns) if columns
+           else _winograd_images(N, C, F, H, W, kh, kw, stride, padding))
     if out:
-        return winograd.conv3x3_backward_weight(dy, x, N, ((H, W),), out=out)
+        return winograd.conv3x3_backward_weight(dy, x, N, ((H, W),),
+                                                columns[0] if columns else None, out=out)
     dy3 = dy.reshape(N, F, Ho * Wo)
     if _is_pointwise(kh, kw, stride, padding):  # x itself is the (C, L) matrix
         x3 = x.reshape(N, C, Ho * Wo)
@@ -737,10 +742,10 @@ def conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None,
     F, C, k, _ = w.shape
     dy = dyj.data  # (F, T)
     db = _bias_gradient(dy) if has_bias and need_weight_grad else None
-    # the forward's kept matrix says which way it went (V, the transformed input, is 3-D)
-    if columns[0].ndim == 3 if columns else _winograd(xj.n, C, F, xj.hws, k):
+    out = _kept_block_side(columns) if columns else _winograd(xj.n, C, F, xj.hws, k)
+    if out:
         return _backward_joint_winograd(dyj, xj, w, need_input_grad, need_weight_grad,
-                                        columns) + (db,)
+                                        columns, out) + (db,)
     dw = None
     if need_weight_grad:
         cols = columns[0] if columns else None
@@ -756,15 +761,14 @@ def conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None,
     return xj.like(dxc), dw, db
 
 
-def _backward_joint_winograd(dyj, xj, w, need_input_grad, need_weight_grad, columns):
-    """(dx Joint or None, dw or None) of a Winograd Joint convolution. columns (the forward's
-    [V], or None): an input-gradient call without the weight gradient leaves its transformed
-    output gradient there too, as (dy, dM), for the later call that computes the weight
-    gradient from the same dy (the heads' queued weight gradients: it is not made twice)."""
+def _backward_joint_winograd(dyj, xj, w, need_input_grad, need_weight_grad, columns, out):
+    """(dx Joint or None, dw or None) of a Winograd Joint convolution with out x out blocks.
+    columns (the forward's [V], or None): an input-gradient call without the weight gradient
+    leaves its transformed output gradient there too, as (dy, dM), for the later call that
+    computes the weight gradient from the same dy (the heads' queued weight gradients: it is
+    not made twice)."""
     dy, n, hws = dyj.data, xj.n, xj.hws
     later = columns[1] if columns and len(columns) > 1 and columns[1][0] is dy else None
-    out = (winograd.block_side(columns[0]) if columns
-           else _winograd(n, w.shape[1], w.shape[0], hws, 3))
     dM = later[1] if later is not None else winograd.output_gradients(dy, n, hws, out)
     dx = dw = None
     if need_input_grad:
