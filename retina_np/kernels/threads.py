@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
-from retina_np.kernels.options import current as _options
+from retina_np.kernels.tunables import current as _options
 
 # Numba's threading layers that may be entered from several threads at once.
 THREAD_SAFE_LAYERS = ("omp", "tbb")

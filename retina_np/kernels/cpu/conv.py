@@ -38,7 +38,7 @@ from retina_np.kernels.cpu.plan import (
     choose_conv,
     out_size,
 )
-from retina_np.kernels.options import current
+from retina_np.kernels.tunables import current
 
 
 def conv2d_forward(x, w, b, stride, padding, workspace=None):

@@ -29,7 +29,7 @@ from retina_np.kernels.cpu.im2col import (
 )
 from retina_np.kernels.cpu.plan import WINOGRAD, choose_conv
 from retina_np.kernels.levels import Joint
-from retina_np.kernels.options import current
+from retina_np.kernels.tunables import current
 
 
 def join_levels(xs, kernel_size=None):

@@ -20,7 +20,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from retina_np.kernels.options import current
+from retina_np.kernels.tunables import current
 
 
 def output_tiles(N: int, Ho: int, row_elements: int):

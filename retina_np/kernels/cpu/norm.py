@@ -14,7 +14,7 @@ from numba import njit, prange
 
 from retina_np.kernels import threads
 from retina_np.kernels.levels import Joint
-from retina_np.kernels.options import current
+from retina_np.kernels.tunables import current
 
 
 # Per-channel values are read with np.float64(...): numba's float() keeps a float32 a float32.

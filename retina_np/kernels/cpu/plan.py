@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from retina_np.kernels import options as _options
+from retina_np.kernels import tunables as _options
 from retina_np.kernels.cpu.winograd_f2 import tiles
 
 POINTWISE, IM2COL, IM2COL_SAME, WINOGRAD = "pointwise", "im2col", "im2col_same", "winograd"
