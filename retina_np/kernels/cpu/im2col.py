@@ -83,21 +83,12 @@ def phases(xp, stride):
     N, C, Hp, Wp = xp.shape
     if stride == 1:
         return xp.reshape(N, 1, 1, C, Hp, Wp)
-    return _cut_phases(xp, stride)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _cut_phases(xp, s):
-    N, C, Hp, Wp = xp.shape
+    s = stride
     out = np.zeros((N, s, s, C, -(-Hp // s), -(-Wp // s)), xp.dtype)
-    for t in prange(N * C):
-        n, c = t // C, t % C
-        for h in range(Hp):
-            src = xp[n, c, h]
-            for b in range(s):
-                dst = out[n, h % s, b, c, h // s]
-                for w in range((Wp - b + s - 1) // s):
-                    dst[w] = src[w * s + b]
+    for a in range(s):  # s*s strided copies in NumPy: as fast as a parallel Numba loop here,
+        for b in range(s):  # and nothing to compile
+            phase = xp[:, :, a::s, b::s]
+            out[:, a, b, :, :phase.shape[2], :phase.shape[3]] = phase
     return out
 
 
