@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from retina_np import kernels
 from retina_np.detection import (
     box_iou,
     encode_boxes,
@@ -268,7 +269,7 @@ def test_retina_loss_float32():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_retina_loss_halves_side_by_side_equal_one_by_one(dtype, monkeypatch):
+def test_retina_loss_halves_side_by_side_equal_one_by_one(dtype):
     """The two halves of the batch run at once on two or more cores: the same bits."""
     rng = np.random.default_rng(10)
     _, _, anchors, (boxes, empty) = small_problem(rng, dtype)
@@ -281,8 +282,8 @@ def test_retina_loss_halves_side_by_side_equal_one_by_one(dtype, monkeypatch):
     if threads._threads_per_task(2) is None:
         pytest.skip("tasks run one by one here")
     at_once = retina_loss(cls_logits, box_deltas, anchors, targets)
-    monkeypatch.setattr(threads, "ENABLED", False)
-    one_by_one = retina_loss(cls_logits, box_deltas, anchors, targets)
+    with kernels.options(side_by_side=False):
+        one_by_one = retina_loss(cls_logits, box_deltas, anchors, targets)
     assert at_once[0] == one_by_one[0]
     np.testing.assert_array_equal(at_once[1], one_by_one[1])
     np.testing.assert_array_equal(at_once[2], one_by_one[2])
@@ -298,7 +299,6 @@ def test_retina_loss_halves_side_by_side_equal_one_by_one(dtype, monkeypatch):
     # a bad box in either half is reported as it is one by one: the first bad image
     targets[4] = {"boxes": np.array([[5.0, 5, 5, 9]], dtype), "labels": np.array([0])}
     targets[1] = {"boxes": np.array([[5.0, 5, 9, 5]], dtype), "labels": np.array([0])}
-    monkeypatch.setattr(threads, "ENABLED", True)
     with pytest.raises(ValueError, match="image 1: box 0"):
         retina_loss(cls_logits, box_deltas, anchors, targets)
 
