@@ -304,6 +304,7 @@ def retina_loss(
     beta: float = DEFAULT_SMOOTH_L1_BETA,
     fg_iou: float = DEFAULT_FG_IOU_THRESH,
     bg_iou: float = DEFAULT_BG_IOU_THRESH,
+    map_images=map,
 ):
     """RetinaNet's training loss of a batch and its gradients with respect to the head outputs.
 
@@ -323,6 +324,10 @@ def retina_loss(
         alpha, gamma: focal loss parameters (see :func:`sigmoid_focal_loss`).
         box_loss (str): ``"smooth_l1"`` (with ``beta``) or ``"l1"``.
         fg_iou, bg_iou (float): matcher thresholds.
+        map_images: how the images are run, ``map_images(image_loss, range(N))``: ``map``,
+            one after another; or anything that returns ``map``'s results in order (the
+            images share nothing but the anchors: retina_np/schedule.py runs the two halves
+            of the batch side by side).
 
     Returns:
         tuple: ``losses`` dict with ``"classification"``, ``"box_regression"``, ``"total"``
@@ -391,15 +396,9 @@ def retina_loss(
         )
         return cls_sum / norm, box_sum / norm, foreground.size
 
-    # The images share nothing but the anchors: on the CPU the two halves of the batch run
-    # side by side, each on its share of the cores (the kernels release the GIL); the sums
-    # below are taken in image order either way.
-    half = (batch + 1) // 2
-    first, second = kernels.side_by_side(lambda: [image_loss(b) for b in range(half)],
-                                         lambda: [image_loss(b) for b in range(half, batch)])
     cls_total = box_total = 0.0
     num_foreground_total = 0
-    for cls_b, box_b, num_foreground in first + second:
+    for cls_b, box_b, num_foreground in map_images(image_loss, range(batch)):  # image order
         cls_total += cls_b
         box_total += box_b
         num_foreground_total += num_foreground
