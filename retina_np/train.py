@@ -149,8 +149,10 @@ def train(
     keep_freed_memory()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    c = model.config  # the images are made as the model expects them
     loader = DataLoader(
-        dataset, cfg.batch_size, shuffle=True, flip=cfg.flip, seed=cfg.seed, cache=cfg.cache_images
+        dataset, cfg.batch_size, shuffle=True, flip=cfg.flip, seed=cfg.seed, cache=cfg.cache_images,
+        size_divisible=c.size_divisible, image_mean=c.image_mean, image_std=c.image_std,
     )
     optimizer = cfg.make_optimizer(model.named_parameters())
     schedule = cfg.schedule()
