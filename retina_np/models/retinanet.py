@@ -134,6 +134,8 @@ class RetinaNet(Module):
             beta=c.smooth_l1_beta,
             fg_iou=c.fg_iou_thresh,
             bg_iou=c.bg_iou_thresh,
+            allow_low_quality_matches=c.allow_low_quality_matches,
+            box_coder_weights=c.box_coder_weights,
             map_images=map_images,
         )
 
@@ -172,6 +174,7 @@ class RetinaNet(Module):
                 topk_candidates=c.topk_candidates,
                 nms_thresh=c.nms_thresh,
                 detections_per_img=c.detections_per_img,
+                box_coder_weights=c.box_coder_weights,
             )
             for i in range(images.shape[0])
         ]
