@@ -165,27 +165,3 @@ def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data,
 def test_weight_decay_defaults_to_the_optimizers_own(optimizer, weight_decay, expected):
     cfg = TrainConfig(optimizer=optimizer, weight_decay=weight_decay)
     assert cfg.make_optimizer(tiny().named_parameters()).weight_decay == expected
-
-
-def test_keep_freed_memory_stops_page_faults_on_reallocation():
-    """After keep_freed_memory, freeing and allocating the same 64 MB again touches no new
-    pages (glibc's default returns them to the system: about 16000 faults per round)."""
-    import resource
-
-    from retina_np.train import keep_freed_memory
-
-    if not keep_freed_memory():
-        pytest.skip("not glibc")
-
-    def faults():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-    def allocate_and_free():
-        arrays = [np.ones(1 << 19, np.float32) for _ in range(32)]  # 32 x 2 MB, touched
-        del arrays
-
-    allocate_and_free()
-    before = faults()
-    for _ in range(3):
-        allocate_and_free()
-    assert faults() - before < 1000

@@ -1,0 +1,100 @@
+"""Every tunable of the kernels in one record, and the one way to change them for a while.
+
+The kernels read ``current()`` when they are called; nothing else reads or writes a kernel
+module's globals. Benchmarks and tests switch an algorithm off, or shrink a limit so that a
+tiny input takes a path that only large ones take otherwise, with
+
+    from retina_np import kernels
+    with kernels.options(winograd=False):        # im2col + GEMM for the heads, for comparison
+        ...
+
+The defaults are what the package runs; why each value was chosen is said in one line here,
+and what was measured for it is in docs/performance.md ("Kernel options").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Options:
+    # -- CPU convolutions (kernels/cpu/conv.py, plan.py) ---------------------------------------
+    # Largest im2col matrix of one tile (elements, 4 MB in float32): large images are cut into
+    # bands of output rows; 2^18 to 2^22 ran equally fast.
+    cols_max_elements: int = 1 << 20
+    # Largest unfolded (or Winograd-transformed) input a forward keeps for the weight gradient
+    # (elements, 32 MB in float32): every layer of the shapes preset fits, ResNet-50 does not.
+    keep_max_elements: int = 1 << 23
+    # Weight gradients with at most this many elements run as the transposed GEMM, which
+    # OpenBLAS runs faster when F is small (the copy back costs more for large ones).
+    wgrad_transposed_max: int = 1 << 18
+    # Winograd's F(m x m, 3x3) for the heads' 3x3 convolutions on a Joint.
+    winograd: bool = True
+    # ... and for 3x3 "same" convolutions of images that run on one thread (its transforms
+    # are serial loops: on every core im2col + GEMM was as fast).
+    winograd_images: bool = True
+    # The side m of the blocks of outputs: 4 (36 products for 16 outputs) or 2 (64).
+    winograd_block: int = 4
+    # Winograd only where there are at least this many 2x2 blocks of outputs (its 16 or 36
+    # GEMMs are too small below: 1.4-2.3x slower on the small pyramid levels).
+    winograd_min_tiles: int = 512
+    # -- CPU norms (kernels/cpu/norm.py) ---------------------------------------------------------
+    # Group norms of fewer elements run their serial loop (waking the threads costs more).
+    groupnorm_parallel_min_elements: int = 1 << 15
+    # -- CPU threads (kernels/threads.py) ---------------------------------------------------
+    # Independent tasks (the heads' subnets, the queued weight gradients) side by side.
+    side_by_side: bool = True
+    # Above this width the products keep every core busy on their own: tasks run one by one.
+    side_by_side_max_channels: int = 128
+    # Kernels whose first input has fewer elements run on one thread (outside a task);
+    # 0: every kernel on every core.
+    serial_max_elements: int = 1 << 18
+    # ... unless a convolution does at least this many multiply-adds (ResNet-50's last stage).
+    serial_max_macs: int = 1 << 27
+    # -- CUDA launches (kernels/cuda/config.py explains each) -----------------------------------
+    cuda_threads_1d: int = 256
+    cuda_max_blocks_1d: int = 1024
+    cuda_reduce_threads: int = 256
+    cuda_reduce_min_per_thread: int = 8
+    cuda_reduce_target_blocks: int = 512
+    cuda_gemm_tile_m: int = 64
+    cuda_gemm_tile_n: int = 64
+    cuda_gemm_tile_k: int = 16
+    cuda_gemm_thread_m: int = 4
+    cuda_gemm_thread_n: int = 4
+    cuda_split_k_min: int = 256
+    cuda_split_k_target_blocks: int = 264
+    cuda_nms_tile: int = 64
+    cuda_iou_tile: int = 16
+
+    def __post_init__(self):
+        if self.winograd_block not in (2, 4):
+            raise ValueError(f"winograd_block must be 2 or 4, got {self.winograd_block}")
+
+
+_current = Options()
+_lock = threading.Lock()
+
+
+def current() -> Options:
+    """The options in force (process-wide: the worker threads of a task see them too)."""
+    return _current
+
+
+@contextlib.contextmanager
+def options(**changes):
+    """Run the block with some options changed (names and types as ``Options``'s fields),
+    then put the previous ones back, also after an error. Unknown names raise TypeError."""
+    global _current
+    with _lock:
+        before = _current
+        _current = dataclasses.replace(before, **changes)
+    try:
+        yield _current
+    finally:
+        with _lock:
+            _current = before
