@@ -90,9 +90,9 @@ def _instrument():
     """Wrap every layer's forward/backward to time it and count conv FLOPs, and the step's
     stages (backbone + FPN, heads, loss, gradient norm, update) to time them on the clock.
 
-    The heads' two subnets run side by side on the CPU (kernels/threads.py), and the
-    convolutions' weight gradients are worked through by a second thread beside the
-    backbone's backward (RetinaNet.backward), so the layer times are summed over the threads
+    The heads' two subnets run side by side on the CPU, and the convolutions' weight
+    gradients are worked through by a second thread beside the backbone's backward
+    (retina_np/schedule.py, which train_step uses), so the layer times are summed over the threads
     that ran them and add up to more than the step. The stages are timed on the main thread;
     they run one after another and add up to the step.
     """
@@ -100,6 +100,11 @@ def _instrument():
     import retina_np.train as train
     from retina_np.models import heads, retinanet
     from retina_np.optim import SGD
+
+    try:  # the scheduled step's own head and queue functions
+        from retina_np import schedule
+    except ImportError:  # an older retina_np (comparing commits): they were the model's
+        schedule = layers
 
     times, stages = defaultdict(float), defaultdict(float)
     flops = {"conv": 0.0, "executed": 0.0}
@@ -160,11 +165,15 @@ def _instrument():
         setattr(owner, method, wrapped)
 
     clocked(retinanet.BackboneWithFPN, "forward", "backbone + FPN forward")
+    # the scheduled step calls schedule's head functions; an older retina_np, the head's own
+    clocked(schedule, "head_forward", "heads forward (subnets side by side)")
     clocked(heads.RetinaNetHead, "forward", "heads forward (subnets side by side)")
-    clocked(retinanet.RetinaNet, "loss", "loss (matching, focal, box)")
+    clocked(schedule, "head_backward", "heads backward (input gradients)")
     clocked(heads.RetinaNetHead, "backward", "heads backward (input gradients)")
+    clocked(retinanet.RetinaNet, "loss", "loss (matching, focal, box)")
     clocked(retinanet.BackboneWithFPN, "backward", "backbone + FPN backward (queue beside)")
-    clocked(getattr(layers, "WorkQueue", None), "work_through", "rest of the weight-gradient queue")
+    clocked(getattr(schedule, "WorkQueue", None), "work_through",
+            "rest of the weight-gradient queue")
     clocked(train, "clip_grad_norm", "gradient norm")
     clocked(SGD, "step", "SGD update")
     return times, stages, flops

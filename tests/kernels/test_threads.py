@@ -1,4 +1,5 @@
-"""kernels/threads.py: independent CPU work side by side, and the heads' subnets run that way."""
+"""kernels/threads.py: independent CPU work side by side (the model's use of it:
+tests/test_schedule.py)."""
 
 import json
 import subprocess
@@ -15,8 +16,6 @@ from threadpoolctl import ThreadpoolController
 from retina_np import kernels
 from retina_np.kernels import cpu, threads
 from retina_np.kernels.tunables import current
-from retina_np.models import RetinaNet, RetinaNetConfig
-from retina_np.nn import WorkQueue
 
 
 def _start_thread_pool():
@@ -199,51 +198,3 @@ def test_one_by_one_inside_a_task_when_wide_disabled_or_on_workqueue(side_by_sid
         assert threads.side_by_side(threading.get_ident, threading.get_ident) == [here, here]
     monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")  # not thread-safe
     assert threads.side_by_side(threading.get_ident, threading.get_ident) == [here, here]
-
-
-def _head_pass(model, levels, d_cls, d_box):
-    cls, box = model.head(levels)
-    model.zero_grad()
-    d_levels = model.head.backward(d_cls, d_box)
-    grads = {n: p.grad.copy() for n, p in model.head.named_parameters()}
-    return cls, box, d_levels, grads
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_heads_side_by_side_equal_the_heads_one_by_one(side_by_side_possible, dtype):
-    """The subnets' outputs are the same bits; the gradients are up to the rounding of the
-    weight-gradient GEMMs, which OpenBLAS sums differently on one thread than on two."""
-    config = RetinaNetConfig.tiny(3)
-    config.head_norm_groups = 4
-    model = RetinaNet(config, seed=1).astype(dtype).train()
-    rng = np.random.default_rng(0)
-    levels = [rng.normal(size=(2, 8, s, s)).astype(dtype) for s in (8, 4, 2, 1, 1)]
-    outputs = model.head(levels)
-    d_cls, d_box = (rng.normal(size=o.shape).astype(dtype) for o in outputs)
-    model.head.backward(d_cls, d_box)
-
-    side = _head_pass(model, levels, d_cls, d_box)
-    with kernels.options(side_by_side=False):
-        alone = _head_pass(model, levels, d_cls, d_box)
-    np.testing.assert_array_equal(side[0], alone[0])
-    np.testing.assert_array_equal(side[1], alone[1])
-    rtol = 1e-5 if dtype == np.float32 else 1e-12
-    for a, b in zip(side[2], alone[2]):
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
-    for name in alone[3]:
-        scale = np.abs(alone[3][name]).max()
-        np.testing.assert_allclose(side[3][name], alone[3][name], rtol=rtol, atol=rtol * scale,
-                                   err_msg=name)
-
-
-def test_work_queue_is_worked_through_in_order_by_every_worker():
-    later = WorkQueue()
-    done = []
-    for i in range(5):
-        later.append(lambda i=i: done.append(i))
-    later.close(workers=2)
-    later.work_through()  # one worker takes everything, then its close
-    assert done == [0, 1, 2, 3, 4]
-    later.work_through()  # the second close lets a second worker return at once
-    assert done == [0, 1, 2, 3, 4]
-
