@@ -67,7 +67,6 @@ from retina_np.kernels.cpu.optim import (
     sum_squares,
     zeros_like,
 )
-from retina_np.kernels.threads import side_by_side
 
 __all__ = [
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "bias_backward",
@@ -81,5 +80,5 @@ __all__ = [
     "upsample_nearest_forward", "upsample_nearest_backward", "add_forward",
     "empty_like", "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "adamw_update_",
     "sum_squares", "levels_to_rows", "rows_to_levels", "levels_layout",
-    "focal_loss_anchor_classes", "box_loss_rows", "side_by_side",
+    "focal_loss_anchor_classes", "box_loss_rows",
 ]

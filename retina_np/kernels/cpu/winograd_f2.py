@@ -136,7 +136,7 @@ def input_transform(x, cs, ms, n, table, V):
     """x (flat; channel stride cs, image strides ms (levels,), see ``strides``) -> V (16, C,
     P): B^T d B of every tile's 4x4 window (the pixels outside the image are zeros)."""
     C = V.shape[1]
-    e_size, r_size = _sizes(table, n)
+    e_size, r_size = _sizes(table, n, 2)
     for c in range(C):
         Q = np.empty((2, e_size), x.dtype)  # the padded input's even and odd columns (pr, q, m)
         R = np.empty((4, 2, r_size), x.dtype)  # B^T along the rows: (l, pr % 2, pr // 2, b, m)
@@ -160,7 +160,7 @@ def input_transform_adjoint(dV, n, table, dx, cs, ms):
     tile's B dV B^T added onto its window (overlapping windows add up; the padding's share is
     dropped)."""
     C = dV.shape[1]
-    e_size, r_size = _sizes(table, n)
+    e_size, r_size = _sizes(table, n, 2)
     for c in range(C):
         dQ = np.empty((2, e_size), dx.dtype)
         dR = np.empty((4, 2, r_size), dx.dtype)
@@ -247,7 +247,7 @@ def output_transform(M, n, table, b, y, cs, ms):
     """M (16, F, P) -> y (flat, strides cs, ms): A^T M A of every tile, the 2x2 block of
     outputs it gives (those past an odd edge dropped), plus the bias b (F,)."""
     F = M.shape[1]
-    _, r_size = _sizes(table, n)
+    _, r_size = _sizes(table, n, 2)
     for f in range(F):
         Y = np.empty((4, r_size), y.dtype)  # each tile's outputs (u, v) at 2*u + v
         for level in range(table.shape[0]):
@@ -287,7 +287,7 @@ def output_transform_adjoint(dy, cs, ms, n, table, dM):
     dM (16, F, P), A dY A^T of every tile's 2x2 block of output gradients (zeros past an odd
     edge)."""
     F = dM.shape[1]
-    _, r_size = _sizes(table, n)
+    _, r_size = _sizes(table, n, 2)
     for f in range(F):
         D = np.empty((4, r_size), dy.dtype)  # each tile's output gradients (u, v) at 2*u + v
         for level in range(table.shape[0]):
