@@ -11,12 +11,8 @@ Boxes are ``(x1, y1, x2, y2)`` in absolute pixels, width = x2 - x1. Images and f
 are NCHW float32 (float64 works on the CPU, for gradient checks).
 """
 
-import os
+from retina_np import runtime
 
-# OpenBLAS's idle threads spin for about 0.1 s after every GEMM and take a core from the
-# Numba loop that follows (training steps ran 0.17 s instead of 0.13 s on 2 cores). A
-# shorter spin has to be asked for before numpy loads OpenBLAS, so here, where the
-# `retina-np` command starts; a user's own setting wins (docs/performance.md).
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+runtime.configure()  # OpenBLAS's and OpenMP's idle threads, malloc: before numpy loads BLAS
 
 __version__ = "0.1.0"

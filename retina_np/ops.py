@@ -15,6 +15,7 @@ import numpy as np
 
 from retina_np import backend
 from retina_np.kernels.levels import Joint
+from retina_np.kernels.workspace import ConvWorkspace
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -72,7 +73,7 @@ class Conv2dCache(NamedTuple):
     padding: int
     y_shape: tuple  # (N, F, Ho, Wo)
     name: str
-    columns: list | None = None  # the CPU forward's unfolded x, if it kept it (kernels/cpu.py)
+    workspace: ConvWorkspace | None = None  # what the CPU forward kept (training)
 
 
 def _check_conv(name, x, w, b, stride, padding) -> tuple[int, int]:
@@ -100,21 +101,22 @@ def _check_conv(name, x, w, b, stride, padding) -> tuple[int, int]:
     return stride, padding
 
 
-def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d", keep_columns=False):
+def conv2d_forward(x, w, b, stride=1, padding=0, name="conv2d", keep_workspace=False):
     """Cross-correlation with zero padding, as torch's conv2d.
 
     Args:
         x (N, C, H, W), w (F, C, kh, kw), b (F,) or None; float32 or float64, one dtype.
-        keep_columns: let the kernel keep its unfolded x in the cache, so that the weight
-            gradient need not unfold it again (training; costs memory, capped in cpu.py).
+        keep_workspace: let the kernel keep what the weight gradient reuses (its unfolded or
+            transformed x) in the cache (training; costs memory, capped by
+            ``kernels.options``' keep_max_elements).
     Returns:
         y (N, F, Ho, Wo) with Ho = (H + 2*padding - kh) // stride + 1, and the cache.
     """
     stride, padding = _check_conv(name, x, w, b, stride, padding)
     x, w, b = _contiguous(x), _contiguous(w), _contiguous(b)
-    columns = [] if keep_columns else None
-    y = backend.kernels_for(x, w, b).conv2d_forward(x, w, b, stride, padding, columns)
-    return y, Conv2dCache(x, w, b is not None, stride, padding, tuple(y.shape), name, columns)
+    workspace = ConvWorkspace() if keep_workspace else None
+    y = backend.kernels_for(x, w, b).conv2d_forward(x, w, b, stride, padding, workspace)
+    return y, Conv2dCache(x, w, b is not None, stride, padding, tuple(y.shape), name, workspace)
 
 
 def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True, need_weight_grad=True):
@@ -133,7 +135,8 @@ def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True, need_weight_gr
     )
     if not need_weight_grad:
         return dx, None, None
-    dw = k.conv2d_backward_weight(dy, x, kh, kw, cache.stride, cache.padding, cache.columns)
+    dw = k.conv2d_backward_weight(dy, x, kh, kw, cache.stride, cache.padding,
+                                  cache.workspace)
     db = k.bias_backward(dy) if cache.has_bias else None
     return dx, dw, db
 
@@ -147,17 +150,16 @@ class Conv2dLevelsCache(NamedTuple):
     padding: int
     y_shapes: list  # (N, F, Ho_l, Wo_l) per level
     name: str
-    columns: list | None = None  # the CPU forward's joint unfolded matrix, if it kept it
 
 
-def conv2d_levels_forward(xs, w, b, stride=1, padding=0, name="conv2d", keep_columns=False):
+def conv2d_levels_forward(xs, w, b, stride=1, padding=0, name="conv2d"):
     """The same convolution (one w, one b) of every input in the list xs, as the heads apply
     theirs to every pyramid level: ``[conv2d_forward(x, ...)[0] for x in xs]``, computed
-    together (on the CPU: one GEMM over all levels, kernels/cpu.py).
+    level by level (the heads use it where a Joint of the levels would be too large).
 
     Args:
-        xs: a non-empty list of (N, C, H_l, W_l), one N, C and dtype; w, b, stride, padding,
-            keep_columns as for ``conv2d_forward``.
+        xs: a non-empty list of (N, C, H_l, W_l), one N, C and dtype; w, b, stride, padding
+            as for ``conv2d_forward``.
     Returns:
         the list of y_l (N, F, Ho_l, Wo_l), and the cache.
     """
@@ -172,10 +174,9 @@ def conv2d_levels_forward(xs, w, b, stride=1, padding=0, name="conv2d", keep_col
             )
     xs = [_contiguous(x) for x in xs]
     w, b = _contiguous(w), _contiguous(b)
-    columns = [] if keep_columns else None
-    ys = backend.kernels_for(*xs, w, b).conv2d_forward_levels(xs, w, b, stride, padding, columns)
+    ys = backend.kernels_for(*xs, w, b).conv2d_forward_levels(xs, w, b, stride, padding)
     shapes = [tuple(y.shape) for y in ys]
-    return ys, Conv2dLevelsCache(xs, w, b is not None, stride, padding, shapes, name, columns)
+    return ys, Conv2dLevelsCache(xs, w, b is not None, stride, padding, shapes, name)
 
 
 def conv2d_levels_backward(dys, cache: Conv2dLevelsCache, need_input_grad=True):
@@ -188,7 +189,7 @@ def conv2d_levels_backward(dys, cache: Conv2dLevelsCache, need_input_grad=True):
     dys = [_contiguous(dy) for dy in dys]
     k = backend.kernels_for(*dys, cache.w)
     return k.conv2d_backward_levels(dys, cache.xs, cache.w, cache.stride, cache.padding,
-                                    cache.has_bias, need_input_grad, cache.columns)
+                                    cache.has_bias, need_input_grad)
 
 
 # ----------------------------------------------------------------------------- ... on a Joint
@@ -201,11 +202,11 @@ class Conv2dJointCache(NamedTuple):
     w: object  # (F, C, k, k)
     has_bias: bool
     name: str
-    columns: list | None = None  # the forward's unfolded matrix, if it kept it
+    workspace: ConvWorkspace | None = None  # what the CPU forward kept (training)
 
 
 def conv2d_joint_forward(xj: Joint, w, b, stride=1, padding=1, name="conv2d",
-                         keep_columns=False):
+                         keep_workspace=False):
     """``conv2d_levels_forward`` of every level of a Joint at once -> (y Joint (F, T), cache).
     Only "same" convolutions: stride 1 and padding (k - 1) / 2."""
     F, C, kh, kw = w.shape
@@ -220,9 +221,9 @@ def conv2d_joint_forward(xj: Joint, w, b, stride=1, padding=1, name="conv2d",
     if b is not None and tuple(b.shape) != (F,):
         raise ValueError(f"{name}: bias must have shape ({F},), got {tuple(b.shape)}")
     w, b = _contiguous(w), _contiguous(b)
-    columns = [] if keep_columns else None
-    y = backend.kernels_for(xj.data, w, b).conv2d_forward_joint(xj, w, b, columns)
-    return y, Conv2dJointCache(xj, w, b is not None, name, columns)
+    workspace = ConvWorkspace() if keep_workspace else None
+    y = backend.kernels_for(xj.data, w, b).conv2d_forward_joint(xj, w, b, workspace)
+    return y, Conv2dJointCache(xj, w, b is not None, name, workspace)
 
 
 def conv2d_joint_backward(dyj: Joint, cache: Conv2dJointCache, need_input_grad=True,
@@ -236,7 +237,7 @@ def conv2d_joint_backward(dyj: Joint, cache: Conv2dJointCache, need_input_grad=T
                          f"forward had {cache.x.hws} of {cache.x.n}")
     k = backend.kernels_for(dyj.data, cache.w)
     return k.conv2d_backward_joint(dyj, cache.x, cache.w, cache.has_bias, need_input_grad,
-                                   cache.columns, need_weight_grad)
+                                   cache.workspace, need_weight_grad)
 
 
 class GroupNormJointCache(NamedTuple):

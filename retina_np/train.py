@@ -7,7 +7,6 @@ the step, so ``resume=True`` continues with exactly the losses an uninterrupted 
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import time
@@ -103,24 +102,6 @@ def train_step(model, optimizer, images, targets, lr, clip=0.0):
     return losses
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory in the process for the next allocation.
-
-    Every training step allocates and frees the same large arrays (unfolded inputs, feature
-    maps, gradients). By default glibc returns blocks of a few MB to the system, and the next
-    step page-faults on each 4 KB page of them again: 4-6% of a shapes-preset step (median
-    130 instead of 137 ms, docs/performance.md). With this, blocks up to 32 MB come from the
-    heap and up to 1 GB of free heap is kept. Returns False where the C library is not glibc
-    (nothing is changed there). ``train`` calls it.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
-
-
 def train(
     model,
     dataset,
@@ -140,7 +121,6 @@ def train(
         on_step: optional callback(record) after each step (live plots in notebooks).
     """
     cfg = config or TrainConfig()
-    keep_freed_memory()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     loader = DataLoader(

@@ -1,26 +1,37 @@
-"""Numba kernels, nothing else: no classes, no model logic.
+"""Kernels, nothing else: the bottom layer of the package. No module here imports anything from
+the rest of ``retina_np`` (tests/test_layering.py checks it); ``retina_np.backend`` is the one
+place that chooses between the CPU and the CUDA kernels.
 
-Three files hold the same kernels under the same names and signatures:
+The same kernels exist, under the same names and signatures, up to three times:
 
-* ``reference.py`` -- plain Python loops, slow and obviously right (the teaching oracle);
-* ``cpu.py``       -- ``@njit`` versions, fast on a CPU (the heads' 3x3 convolutions, and the
-  backbone's on one thread, by Winograd's F(4x4, 3x3), ``winograd.py``: the same results up
-  to rounding);
-* ``cuda.py``      -- ``numba.cuda`` versions taking and returning device arrays.
+* ``reference.py``  plain Python loops, slow and obviously right: the teaching oracle that
+  the tests compare everything with (the kernels listed below; it has no twin of the
+  utilities that only a fast path needs, see tests/kernels/test_contract.py);
+* ``numpy_conv.py`` the convolution as im2col + one GEMM in a few lines of NumPy: the step
+  between the loops and the Numba kernels, for learners;
+* ``cpu/``          ``@njit`` kernels and BLAS products, fast on a CPU;
+* ``cuda/``         ``numba.cuda`` kernels on device arrays, file for file the twins of cpu/.
 
-Only ``retina_np.backend`` chooses between them. Every kernel accepts float32 and float64
-C-contiguous arrays and returns new arrays of the input dtype. The letter legend is the
-package's: N batch, C/F channels in/out, H/W height/width, kh/kw kernel size, Ho/Wo output size.
+Beside them: ``levels.py`` (a Joint: every pyramid level in one matrix), ``workspace.py``
+(what a convolution's forward keeps for its backward), ``threads.py`` (the thread budget of a
+kernel call, and independent tasks side by side), ``sentinels.py`` (the matcher's labels that
+the loss kernels read) and ``tunables.py``, every tunable in one record, changed for a while
+with ``kernels.options``:
 
-The kernels (shapes in the comments):
+    from retina_np import kernels
+    with kernels.options(winograd=False):      # the heads' convolutions by im2col + GEMM
+        ...
 
-    conv2d_forward(x, w, b, stride, padding, columns=None)  # x (N,C,H,W), w (F,C,kh,kw),
+Every kernel accepts float32 and float64 C-contiguous arrays and returns new arrays of the
+input dtype. The letter legend is the package's: N batch, C/F channels in/out, H/W
+height/width, kh/kw kernel size, Ho/Wo output size. The contract (shapes on the right):
+
+    conv2d_forward(x, w, b, stride, padding, workspace=None)  # x (N,C,H,W), w (F,C,kh,kw),
                                                           #   b (F,) -> y (N,F,Ho,Wo)
     conv2d_backward_input(dy, w, H, W, stride, padding)   # dy (N,F,Ho,Wo) -> dx (N,C,H,W)
-    conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None)  # -> dw (F,C,kh,kw)
-                                                          #   columns: a list in which cpu.py's
-                                                          #   forward keeps its unfolded x for
-                                                          #   the weight gradient (others: unused)
+    conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None)  # -> dw (F,C,kh,kw)
+                                                          #   workspace: the forward's
+                                                          #   ConvWorkspace (CPU; CUDA: unused)
     bias_backward(dy)                                     # (N,F,Ho,Wo) -> db (F,)
     batchnorm2d_stats(x)                                  # -> mean (C,), var (C,) biased
     batchnorm2d_update_stats(mean, var, count, running_mean, running_var, momentum, eps)
@@ -41,45 +52,25 @@ The kernels (shapes in the comments):
     upsample_nearest_backward(dy, H, W)                   # -> dx (N,C,H,W)
     add_forward(a, b)                                     # -> a + b
 
-The norms' forwards take the ReLU that follows them: ``relu=True`` returns max(y, 0), in the
-same pass over the array on the CPU (``nn.BatchNorm2d(..., relu=True)``,
-``nn.GroupNorm(..., relu=True)``); the ops run the ReLU's backward before the norm's.
+The norms' forwards take the ReLU that follows them: ``relu=True`` returns max(y, 0). The
+heads apply one convolution to every pyramid level: ``join_levels(levels, kernel_size=None)``
+makes one ``levels.Joint`` of the list of levels on the CPU (the list itself on CUDA, and on
+the CPU where the matrix would be too large), ``split_levels`` gives the list back, and
 
-The heads apply one convolution to every pyramid level, so ``cpu.py`` and ``cuda.py`` also
-have the two functions below (``reference.py`` does not: they equal its single-input kernels
-applied level by level, which is what ``levels.py`` does for any kernel module, and what the
-tests compare with):
+    conv2d_forward_levels(xs, w, b, stride, padding)      # xs: list of (N,C,H_l,W_l), level by level
+    conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_grad)
+    conv2d_forward_joint(xj, w, b, workspace=None)        # CPU: "same" conv, Joint (C,T) -> (F,T)
+    conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, workspace=None,
+                          need_weight_grad=True)          # -> dx Joint or None, dw, db or None
+    groupnorm_forward_joint / groupnorm_backward_joint    # CPU: group norm of a Joint
 
-    conv2d_forward_levels(xs, w, b, stride, padding, columns=None)  # xs: list of (N,C,H_l,W_l)
-                                                          #   -> list of y_l (N,F,Ho_l,Wo_l)
-    conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_grad,
-                           columns=None)                  # -> dxs (list) or None, dw, db or
-                                                          #   None (summed over the levels)
-
-In-place utilities for the optimizer and gradient accumulation (each returns its first
-argument): ``zeros_like(a)``, ``fill_(a, value)``, ``scale_(a, s)``, ``add_inplace_(a, b)``,
-``sgd_update_(param, grad, buf, lr, momentum, weight_decay)``.
-
-The heads keep their activations as one ``levels.Joint`` on the CPU: ``join_levels(levels,
-kernel_size=None)`` makes one from the list of levels (``cuda.py``: the list itself, as it
-does when the matrix would be too large) and ``split_levels`` gives the list back;
-``levels_layout(levels)`` is what ``rows_to_levels`` needs to rebuild either. ``cpu.py``'s
-layers on a Joint (only those):
-
-    conv2d_forward_joint(xj, w, b, columns=None)          # "same" conv: Joint (C,T) -> (F,T)
-                                                          #   (3x3: Winograd, winograd.py)
-    conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, columns=None)
-                                                          # -> dx Joint or None, dw, db or None
-    groupnorm_forward_joint(xj, gamma, beta, groups, eps, relu=False)  # -> y Joint, mean, invstd
-                                                          #   (levels*N, G)
-    groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups)  # -> dx Joint, dgamma, dbeta
-
-``side_by_side(*tasks, channels=0)`` calls independent pieces of work (the heads' two
-subnets, whose convolutions are ``channels`` wide) and returns their results in order:
-``cpu.py`` runs narrow ones at the same time, each on its share of the cores
-(``threads.py``), ``cuda.py`` one after another, as their launches queue anyway. Outside
-such tasks, ``cpu.py``'s kernels that split their work over the cores (the convolutions,
-batch norm, max pooling) run on one thread when their input is small
-(``threads.serial_when_small``, below ``threads.SERIAL_MAX_ELEMENTS``): the backbone's
-forward from its second stage on.
+The optimizer, the heads' layout and the loss use (both backends): ``empty_like``,
+``zeros_like``, ``fill_``, ``scale_``, ``add_inplace_``, ``sgd_update_``, ``adamw_update_``,
+``sum_squares``, ``levels_to_rows``, ``rows_to_levels``, ``levels_layout``,
+``focal_loss_anchor_classes``, ``box_loss_rows``; and detection: ``box_iou``,
+``decode_boxes``, ``nms``, ``batched_nms``.
 """
+
+from retina_np.kernels.tunables import Options, options
+
+__all__ = ["Options", "options"]

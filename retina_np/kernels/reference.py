@@ -19,10 +19,10 @@ def _out_size(n_in, k, stride, padding):
 
 
 # ----------------------------------------------------------------------------- convolution
-def conv2d_forward(x, w, b, stride, padding, columns=None):
+def conv2d_forward(x, w, b, stride, padding, workspace=None):
     """y[n,f,oh,ow] = b[f] + sum_{c,i,j} x[n, c, oh*s-p+i, ow*s-p+j] * w[f,c,i,j], zero padding.
 
-    columns: as in cpu.py; this version keeps nothing in it (nothing is unfolded).
+    workspace: as in cpu/conv.py; this version keeps nothing in it (nothing is unfolded).
     """
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
@@ -62,10 +62,10 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     return dx.astype(dy.dtype)
 
 
-def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
+def conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None):
     """dw[f,c,i,j] = sum_{n,oh,ow} dy[n,f,oh,ow] * x[n, c, oh*s-p+i, ow*s-p+j].
 
-    columns: as in cpu.py; not used here (x is read directly).
+    workspace: as in cpu/conv.py; not used here (x is read directly).
     """
     N, F, Ho, Wo = dy.shape
     C, H, W = x.shape[1:]
@@ -332,12 +332,13 @@ def levels_to_rows(levels, per_anchor):
     return np.concatenate(blocks, axis=1).astype(levels[0].dtype)
 
 
-def rows_to_levels(rows, level_hw, per_anchor):
-    """The inverse of levels_to_rows: level[n, a*P + p, y, x] = rows[n, r0 + (y*W + x)*A + a, p]."""
+def rows_to_levels(rows, layout, per_anchor):
+    """The inverse of levels_to_rows: level[n, a*P + p, y, x] = rows[n, r0 + (y*W + x)*A + a, p].
+    layout: the levels' (H, W)."""
     n = rows.shape[0]
-    a_count = rows.shape[1] // sum(h * w for h, w in level_hw)
+    a_count = rows.shape[1] // sum(h * w for h, w in layout)
     levels, r0 = [], 0
-    for h, w in level_hw:
+    for h, w in layout:
         x = np.zeros((n, a_count * per_anchor, h, w))
         for i in range(n):
             for a in range(a_count):

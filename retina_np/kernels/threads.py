@@ -16,50 +16,30 @@ Results are the same numbers either way, up to the rounding of the weight-gradie
 whose sums OpenBLAS splits differently with a different number of threads.
 
 The tasks run one after another instead when that cannot help or is not safe: wide
-convolutions (see SIDE_BY_SIDE_MAX_CHANNELS); one core;
+convolutions (``options.side_by_side_max_channels``); one core;
 a call from inside a task (its share is already one core); Numba's ``workqueue`` threading
 layer, which must not be entered from two threads at once; no BLAS library that
-threadpoolctl finds; or ``ENABLED = False`` (for comparisons).
+threadpoolctl finds; or ``kernels.options(side_by_side=False)`` (for comparisons).
+
+``budget(elements, macs)`` is the other half: how many threads one kernel call gets. Outside a
+task, small kernels run on one thread, where the wake-up of a second one costs more than it
+saves (the backbone's forward from its second stage on, in the shapes preset); the count it
+yields is what the convolutions pass to their plan (``kernels/cpu/plan.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
-ENABLED = True
-
-# Above this width the products are large enough for OpenBLAS to keep every core busy on its
-# own: RetinaNet's heads, timed forward + backward one by one and side by side on 2 cores
-# (ad-hoc script), ran 17-32% faster side by side at 64 channels (batches of 8 to 16 at 128
-# to 512 pixels), and between 3% faster and 9% slower at ResNet-50's 256 (inference at 256
-# to 800 pixels).
-SIDE_BY_SIDE_MAX_CHANNELS = 128
+from retina_np.kernels.tunables import current as _options
 
 # Numba's threading layers that may be entered from several threads at once.
 THREAD_SAFE_LAYERS = ("omp", "tbb")
-
-# Below this many elements of its first argument a kernel runs on one thread (Numba's and
-# BLAS's), called from outside a task (``serial_when_small``). The backbone's forward is the
-# one part of a training step that calls the kernels with every core: from the second stage on
-# (8 x 16 x 32 x 32 = 131,072 values at the shapes preset) the two threads' launch and their
-# wait at the end of every loop cost more than they save (batch norm 0.24 ms on two threads
-# against 0.09 on one, the 1x1 downsampling convolutions 0.5 against 0.23; ad-hoc timings of
-# the layers in a step), and far more when the host leaves one core waiting: in alternating
-# steps the backbone's forward ran 33 ms against 46-55 ms in such a spell, and 22.5 against
-# 21.8 in a quiet one (``benchmarks/bench_alternating.py serial``, docs/performance.md).
-# 0: every kernel on every core (comparisons).
-SERIAL_MAX_ELEMENTS = 1 << 18
-# A convolution with a small input can still be a large product: ResNet-50's last 3x3
-# convolutions at 512x512 (512 channels at 16x16, 131,072 input values) do 604M multiply-adds.
-# Above this many it keeps every core (the shapes preset's largest below the element bound,
-# the FPN's P3 output conv, does 75M).
-SERIAL_MAX_MACS = 1 << 27
 
 _inside = threading.local()  # .task is True in a thread that is running a task
 _pool: ThreadPoolExecutor | None = None
@@ -74,7 +54,7 @@ def side_by_side(*tasks, channels=0):
     With more than one core they run at the same time, the calling thread running the
     first; each gets an equal share of the cores. An exception in a task is raised once
     every task has finished (the first one, in task order). channels: the width of the
-    tasks' convolutions; above SIDE_BY_SIDE_MAX_CHANNELS they run one by one.
+    tasks' convolutions; above ``options.side_by_side_max_channels`` they run one by one.
     """
     threads = _threads_per_task(len(tasks), channels)
     if threads is None:
@@ -90,26 +70,22 @@ def side_by_side(*tasks, channels=0):
     return [value for value, _ in outcomes]
 
 
-def serial_when_small(kernel=None, *, macs=None):
-    """``kernel`` (whose first argument is an array), run on one thread when that array has
-    fewer than SERIAL_MAX_ELEMENTS elements, and (for a convolution, ``macs(*args)`` its
-    multiply-adds) does fewer than SERIAL_MAX_MACS multiply-adds, and the call comes from
-    outside a task (inside one the share is already set). The results are the same numbers,
-    but for the rounding of the GEMMs, whose sums OpenBLAS splits by its thread count. Used
-    as ``@serial_when_small`` or ``@serial_when_small(macs=...)``."""
-    if kernel is None:
-        return functools.partial(serial_when_small, macs=macs)
-
-    @functools.wraps(kernel, updated=())
-    def run(x, *args, **kwargs):
-        if (x.size >= SERIAL_MAX_ELEMENTS or getattr(_inside, "task", False)
-                or numba.get_num_threads() < 2
-                or (macs is not None and macs(x, *args) >= SERIAL_MAX_MACS)):
-            return kernel(x, *args, **kwargs)
-        with _blas_threads(1):
-            return _run(lambda: kernel(x, *args, **kwargs), 1)
-
-    return run
+@contextlib.contextmanager
+def budget(elements: int, macs: int = 0):
+    """The threads for one kernel call whose input has ``elements`` values (and, for a
+    convolution, ``macs`` multiply-adds), set for the block; yields the count. One thread
+    (Numba's and BLAS's) below ``options.serial_max_elements`` and ``serial_max_macs``, called
+    outside a task; else the thread count in force (a task's share inside a task). The
+    numbers are the same either way, but for the GEMMs' rounding, which OpenBLAS splits by
+    its thread count (docs/performance.md, "Kernel options")."""
+    opts = _options()
+    cores = numba.get_num_threads()
+    if (cores < 2 or elements >= opts.serial_max_elements or macs >= opts.serial_max_macs
+            or getattr(_inside, "task", False)):
+        yield cores
+        return
+    with _blas_threads(1), _numba_threads(1):
+        yield 1
 
 
 @contextlib.contextmanager
@@ -127,16 +103,24 @@ def _blas_threads(threads):
             lib.set_num_threads(n)
 
 
-def _run(task, threads):
-    """A task, with Numba's thread count (this thread's own setting) lowered around it."""
+@contextlib.contextmanager
+def _numba_threads(threads):
+    """Numba's thread count (this thread's own setting) lowered inside the block, which runs
+    as a task (``budget`` and ``side_by_side`` leave the count alone inside one)."""
     before = numba.get_num_threads()
     numba.set_num_threads(threads)
     _inside.task = True
     try:
-        return task()
+        yield
     finally:
         _inside.task = False
         numba.set_num_threads(before)
+
+
+def _run(task, threads):
+    """A task, on ``threads`` of Numba's threads."""
+    with _numba_threads(threads):
+        return task()
 
 
 def _outcome(fn, *args):
@@ -149,9 +133,9 @@ def _outcome(fn, *args):
 
 def _threads_per_task(n_tasks: int, channels: int = 0) -> int | None:
     """Each task's share of the cores, or None where the tasks should run one by one."""
-    cores = numba.get_num_threads()
-    if (not ENABLED or n_tasks < 2 or cores < 2 or channels > SIDE_BY_SIDE_MAX_CHANNELS
-            or getattr(_inside, "task", False)):
+    cores, opts = numba.get_num_threads(), _options()
+    if (not opts.side_by_side or n_tasks < 2 or cores < 2
+            or channels > opts.side_by_side_max_channels or getattr(_inside, "task", False)):
         return None
     try:
         layer = numba.threading_layer()

@@ -70,7 +70,7 @@ class Conv2d(Module):
         b = self.bias.data if self.bias is not None else None
         y, cache = ops.conv2d_forward(  # training: backward reuses the unfolded x
             x, self.weight.data, b, self.stride, self.padding, name=self.name,
-            keep_columns=self.training,
+            keep_workspace=self.training,
         )
         self._push(cache)
         return y
@@ -85,12 +85,16 @@ class Conv2d(Module):
 
     def forward_levels(self, xs):
         """This convolution of every pyramid level (the heads' shared weights): xs is the list
-        of levels -> the list of outputs (on the CPU all levels make one GEMM), or one Joint
-        of them (``kernels.levels``) -> a Joint."""
+        of levels -> the list of outputs, or one Joint of them (``kernels.levels``; on the CPU
+        all levels make one GEMM) -> a Joint."""
         b = self.bias.data if self.bias is not None else None
-        forward = ops.conv2d_joint_forward if isinstance(xs, Joint) else ops.conv2d_levels_forward
-        ys, cache = forward(xs, self.weight.data, b, self.stride, self.padding, name=self.name,
-                            keep_columns=self.training)
+        if isinstance(xs, Joint):
+            ys, cache = ops.conv2d_joint_forward(xs, self.weight.data, b, self.stride,
+                                                 self.padding, name=self.name,
+                                                 keep_workspace=self.training)
+        else:
+            ys, cache = ops.conv2d_levels_forward(xs, self.weight.data, b, self.stride,
+                                                  self.padding, name=self.name)
         self._push(cache)
         return ys
 

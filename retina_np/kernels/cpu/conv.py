@@ -1,0 +1,214 @@
+"""2-D convolution of (N, C, H, W) images on the CPU, forward and backward.
+
+Same names, signatures and results as ``kernels/reference.py``'s loops. Each call asks
+``threads.budget`` how many threads it gets and ``plan.choose_conv`` which algorithm to run
+(``pointwise``, ``im2col``, ``im2col_same`` or ``winograd``); the forward writes that plan,
+with what it kept, into the caller's ``ConvWorkspace``, and the weight gradient follows it.
+
+im2col + GEMM (``im2col.py``): the convolution is (F, C*kh*kw) @ (C*kh*kw, L) for every tile
+of the output; the input gradient is the transposed product followed by col2im; the weight
+gradient is the sum over tiles of dy's columns times the unfolded input, transposed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from retina_np.kernels import threads
+from retina_np.kernels.cpu import winograd
+from retina_np.kernels.cpu.im2col import (
+    channel_major,
+    col2im_add,
+    col2im_same_add,
+    from_channel_major,
+    im2col,
+    im2col_same,
+    output_tiles,
+    pad,
+    phases,
+    same_tables,
+    tile_columns,
+    tile_matrices,
+)
+from retina_np.kernels.cpu.plan import (
+    IM2COL_SAME,
+    POINTWISE,
+    WINOGRAD,
+    choose_conv,
+    out_size,
+)
+from retina_np.kernels.tunables import current
+
+
+def conv2d_forward(x, w, b, stride, padding, workspace=None):
+    """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo).
+
+    workspace: None, or an empty ``ConvWorkspace`` that receives the plan and what the weight
+    gradient can reuse (the unfolded input, or Winograd's transformed input) when it fits.
+    """
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    # (the multiply-adds of a stride-1 convolution: an upper bound for strided ones)
+    with threads.budget(x.size, macs=x.size * F * kh * kw) as budget:
+        plan = choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget)
+        if workspace is not None:
+            workspace.plan = plan
+        if plan.algorithm == WINOGRAD:
+            kept = workspace is not None
+            y, V = winograd.conv3x3_forward(x, N, ((H, W),), w, b, plan.block, kept)
+            if kept:
+                workspace.transformed = V
+            return y
+        return _forward_gemm(x, w, b, stride, padding, plan,
+                             workspace.columns if workspace is not None and plan.keep else None)
+
+
+def _forward_gemm(x, w, b, stride, padding, plan, kept):
+    """The pointwise and im2col forwards; kept: None, or a list that receives the unfolded
+    input, tile by tile."""
+    N, C, H, W = x.shape
+    F, _, kh, kw = w.shape
+    Ho, Wo = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
+    w2 = w.reshape(F, C * kh * kw)
+    y = np.empty((N, F, Ho, Wo), x.dtype)
+    y3 = y.reshape(N, F, Ho * Wo)
+    if plan.algorithm == POINTWISE:
+        np.matmul(w2, x.reshape(N, C, H * W), out=y3)  # (F, C) @ (N, C, L) -> (N, F, L)
+    else:
+        unfold = _unfolder(x, kh, kw, stride, padding, Wo, plan)
+        keep = kept is not None
+        for n0, n1, oh0, oh1, cols in tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype, keep):
+            unfold(n0, n1, oh0, oh1, cols)
+            if keep:
+                kept.append(cols)
+            if n1 - n0 == 1:
+                np.matmul(w2, cols, out=y3[n0, :, oh0 * Wo:oh1 * Wo])
+            else:  # (F, n*L) -> (n, F, L)
+                y3[n0:n1] = (w2 @ cols).reshape(F, n1 - n0, Ho * Wo).transpose(1, 0, 2)
+    if b is not None:
+        y3 += b.reshape(1, F, 1)
+    return y
+
+
+def _unfolder(x, kh, kw, stride, padding, Wo, plan):
+    """A function (n0, n1, oh0, oh1, cols) that unfolds that tile of x (N, C, H, W) into cols
+    (C*kh*kw, (n1-n0)*(oh1-oh0)*Wo)."""
+    H, W = x.shape[2], x.shape[3]
+    if plan.algorithm == IM2COL_SAME:
+        def unfold(n0, n1, oh0, oh1, cols):
+            geometry, keep = same_tables(((n1 - n0, H, W, oh0, oh1, 0, 0),), kh)
+            im2col_same(channel_major(x[n0:n1]), kh, geometry, keep, cols)
+        return unfold
+    ph = phases(pad(x, padding), stride)  # (N, s, s, C, Hs, Ws)
+
+    def unfold(n0, n1, oh0, oh1, cols):
+        im2col(ph[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
+    return unfold
+
+
+def conv2d_backward_input(dy, w, H, W, stride, padding):
+    """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W)."""
+    N, F, Ho, Wo = dy.shape
+    _, C, kh, kw = w.shape
+    with threads.budget(dy.size, macs=dy.size * C * kh * kw) as budget:
+        plan = choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget)
+        if plan.algorithm == WINOGRAD:
+            return winograd.conv3x3_backward_input(dy, w, N, ((H, W),), plan.block)
+        w2t = w.reshape(F, C * kh * kw).T  # (C*kh*kw, F)
+        dy3 = dy.reshape(N, F, Ho * Wo)
+        if plan.algorithm == POINTWISE:
+            return np.matmul(w2t, dy3).reshape(N, C, H, W)
+        if plan.algorithm == IM2COL_SAME:
+            return _backward_input_same(dy3, w2t, N, C, H, W, kh)
+        dxp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dy.dtype)
+        for n0, n1, oh0, oh1, dcols in tile_matrices(N, Ho, C * kh * kw, Wo, dy.dtype):
+            np.matmul(w2t, tile_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), out=dcols)
+            col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp[n0:n1])
+        # the gradient that fell on the padding belongs to no input: crop it away
+        return np.ascontiguousarray(dxp[:, :, padding:padding + H, padding:padding + W])
+
+
+def _backward_input_same(dy3, w2t, N, C, H, W, k):
+    """``conv2d_backward_input`` of a "same" k x k convolution, folded without padding."""
+    dx = np.zeros((N, C, H, W), dy3.dtype)
+    for n0, n1, oh0, oh1, dcols in tile_matrices(N, H, C * k * k, W, dy3.dtype):
+        np.matmul(w2t, tile_columns(dy3, n0, n1, oh0 * W, oh1 * W), out=dcols)
+        geometry, keep = same_tables(((n1 - n0, H, W, oh0, oh1, 0, 0),), k)
+        if n1 - n0 == 1:  # one image (maybe a band of its rows): fold straight into dx
+            col2im_same_add(dcols, k, geometry, keep, dx[n0].reshape(C, H * W))
+        else:  # whole images: fold channel-major, then back to (n, C, H, W)
+            dxc = np.zeros((C, (n1 - n0) * H * W), dy3.dtype)
+            col2im_same_add(dcols, k, geometry, keep, dxc)
+            dx[n0:n1] = from_channel_major(dxc, n1 - n0, H, W)
+    return dx
+
+
+def conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None):
+    """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw).
+
+    workspace: the forward's, if it was given one; what it kept is used, not made again.
+    """
+    N, F, Ho, Wo = dy.shape
+    C, H, W = x.shape[1:]
+    with threads.budget(dy.size, macs=dy.size * C * kh * kw) as budget:
+        kept = workspace is not None and (workspace.transformed is not None
+                                          or bool(workspace.columns))
+        plan = (workspace.plan if kept
+                else choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget))
+        if plan.algorithm == WINOGRAD:
+            return winograd.conv3x3_backward_weight(
+                dy, x, N, ((H, W),), plan.block, V=workspace.transformed if kept else None)
+        dy3 = dy.reshape(N, F, Ho * Wo)
+        if plan.algorithm == POINTWISE:  # x itself is the (C, L) matrix
+            x3 = x.reshape(N, C, Ho * Wo)
+            pairs = ((tile_columns(dy3, n0, n1, l0 * Wo, l1 * Wo),
+                      tile_columns(x3, n0, n1, l0 * Wo, l1 * Wo))
+                     for n0, n1, l0, l1 in output_tiles(N, Ho, C * Wo))
+        elif kept:  # the same tiles as the forward's, already unfolded
+            pairs = ((tile_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols)
+                     for (n0, n1, oh0, oh1), cols in zip(output_tiles(N, Ho, C * kh * kw * Wo),
+                                                         workspace.columns))
+        else:
+            pairs = _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo, plan)
+        return weight_gradient(pairs, F, C * kh * kw, dy.dtype).reshape(F, C, kh, kw)
+
+
+def _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo, plan):
+    """Yield (dy's columns (F, L), x unfolded (K, L)) tile by tile, each tile unfolded into
+    the same buffer once the previous one has been used."""
+    unfold = _unfolder(x, kh, kw, stride, padding, Wo, plan)
+    for n0, n1, oh0, oh1, cols in tile_matrices(x.shape[0], Ho, x.shape[1] * kh * kw, Wo,
+                                                x.dtype):
+        unfold(n0, n1, oh0, oh1, cols)
+        yield tile_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols
+
+
+def weight_gradient(pairs, F, K, dtype):
+    """The sum of dy_cols @ cols.T over (dy_cols (F, L), cols (K, L)) pairs -> dw (F, K).
+    Small gradients as the transposed product, which OpenBLAS runs faster when F is small
+    (``options.wgrad_transposed_max``; docs/performance.md)."""
+    if F * K <= current().wgrad_transposed_max:
+        dwt = np.zeros((K, F), dtype)
+        for dy_cols, cols in pairs:
+            dwt += cols @ dy_cols.T  # (K, L) @ (L, F)
+        return np.ascontiguousarray(dwt.T)
+    dw = np.zeros((F, K), dtype)
+    for dy_cols, cols in pairs:
+        dw += dy_cols @ cols.T  # (F, L) @ (L, K)
+    return dw
+
+
+@njit(cache=True, nogil=True)
+def bias_backward(dy):
+    """dy (N, F, Ho, Wo) -> db (F,), summed in float64."""
+    N, F, Ho, Wo = dy.shape
+    dy3 = dy.reshape(N, F, Ho * Wo)
+    db = np.empty(F, dy.dtype)
+    for f in range(F):
+        total = 0.0
+        for n in range(N):
+            for v in dy3[n, f]:
+                total += v
+        db[f] = total
+    return db

@@ -1,0 +1,405 @@
+"""Batch norm and group norm on the CPU, forward and backward.
+
+Per-channel (batch norm) or per-(image, group) (group norm) sums in float64, the per-element
+arithmetic in the input's dtype. The forwards take the ReLU that follows the norm
+(``relu=True``: max(y, 0) in the same pass over the array).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from retina_np.kernels import threads
+from retina_np.kernels.levels import Joint
+from retina_np.kernels.tunables import current
+
+
+# Per-channel values are read with np.float64(...): numba's float() keeps a float32 a float32.
+# Sums in float64 are one long chain of dependent additions (each waits ~4 cycles for the
+# last); four partial sums, added at the end, run four chains side by side: batch norm's
+# statistics of the stem's output 0.46 -> 0.20-0.22 ms, group norm's forward on P3 0.24 ->
+# 0.14-0.18 ms (benchmarks/bench_step_parts.py). The order is fixed, so the bits do not
+# depend on the number of threads.
+@njit(cache=True, nogil=True)
+def _sum(a, lo, hi):
+    """a[lo:hi].sum() in float64, as four interleaved partial sums."""
+    s0 = s1 = s2 = s3 = 0.0
+    end4 = lo + (hi - lo) // 4 * 4
+    for i in range(lo, end4, 4):
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+    for i in range(end4, hi):
+        s0 += a[i]
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(cache=True, nogil=True)
+def _sum_sq_dev(a, lo, hi, mu):
+    """((a[lo:hi] - mu) ** 2).sum() in float64, as four interleaved partial sums."""
+    s0 = s1 = s2 = s3 = 0.0
+    end4 = lo + (hi - lo) // 4 * 4
+    for i in range(lo, end4, 4):
+        d0, d1, d2, d3 = a[i] - mu, a[i + 1] - mu, a[i + 2] - mu, a[i + 3] - mu
+        s0 += d0 * d0
+        s1 += d1 * d1
+        s2 += d2 * d2
+        s3 += d3 * d3
+    for i in range(end4, hi):
+        d = a[i] - mu
+        s0 += d * d
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(cache=True, nogil=True)
+def _sum_dot_xhat(dy, x, lo, hi, mu, istd):
+    """(dy[lo:hi].sum(), (dy * (x - mu) * istd)[lo:hi].sum()) in float64, two partial sums
+    each."""
+    a0 = a1 = b0 = b1 = 0.0
+    end2 = lo + (hi - lo) // 2 * 2
+    for i in range(lo, end2, 2):
+        a0 += dy[i]
+        a1 += dy[i + 1]
+        b0 += dy[i] * ((x[i] - mu) * istd)
+        b1 += dy[i + 1] * ((x[i + 1] - mu) * istd)
+    for i in range(end2, hi):
+        a0 += dy[i]
+        b0 += dy[i] * ((x[i] - mu) * istd)
+    return a0 + a1, b0 + b1
+
+
+@njit(cache=True, nogil=True)
+def _affine(src, m, a, b, relu, dst):
+    """dst = (src - m) * a + b, and max(that, 0) with relu: a norm's output and the ReLU after
+    it in one pass (the ReLU's own kernel would read and write the whole array again)."""
+    if relu:
+        for i in range(src.shape[0]):
+            v = (src[i] - m) * a + b
+            dst[i] = v if v > 0 else 0
+    else:
+        for i in range(src.shape[0]):
+            dst[i] = (src[i] - m) * a + b
+
+
+def batchnorm2d_stats(x):
+    """x (N, C, H, W) -> mean (C,), biased var (C,), accumulated in float64 (two passes)."""
+    with threads.budget(x.size):
+        return _batchnorm2d_stats(x)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _batchnorm2d_stats(x):
+    """``batchnorm2d_stats`` on the threads in force."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    mean = np.empty(C, x.dtype)
+    var = np.empty(C, x.dtype)
+    xf = x.reshape(N, C, H * W)
+    for c in prange(C):
+        s = 0.0
+        for n in range(N):
+            s += _sum(xf[n, c], 0, H * W)
+        mu = s / M
+        ss = 0.0
+        for n in range(N):
+            ss += _sum_sq_dev(xf[n, c], 0, H * W, mu)
+        mean[c] = mu
+        var[c] = ss / M
+    return mean, var
+
+
+@njit(cache=True, nogil=True)
+def batchnorm2d_update_stats(mean, var, count, running_mean, running_var, momentum, eps):
+    """Batch mean, biased var (C,) of count >= 2 values -> invstd (C,) = 1 / sqrt(var + eps).
+
+    Updates the running statistics in place with torch's rule, the variance unbiased:
+    running = (1 - momentum) * running + momentum * batch. All in float64, then rounded.
+    """
+    C = mean.shape[0]
+    invstd = np.empty(C, mean.dtype)
+    bessel = count / (count - 1)
+    for c in range(C):
+        v = float(var[c])
+        invstd[c] = 1.0 / np.sqrt(v + eps)
+        running_mean[c] = (1 - momentum) * float(running_mean[c]) + momentum * float(mean[c])
+        running_var[c] = (1 - momentum) * float(running_var[c]) + momentum * (v * bessel)
+    return invstd
+
+
+@njit(cache=True, nogil=True)
+def batchnorm2d_eval_stats(running_mean, running_var, eps):
+    """Running statistics (C,) -> a copy of the mean (later training steps change it), invstd."""
+    C = running_mean.shape[0]
+    mean = np.empty(C, running_mean.dtype)
+    invstd = np.empty(C, running_mean.dtype)
+    for c in range(C):
+        mean[c] = running_mean[c]
+        invstd[c] = 1.0 / np.sqrt(float(running_var[c]) + eps)
+    return mean, invstd
+
+
+def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
+    """x (N, C, H, W), per-channel (C,) vectors -> y = (x - mean) * invstd * gamma + beta,
+    and max(y, 0) with relu."""
+    with threads.budget(x.size):
+        return _batchnorm2d_forward(x, mean, invstd, gamma, beta, relu)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
+    """``batchnorm2d_forward`` on the threads in force."""
+    N, C, H, W = x.shape
+    y = np.empty_like(x)
+    xf, yf = x.reshape(N * C, H * W), y.reshape(N * C, H * W)
+    to = x.dtype.type
+    for nc in prange(N * C):
+        c = nc % C
+        # the coefficient in float64, rounded once; the elementwise part in x's dtype
+        m, a, b = to(mean[c]), to(np.float64(invstd[c]) * np.float64(gamma[c])), to(beta[c])
+        _affine(xf[nc], m, a, b, relu, yf[nc])
+    return y
+
+
+def batchnorm2d_backward(dy, x, mean, invstd, gamma):
+    """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,)."""
+    with threads.budget(dy.size):
+        return _batchnorm2d_backward(dy, x, mean, invstd, gamma)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _batchnorm2d_backward(dy, x, mean, invstd, gamma):
+    """``batchnorm2d_backward`` on the threads in force."""
+    N, C, H, W = x.shape
+    M = N * H * W
+    dx = np.empty_like(x)
+    dgamma = np.empty(C, x.dtype)
+    dbeta = np.empty(C, x.dtype)
+    xf, dyf, dxf = x.reshape(N, C, H * W), dy.reshape(N, C, H * W), dx.reshape(N, C, H * W)
+    to = x.dtype.type
+    for c in prange(C):
+        # float64 sums and products, as the statistics
+        mu, istd = np.float64(mean[c]), np.float64(invstd[c])
+        sum_dy = 0.0
+        sum_dy_xhat = 0.0
+        for n in range(N):
+            s0, s1 = _sum_dot_xhat(dyf[n, c], xf[n, c], 0, H * W, mu, istd)
+            sum_dy += s0
+            sum_dy_xhat += s1
+        # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)): the mean and the variance
+        # both depend on every x, which removes dy's mean and its component along xhat.
+        scale, mean_dy, mean_dy_xhat = np.float64(gamma[c]) * istd, sum_dy / M, sum_dy_xhat / M
+        # the coefficients rounded once to x's dtype, the elementwise part in it
+        m, s, k, mdy = to(mu), to(scale), to(istd * mean_dy_xhat), to(mean_dy)
+        for n in range(N):
+            src, d, dst = xf[n, c], dyf[n, c], dxf[n, c]
+            for i in range(H * W):
+                dst[i] = (d[i] - mdy - (src[i] - m) * k) * s
+        dgamma[c] = sum_dy_xhat
+        dbeta[c] = sum_dy
+    return dx, dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------- group norm
+# One kernel pair serves both layouts: x is seen as a 2-D array in which image n's channel c
+# of a piece (one image, or one (level, image) of a Joint) is the run of HW values starting
+# at row `row0 + c`, column `col0`, a row of a table ``pieces`` (P, 3) = (row0, col0, HW). An
+# (N, C, H, W) input is x.reshape(N*C, H*W) with pieces (n*C, 0, H*W); a Joint (C, T) is
+# itself, with pieces (0, first column of the level's image, H*W). Each task is one (piece,
+# group), so no two tasks write the same element. As for batch norm, the sums are float64 and
+# the per-channel coefficients are computed from them in float64 and rounded once to x's
+# dtype; the per-element arithmetic runs in x's dtype, since a float32 vector holds twice as
+# many lanes as a float64 one (group norm on P3, forward and backward: 0.46 -> 0.21 ms).
+#
+# Waking the sleeping worker threads for a parallel loop costs ~45 us (OMP_WAIT_POLICY=
+# PASSIVE, see retina_np/runtime.py), more than a whole group norm of a small pyramid level
+# takes on one core. So the tasks are written once as a serial loop over a range of tasks, and
+# inputs below ``options.groupnorm_parallel_min_elements`` run it directly, larger ones through
+# a prange over them.
+
+
+@functools.lru_cache(maxsize=64)
+def _image_pieces(N, C, HW):
+    """The pieces (N, 3) of an (N, C, H, W) input seen as (N*C, H*W): image n from row n*C
+    (made once per shape, like ``_joint_pieces``; not to be written to)."""
+    return np.array([(n * C, 0, HW) for n in range(N)], np.int64).reshape(-1, 3)
+
+
+@functools.lru_cache(maxsize=64)
+def _joint_pieces(n, hws):
+    """The group-norm pieces of a Joint of n images with levels hws: every layer of the heads
+    uses the same table, so it is made once (and must not be written to; marking it
+    read-only would make Numba compile every kernel that reads it a second time)."""
+    starts = Joint(None, n, hws).starts
+    return np.array([(0, a + m * h * w, h * w) for (h, w), a in zip(hws, starts)
+                     for m in range(n)], np.int64).reshape(-1, 3)
+
+
+@njit(cache=True, nogil=True)
+def _groupnorm_task(task, groups, pieces):
+    """Task number `task`: (piece, group, the piece's first row and column, its H*W); the
+    groups inner, so that consecutive tasks read the same columns."""
+    piece, g = task // groups, task % groups
+    return piece, g, pieces[piece, 0], pieces[piece, 1], pieces[piece, 2]
+
+
+@njit(cache=True, nogil=True)
+def _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd, start,
+                             stop):
+    """Tasks start:stop of (piece, group) of x (2-D, see above): y into y (x's shape), with
+    the ReLU after it when relu; statistics into mean, invstd (pieces, G)."""
+    groups, to = gamma.shape[0] // Cg, x.dtype.type
+    for task in range(start, stop):
+        piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
+        M = Cg * HW
+        total = 0.0
+        for j in range(Cg):
+            total += _sum(x[r + g * Cg + j], a, a + HW)
+        mu = total / M
+        dev = 0.0
+        for j in range(Cg):
+            dev += _sum_sq_dev(x[r + g * Cg + j], a, a + HW, mu)
+        istd = 1.0 / np.sqrt(dev / M + eps)
+        mean[piece, g] = mu
+        invstd[piece, g] = istd
+        m = to(mu)
+        for j in range(Cg):  # y = (x - mu) * k + beta, k from the float64 statistics
+            c = g * Cg + j
+            k, b = to(istd * np.float64(gamma[c])), to(beta[c])
+            _affine(x[r + c, a:a + HW], m, k, b, relu, y[r + c, a:a + HW])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _groupnorm_forward_parallel(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd):
+    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
+        _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd, task,
+                                 task + 1)
+
+
+def _groupnorm_forward_pieces(x, gamma, beta, groups, eps, pieces, relu):
+    """y (x's shape), mean and invstd (pieces, G) of x (2-D) laid out by pieces."""
+    y = np.empty_like(x)
+    mean = np.empty((pieces.shape[0], groups), x.dtype)
+    invstd = np.empty((pieces.shape[0], groups), x.dtype)
+    args = (x, gamma, beta, gamma.shape[0] // groups, pieces, float(eps), bool(relu), y, mean,
+            invstd)
+    if x.size < current().groupnorm_parallel_min_elements:
+        _groupnorm_forward_tasks(*args, 0, pieces.shape[0] * groups)
+    else:
+        _groupnorm_forward_parallel(*args)
+    return y, mean, invstd
+
+
+def groupnorm_forward(x, gamma, beta, groups, eps, relu=False):
+    """x (N, C, H, W), gamma, beta (C,) -> y (N, C, H, W), mean (N, G), invstd (N, G).
+
+    Per (n, g): mean and biased variance over (c, h, w) of the group (two float64 passes);
+    y = (x - mean) * invstd * gamma[c] + beta[c], invstd = 1 / sqrt(var + eps); max(y, 0)
+    with relu.
+    """
+    N, C, H, W = x.shape
+    y, mean, invstd = _groupnorm_forward_pieces(x.reshape(N * C, H * W), gamma, beta, groups,
+                                                eps, _image_pieces(N, C, H * W), relu)
+    return y.reshape(x.shape), mean, invstd
+
+
+@njit(cache=True, nogil=True)
+def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy, sum_dy_xhat,
+                              start, stop):
+    """Tasks start:stop of (piece, group), as the forward's: dx into dx (x's shape), the
+    per-channel sums into sum_dy, sum_dy_xhat (pieces, C)."""
+    groups, to = gamma.shape[0] // Cg, x.dtype.type
+    for task in range(start, stop):
+        piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
+        M = Cg * HW
+        mu, istd = np.float64(mean[piece, g]), np.float64(invstd[piece, g])
+        sum_dxhat = 0.0
+        sum_dxhat_xhat = 0.0
+        for j in range(Cg):
+            c = g * Cg + j
+            s0, s1 = _sum_dot_xhat(dy[r + c], x[r + c], a, a + HW, mu, istd)
+            sum_dy[piece, c] = s0
+            sum_dy_xhat[piece, c] = s1
+            sum_dxhat += np.float64(gamma[c]) * s0
+            sum_dxhat_xhat += np.float64(gamma[c]) * s1
+        # dx = invstd * (dy * gamma - mean_dxhat - (x - mu) * invstd * mean_dxhat_xhat), the
+        # coefficients from the float64 sums rounded once to x's dtype
+        m, s, k = to(mu), to(istd), to(istd * (sum_dxhat_xhat / M))
+        mdx = to(sum_dxhat / M)
+        for j in range(Cg):
+            c = g * Cg + j
+            gc = gamma[c]
+            src, d, dst = x[r + c, a:a + HW], dy[r + c, a:a + HW], dx[r + c, a:a + HW]
+            for i in range(HW):
+                dst[i] = (d[i] * gc - mdx - (src[i] - m) * k) * s
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _groupnorm_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
+                                 sum_dy_xhat):
+    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
+        _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
+                                  sum_dy_xhat, task, task + 1)
+
+
+@njit(cache=True, nogil=True)
+def _sum_over_images(sums, dtype_like):
+    """(pieces, C) float64 -> (C,) in dtype_like's dtype, added over the pieces (images) in
+    order: the same bits for any number of threads."""
+    N, C = sums.shape
+    out = np.empty(C, dtype_like.dtype)
+    for c in range(C):
+        s = 0.0
+        for n in range(N):
+            s += sums[n, c]
+        out[c] = s
+    return out
+
+
+def _groupnorm_backward_pieces(dy, x, mean, invstd, gamma, groups, pieces):
+    """dx (x's shape), dgamma (C,), dbeta (C,) of x, dy (2-D) laid out by pieces.
+
+    Per group, with dxhat = dy * gamma[c]: dx = invstd * (dxhat - mean(dxhat) - xhat *
+    mean(dxhat * xhat)), as batch norm's. Each task first sums dy and dy * xhat per channel of
+    its piece (float64); those (pieces, C) sums give both the group means (weighted by gamma)
+    and, added over the pieces afterwards, dbeta and dgamma.
+    """
+    C = gamma.shape[0]
+    dx = np.empty_like(x)
+    sum_dy = np.empty((pieces.shape[0], C))  # float64
+    sum_dy_xhat = np.empty((pieces.shape[0], C))
+    args = (dy, x, mean, invstd, gamma, C // groups, pieces, dx, sum_dy, sum_dy_xhat)
+    if x.size < current().groupnorm_parallel_min_elements:
+        _groupnorm_backward_tasks(*args, 0, pieces.shape[0] * groups)
+    else:
+        _groupnorm_backward_parallel(*args)
+    return dx, _sum_over_images(sum_dy_xhat, x), _sum_over_images(sum_dy, x)
+
+
+def groupnorm_backward(dy, x, mean, invstd, gamma, groups):
+    """dy, x (N, C, H, W), mean, invstd (N, G), gamma (C,) -> dx, dgamma (C,), dbeta (C,)."""
+    N, C, H, W = x.shape
+    dx, dgamma, dbeta = _groupnorm_backward_pieces(
+        dy.reshape(N * C, H * W), x.reshape(N * C, H * W), mean, invstd, gamma, groups,
+        _image_pieces(N, C, H * W))
+    return dx.reshape(x.shape), dgamma, dbeta
+
+
+def groupnorm_forward_joint(xj, gamma, beta, groups, eps, relu=False):
+    """``groupnorm_forward`` of every level of a Joint (C, T) at once -> (y Joint (C, T), mean
+    and invstd (levels * N, G), one row per (level, image) in the Joint's order)."""
+    y, mean, invstd = _groupnorm_forward_pieces(xj.data, gamma, beta, groups, eps,
+                                                _joint_pieces(xj.n, xj.hws), relu)
+    return xj.like(y), mean, invstd
+
+
+def groupnorm_backward_joint(dyj, xj, mean, invstd, gamma, groups):
+    """The backward of ``groupnorm_forward_joint``: (dx Joint (C, T), dgamma (C,), dbeta (C,))."""
+    dx, dgamma, dbeta = _groupnorm_backward_pieces(dyj.data, xj.data, mean, invstd, gamma,
+                                                   groups, _joint_pieces(xj.n, xj.hws))
+    return xj.like(dx), dgamma, dbeta
+
+

@@ -1,0 +1,91 @@
+"""Which algorithm computes a CPU convolution: one pure function of the shapes and the thread
+budget, ``choose_conv``, and the plan it returns.
+
+Four ways, each tested equal to ``kernels/reference.py``'s loops:
+
+* ``pointwise``   a 1x1, stride-1, unpadded convolution is one GEMM with the (C, H*W) input;
+* ``im2col``      unfold every kh x kw patch into a column, then one GEMM (``conv.py``,
+                  ``im2col.py``; the NumPy version of the idea is ``kernels/numpy_conv.py``);
+* ``im2col_same`` the same for stride-1 "same" convolutions (every 3x3 of ResNet's blocks,
+                  the FPN and the heads), unfolded by shifted copies without a padded input;
+* ``winograd``    Winograd's F(m x m, 3x3) (``winograd.py``): fewer multiplications, in
+                  (m + 2)^2 smaller GEMMs.
+
+Why each choice (the measurements are in docs/performance.md, "How the convolution is done"):
+
+* Winograd pays where its GEMMs are large enough: at least ``options.winograd_min_tiles``
+  2x2 blocks of outputs (on the small pyramid levels it was 1.4-2.3x slower), and where its
+  transformed input fits ``options.keep_max_elements``.
+* The heads' convolutions on a Joint of levels take it whenever it pays (their subnets run on
+  one core each, where the im2col GEMM with K = 9*64 is slow).
+* The backbone's and the FPN's take it only on a one-thread budget: its transforms are serial
+  loops, and on every core im2col + GEMM, whose unfolding and GEMM use every core, was as fast.
+
+The thread budget is an argument: ``threads.budget`` decides it from the kernel's size (and
+whether it runs inside a task) and sets it; nothing here reads a thread count.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from retina_np.kernels import tunables as _options
+from retina_np.kernels.cpu.winograd_f2 import tiles
+
+POINTWISE, IM2COL, IM2COL_SAME, WINOGRAD = "pointwise", "im2col", "im2col_same", "winograd"
+
+
+class ConvPlan(NamedTuple):
+    algorithm: str  # POINTWISE, IM2COL, IM2COL_SAME or WINOGRAD
+    block: int = 0  # WINOGRAD: the side m of the blocks of outputs (2 or 4); else 0
+    keep: bool = False  # whether the forward may keep what the weight gradient needs
+
+
+def out_size(n_in: int, k: int, stride: int, padding: int) -> int:
+    """The output size of a convolution along one axis."""
+    return (n_in + 2 * padding - k) // stride + 1
+
+
+def is_same(kh: int, kw: int, stride: int, padding: int) -> bool:
+    """A stride-1 convolution whose output is as large as its input."""
+    return stride == 1 and kh == kw == 2 * padding + 1
+
+
+def is_pointwise(kh: int, kw: int, stride: int, padding: int) -> bool:
+    """A 1x1, stride-1, unpadded convolution: a plain GEMM with the (C, H*W) input matrix."""
+    return kh == 1 and kw == 1 and stride == 1 and padding == 0
+
+
+def winograd_block(n: int, C: int, F: int, hws: tuple, opts) -> int:
+    """The block side m if a 3x3 "same" convolution of n images with levels hws (C -> F
+    channels) pays by Winograd's algorithm, else 0. The size test counts 2x2 blocks whatever
+    m is, so that both block sides take the same layers."""
+    if not opts.winograd:
+        return 0
+    m = opts.winograd_block
+    blocks = tiles(n, hws, 2)[1]
+    kept = (m + 2) ** 2 * max(C, F) * tiles(n, hws, m)[1]
+    return m if blocks >= opts.winograd_min_tiles and kept <= opts.keep_max_elements else 0
+
+
+def choose_conv(n: int, C: int, F: int, hws: tuple, kh: int, kw: int, stride: int,
+                padding: int, threads: int, joint: bool = False, opts=None) -> ConvPlan:
+    """The plan of a convolution of n images (C -> F channels, kernel kh x kw).
+
+    Args:
+        hws: ((H, W),) for (N, C, H, W) images, or every level's (H, W) of a Joint.
+        threads: the thread budget the convolution runs on (``threads.budget``).
+        joint: a Joint of levels (the heads; only "same" convolutions).
+        opts: the kernel options (default ``kernels.options.current()``).
+    """
+    opts = opts if opts is not None else _options.current()
+    same = is_same(kh, kw, stride, padding)
+    if kh == kw == 3 and same and (joint or (opts.winograd_images and threads == 1)):
+        m = winograd_block(n, C, F, tuple(hws), opts)
+        if m:
+            return ConvPlan(WINOGRAD, m, True)
+    if is_pointwise(kh, kw, stride, padding):
+        return ConvPlan(POINTWISE)
+    unfolded = C * kh * kw * n * sum(out_size(h, kh, stride, padding)
+                                     * out_size(w, kw, stride, padding) for h, w in hws)
+    return ConvPlan(IM2COL_SAME if same else IM2COL, 0, unfolded <= opts.keep_max_elements)

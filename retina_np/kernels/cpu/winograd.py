@@ -1,0 +1,131 @@
+"""Winograd's minimal filtering F(2x2, 3x3) and F(4x4, 3x3) for 3x3 "same" convolutions on the
+CPU (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). The functions
+take a Joint of levels or (N, C, H, W) images; ``plan.choose_conv`` says where they run (the
+heads' Joints, and the backbone's and FPN's convolutions on a one-thread budget) and with
+which block side m (``options.winograd_block``, 4 by default).
+
+This file is the convolution: transforms, GEMMs, transforms back. The transforms themselves
+are Numba loops in ``winograd_f2.py`` (F(2x2, 3x3), the smaller one to read first, with the
+tile tables and the moves between planes and blocks) and ``winograd_f4.py`` (F(4x4, 3x3): the
+same steps with 6x6 windows and 36 products).
+
+A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of the input (stride
+2 between windows, so neighbouring windows overlap by two pixels). Directly that is 36
+multiplications per channel pair; Winograd's algorithm needs 16:
+
+    Y = A^T [ (G g G^T) * (B^T d B) ] A          d: the 4x4 window, g: the 3x3 filter
+
+with the constant matrices below and * elementwise. The two 4x4 transforms are cheap (only
+additions; G has halves), and summed over the input channels the elementwise products are 16
+matrix products, one per position (i, j) of the 4x4 tile:
+
+    M[k] = U[k] @ V[k]      U (16, F, C) the transformed filters, V (16, C, P) the
+                            transformed windows, P tiles: (F, P) = (F, C) @ (C, P)
+
+so a convolution is an input transform, 16 GEMMs with K = C instead of one with K = 9*C, and
+an output transform. The backward is the adjoint of each step (Y is linear in U and V,
+U in g, V in d): dM = A dY A^T per tile; dV[k] = U[k]^T @ dM[k] and dU[k] = dM[k] @ V[k]^T
+(16 GEMMs each); dd = B dV B^T added onto each window (the windows overlap) and dg = G^T dU G.
+The results equal the direct convolution's up to float rounding (the transforms add and
+subtract, and G halves: float32 results differ from im2col + GEMM by a few ulps of the
+largest terms; tests/kernels/test_winograd.py, and the float64 finite-difference checks of
+the Joint convolution in tests/kernels/test_joint_levels.py).
+
+Why here: the heads' im2col GEMM (K = 9*64) runs well below the GEMM's peak on one core,
+since OpenBLAS packs the 9x larger unfolded matrix and uses each packed value for only 64
+rows; the (m + 2)^2 GEMMs with K = 64 run faster and do 2.25-4x fewer multiplications
+(docs/performance.md, "How the convolution is done").
+
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retina_np.kernels.cpu import winograd_f2 as f2
+from retina_np.kernels.cpu import winograd_f4 as f4
+from retina_np.kernels.cpu.winograd_f2 import _channels, _empty, strides, tiles
+
+# m -> its transforms: (input, its adjoint, output, its adjoint, filters, their adjoint)
+TRANSFORMS = {
+    2: (f2.input_transform, f2.input_transform_adjoint, f2.output_transform,
+        f2.output_transform_adjoint, f2._filters, f2._filters_adjoint),
+    4: (f4.input_transform4, f4.input_transform4_adjoint, f4.output_transform4,
+        f4.output_transform4_adjoint, f4._filters4, f4._filters4_adjoint),
+}
+
+
+def block_side(a):
+    """The block side m of a transformed array (V, M, dM, U) by its first dimension:
+    16 -> 2 (F(2x2, 3x3)), 36 -> 4 (F(4x4, 3x3))."""
+    return {16: 2, 36: 4}[a.shape[0]]
+
+
+def filters(w, m):
+    """w (F, C, 3, 3) -> U ((m + 2)^2, F, C): G g G^T of every filter, entry (i, j) at
+    (m + 2)*i + j."""
+    F, C = w.shape[:2]
+    terms = (m + 2) ** 2
+    U = np.empty((terms, F, C), w.dtype)
+    TRANSFORMS[m][4](w.reshape(F * C, 9), U.reshape(terms, F * C))
+    return U
+
+
+def filters_adjoint(dU):
+    """The adjoint of ``filters``: dU (16 or 36, F, C) -> dw (F, C, 3, 3) = G^T dU G."""
+    terms, F, C = dU.shape
+    dw = np.empty((F, C, 3, 3), dU.dtype)
+    TRANSFORMS[block_side(dU)][5](np.ascontiguousarray(dU).reshape(terms, F * C),
+                                  dw.reshape(F * C, 9))
+    return dw
+
+
+def transformed_input(x, n, hws, m):
+    """x (C channels, a layout of ``conv3x3_forward``) -> V ((m + 2)^2, C, P): B^T d B per
+    tile."""
+    table, P = tiles(n, hws, m)
+    V = np.empty(((m + 2) ** 2, _channels(x), P), x.dtype)
+    TRANSFORMS[m][0](x.reshape(-1), *strides(x, n, hws), n, table, V)
+    return V
+
+
+def conv3x3_forward(x, n, hws, w, b, m, keep=False):
+    """A 3x3, stride-1, padding-1 convolution by F(m x m, 3x3): x a Joint's data (C, T) (n
+    images, levels hws), or (N, C, H, W) with n = N and hws = ((H, W),) -> (y in the same
+    layout with F channels, V the transformed input if keep else None). w (F, C, 3, 3), b (F,)
+    or None."""
+    F = w.shape[0]
+    V = transformed_input(x, n, hws, m)
+    M = np.matmul(filters(w, m), V)  # (16, F, C) @ (16, C, P): 16 GEMMs (36 for m = 4)
+    y = _empty(x, F, n, hws)
+    TRANSFORMS[m][2](M, n, tiles(n, hws, m)[0],
+                     b if b is not None else np.zeros(F, x.dtype), y.reshape(-1),
+                     *strides(y, n, hws))
+    return y, (V if keep else None)
+
+
+def output_gradients(dy, n, hws, m):
+    """dy (F channels, a layout of ``conv3x3_forward``) -> dM ((m + 2)^2, F, P): A dY A^T
+    per tile."""
+    table, P = tiles(n, hws, m)
+    dM = np.empty(((m + 2) ** 2, _channels(dy), P), dy.dtype)
+    TRANSFORMS[m][3](dy.reshape(-1), *strides(dy, n, hws), n, table, dM)
+    return dM
+
+
+def conv3x3_backward_input(dy, w, n, hws, m, dM=None):
+    """dy (F channels) -> dx (C channels, the same layout); dM: ``output_gradients(dy)`` if
+    already at hand."""
+    dM = output_gradients(dy, n, hws, m) if dM is None else dM
+    dV = np.matmul(filters(w, m).transpose(0, 2, 1), dM)  # (16, C, F) @ (16, F, P)
+    dx = _empty(dy, w.shape[1], n, hws)
+    TRANSFORMS[m][1](dV, n, tiles(n, hws, m)[0], dx.reshape(-1), *strides(dx, n, hws))
+    return dx
+
+
+def conv3x3_backward_weight(dy, x, n, hws, m, V=None, dM=None):
+    """dy (F channels), x (C channels) -> dw (F, C, 3, 3). V: the forward's transformed input,
+    dM: ``output_gradients(dy)``, where already at hand."""
+    dM = output_gradients(dy, n, hws, m) if dM is None else dM
+    V = transformed_input(x, n, hws, m) if V is None else V
+    return filters_adjoint(np.matmul(dM, V.transpose(0, 2, 1)))  # (16, F, P) @ (16, P, C)

@@ -1,0 +1,45 @@
+"""Process-wide settings that make the kernels fast, in one place, applied once when
+``retina_np`` is imported (``retina_np/__init__.py`` calls ``configure``). A setting the user
+made in the environment always wins. The measurements behind each are in
+docs/performance.md ("Threads and memory").
+
+* ``OPENBLAS_THREAD_TIMEOUT=4``: OpenBLAS's idle threads spin for about 0.1 s after every GEMM
+  and take a core from the Numba loop that follows; OpenBLAS reads this only when numpy loads
+  it, so it must be set before numpy is imported (the ``retina-np`` command imports
+  retina_np first).
+* ``OMP_WAIT_POLICY=PASSIVE``: GNU OpenMP's idle workers (Numba's ``omp`` threading layer)
+  spin by default and steal the cores from the BLAS threads; asked to sleep instead, before
+  Numba starts its pool.
+* glibc's malloc keeps freed memory (``keep_freed_memory``): every training step allocates
+  and frees the same large arrays, and would page-fault on each of them again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_configured = False
+
+
+def configure() -> None:
+    """Apply the settings above (once per process; later calls do nothing)."""
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    keep_freed_memory()
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory in the process for the next allocation: blocks
+    up to 32 MB come from the heap, and up to 1 GB of free heap is kept. Returns False where
+    the C library is not glibc (nothing is changed there)."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
