@@ -83,7 +83,7 @@ SMALL_LAUNCHES = {
 def small_launches():
     """Every launch setting shrunk for the test (a test changes more with ``options(...)``
     inside); yields the options in force."""
-    from retina_np.kernels.options import options
+    from retina_np.kernels import options
 
     with options(**SMALL_LAUNCHES) as shrunk:
         yield shrunk

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 from cuda_helpers import assert_close, host, to_dev
 
-from retina_np.kernels import cpu
+from retina_np.kernels import cpu, options
 from retina_np.kernels import cuda as kcuda
 from retina_np.kernels.cuda import config
 from retina_np.kernels.cuda import conv as cuda_conv
-from retina_np.kernels.options import options
 
 # (kernel, stride, padding) on a 7x6 input: odd sizes, stride 2 leaving a ragged last window,
 # padding 0 / 1 / 2, a 1x1 and a 5x5 kernel.

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from cuda_helpers import assert_close, host, to_dev
 
-from retina_np.kernels import cpu, reference
+from retina_np.kernels import cpu, options, reference
 from retina_np.kernels import cuda as kcuda
 from retina_np.kernels.cuda import reduce as cuda_reduce
-from retina_np.kernels.options import options
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 6), (3, 2, 1, 1), (1, 3, 2, 5)])

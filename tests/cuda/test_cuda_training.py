@@ -7,7 +7,7 @@ from cuda_helpers import assert_close, host, to_dev
 
 from retina_np import backend
 from retina_np.detection import retina_loss
-from retina_np.kernels.options import options
+from retina_np.kernels import options
 from retina_np.models import RetinaNet, RetinaNetConfig
 from retina_np.nn import BatchNorm2d, Parameter
 from retina_np.optim import SGD, clip_grad_norm, grad_norm

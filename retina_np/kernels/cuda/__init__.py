@@ -45,7 +45,7 @@ Beyond the kernel contract, the optimiser and the layers use (CPU twins in ``ker
 the heads and the loss use:
 
     levels_to_rows(levels, per_anchor)             # [(N, A*P, H, W)] -> (N, R, P)
-    rows_to_levels(rows, level_hw, per_anchor)     # (N, R, P) -> [(N, A*P, H, W)]
+    rows_to_levels(rows, layout, per_anchor)       # (N, R, P) -> [(N, A*P, H, W)]
     levels_layout(levels)                          # [(H, W)]: what rows_to_levels needs
     join_levels(levels, kernel_size=None)          # the list itself (kernels.cpu: one Joint
     split_levels(levels)                           #   matrix of every level, and back)

@@ -1,13 +1,13 @@
-"""Launch settings of the CUDA kernels: what each ``cuda_*`` field of ``kernels.options`` means,
+"""Launch settings of the CUDA kernels: what each ``cuda_*`` field of ``kernels.Options`` means,
 and the checks that they fit together.
 
 stumpy keeps its ``THREADS_PER_BLOCK`` in one config module; here the values live in the one
-record of every kernel tunable, ``retina_np.kernels.options.Options`` (its ``cuda_*`` fields),
+record of every kernel tunable, ``kernels/tunables.py``'s ``Options`` (its ``cuda_*`` fields),
 and this module explains them. The host functions read them through the functions below at
 every call (never at import), so a test shrinks them for a while with
 
-    from retina_np.kernels.options import options
-    with options(cuda_gemm_tile_m=8, cuda_gemm_tile_n=8, ...):
+    from retina_np import kernels
+    with kernels.options(cuda_gemm_tile_m=8, cuda_gemm_tile_n=8, ...):
         ...
 
 to make ragged tiles, several blocks and multi-block reductions appear on tiny inputs. Kernels
@@ -59,7 +59,7 @@ at 64 on a GPU; the tests lower it to exercise several tiles with few boxes.
 
 from __future__ import annotations
 
-from retina_np.kernels.options import current
+from retina_np.kernels.tunables import current
 
 
 def grid_1d() -> tuple[int, int]:

@@ -351,11 +351,11 @@ def _shape_geo(C, H, W, F, Ho, Wo, kh, kw, stride, padding):
 
 
 # ----------------------------------------------------------------------------- the contract
-def conv2d_forward(x, w, b, stride, padding, columns=None):
+def conv2d_forward(x, w, b, stride, padding, workspace=None):
     """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo).
 
-    columns: as in kernels/cpu/conv.py; this version keeps nothing in it (the GEMM kernels read x
-    directly, nothing is unfolded).
+    workspace: as in kernels/cpu/conv.py; this version keeps nothing in it (the GEMM kernels
+    read x directly, nothing is unfolded).
     """
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
@@ -380,10 +380,10 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     return dx
 
 
-def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
+def conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None):
     """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw).
 
-    columns: as in kernels/cpu/conv.py; not used here (x is read directly).
+    workspace: as in kernels/cpu/conv.py; not used here (x is read directly).
     """
     N, F, Ho, Wo = dy.shape
     C, H, W = x.shape[1], x.shape[2], x.shape[3]

@@ -24,14 +24,14 @@ _PER_LEVEL = SimpleNamespace(
 )
 
 
-def conv2d_forward_levels(xs, w, b, stride, padding, columns=None):
+def conv2d_forward_levels(xs, w, b, stride, padding, workspace=None):
     """xs: list of (N, C, H_l, W_l) -> list of (N, F, Ho_l, Wo_l), one launch per level;
-    ``columns`` is unused."""
+    ``workspace`` is unused."""
     return levels.conv2d_forward_by_level(_PER_LEVEL, xs, w, b, stride, padding)
 
 
 def conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_grad,
-                           columns=None):
+                           workspace=None):
     """Level by level: dxs (list) or None, dw and db (or None) summed over the levels."""
     return levels.conv2d_backward_by_level(_PER_LEVEL, dys, xs, w, stride, padding, has_bias,
                                            need_input_grad)
@@ -42,6 +42,6 @@ def join_levels(xs, kernel_size=None):
     return xs
 
 
-def split_levels(xs):
-    """The list of levels itself (the inverse of ``join_levels``)."""
-    return xs
+def split_levels(xj):
+    """The list of levels itself (the inverse of ``join_levels``, which gave it as it was)."""
+    return xj

@@ -61,13 +61,13 @@ def _rows_to_level_kernel(rows, row0, x):
         x[n, c, h, w] = rows[n, row0 + (h * W + w) * A + a, c - a * P]
 
 
-def rows_to_levels(rows, level_hw, per_anchor):
+def rows_to_levels(rows, layout, per_anchor):
     """The inverse of ``levels_to_rows``: rows (N, R, P) -> list of (N, A*P, H, W), one per
-    (H, W) in level_hw (A = R / sum of H*W)."""
+    (H, W) in layout (A = R / sum of H*W)."""
     n = rows.shape[0]
-    a = rows.shape[1] // sum(h * w for h, w in level_hw)
+    a = rows.shape[1] // sum(h * w for h, w in layout)
     levels, row0 = [], 0
-    for h, w in level_hw:
+    for h, w in layout:
         x = cl.empty((n, a * per_anchor, h, w), rows.dtype)
         cl.launch_1d(_rows_to_level_kernel, x.size, rows, row0, x)
         levels.append(x)

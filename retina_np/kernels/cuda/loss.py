@@ -20,7 +20,7 @@ import functools
 import numpy as np
 from numba import cuda, float64
 
-from retina_np.detection.losses import _alpha_for_kernel, _focal_element
+from retina_np.kernels.cpu.loss import _alpha_for_kernel, _focal_element
 from retina_np.kernels.cuda import launch as cl
 from retina_np.kernels.cuda.reduce import block_sum_to, launch_and_sum
 from retina_np.kernels.sentinels import BETWEEN_THRESHOLDS
