@@ -12,6 +12,12 @@ docs/performance.md ("Threads and memory").
   Numba starts its pool.
 * glibc's malloc keeps freed memory (``keep_freed_memory``): every training step allocates
   and frees the same large arrays, and would page-fault on each of them again.
+* An OpenMP runtime that started before retina_np (``import torch`` first, as a notebook that
+  compares with torchvision does) keeps its idle threads busy-waiting: the wait policy above
+  comes too late, and Numba's OpenMP pool would share those spinning threads (every kernel
+  about 9x slower on 2 cores). Then Numba's own ``workqueue`` threading layer is chosen
+  instead (``openmp_started_early``); the heads' subnets then run one after the other, since
+  that layer must not be entered from two threads at once (``kernels/threads.py``).
 """
 
 from __future__ import annotations
@@ -28,9 +34,28 @@ def configure() -> None:
     if _configured:
         return
     _configured = True
+    early = openmp_started_early()
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if early and "NUMBA_THREADING_LAYER" not in os.environ:
+        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"  # read when numba is imported ...
+        import numba
+
+        numba.config.THREADING_LAYER = "workqueue"  # ... or here, if it already was
     keep_freed_memory()
+
+
+def openmp_started_early() -> bool:
+    """True if an OpenMP runtime (GNU, Intel or LLVM) is already loaded into this process and
+    no wait policy was set for it: its idle threads busy-wait."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return False
+    try:
+        with open("/proc/self/maps") as maps:
+            loaded = maps.read()
+    except OSError:  # not Linux: nothing to detect this way
+        return False
+    return any(name in loaded for name in ("libgomp", "libiomp5", "libomp"))
 
 
 def keep_freed_memory() -> bool:

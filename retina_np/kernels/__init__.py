@@ -57,7 +57,7 @@ heads apply one convolution to every pyramid level: ``join_levels(levels, kernel
 makes one ``levels.Joint`` of the list of levels on the CPU (the list itself on CUDA, and on
 the CPU where the matrix would be too large), ``split_levels`` gives the list back, and
 
-    conv2d_forward_levels(xs, w, b, stride, padding)      # xs: list of (N,C,H_l,W_l), level by level
+    conv2d_forward_levels(xs, w, b, stride, padding)      # xs: list of (N,C,H_l,W_l), per level
     conv2d_backward_levels(dys, xs, w, stride, padding, has_bias, need_input_grad)
     conv2d_forward_joint(xj, w, b, workspace=None)        # CPU: "same" conv, Joint (C,T) -> (F,T)
     conv2d_backward_joint(dyj, xj, w, has_bias, need_input_grad, workspace=None,

@@ -7,7 +7,7 @@ at the end of each call. The classification and box subnets share no data, so th
 run at the same time instead, each on its own core with one-thread GEMMs and loops:
 ``side_by_side(lambda: cls(levels), lambda: box(levels))``; and the backbone's backward runs
 beside the queue of weight gradients (RetinaNet.backward). In the shapes preset's training
-step on 2 cores the subnets side by side made the step 135 -> 118 ms (docs/performance.md).
+step on 2 cores that made the step clearly faster (docs/performance.md, "Kernel notes").
 
 The BLAS thread count is process-wide, so it is lowered while the tasks run and set back
 afterwards (through threadpoolctl); Numba's is per thread (``numba.set_num_threads``). The

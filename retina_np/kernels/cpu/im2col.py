@@ -72,33 +72,23 @@ def pad(x, padding):
 
 
 # --- strided and padded convolutions: phases -------------------------------------------------
-# A strided convolution reads every s-th pixel of a row: a gather that does not vectorise
-# (the stride-2 7x7 stem of the shapes preset: 1.9-2.4 ms to unfold on 2 cores). So the
-# padded input is first cut into its s*s phases, phase (a, b) holding the pixels (s*h + a,
+# A strided convolution reads every s-th pixel of a row: a gather that does not vectorise. So
+# the padded input is first cut into its s*s phases, phase (a, b) holding the pixels (s*h + a,
 # s*w + b); tap (i, j) then reads phase (i % s, j % s) at offset (i // s, j // s), one unit-step
-# copy per output row (0.3 ms to cut, 0.7 ms to unfold). With stride 1 the one phase is the
-# padded input itself, a view.
+# copy per output row (the stem's unfolding 2.3x faster, docs/performance.md "Kernel notes").
+# With stride 1 the one phase is the padded input itself, a view.
 def phases(xp, stride):
     """Padded images xp (n, C, Hp, Wp) -> their phases (n, s, s, C, ceil(Hp/s), ceil(Wp/s)),
     images first, so that a tile of images is a contiguous slice."""
     N, C, Hp, Wp = xp.shape
     if stride == 1:
         return xp.reshape(N, 1, 1, C, Hp, Wp)
-    return _cut_phases(xp, stride)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _cut_phases(xp, s):
-    N, C, Hp, Wp = xp.shape
+    s = stride
     out = np.zeros((N, s, s, C, -(-Hp // s), -(-Wp // s)), xp.dtype)
-    for t in prange(N * C):
-        n, c = t // C, t % C
-        for h in range(Hp):
-            src = xp[n, c, h]
-            for b in range(s):
-                dst = out[n, h % s, b, c, h // s]
-                for w in range((Wp - b + s - 1) // s):
-                    dst[w] = src[w * s + b]
+    for a in range(s):  # s*s strided copies in NumPy: as fast as a parallel Numba loop here,
+        for b in range(s):  # and nothing to compile
+            phase = xp[:, :, a::s, b::s]
+            out[:, a, b, :, :phase.shape[2], :phase.shape[3]] = phase
     return out
 
 
@@ -109,9 +99,8 @@ def _unfold_row(ph, c, i, j, stride, oh0, oh1, Wo, row, col0):
     image's pixel (m, c, oh*s + i, ow*s + j) = ph[m, i % s, j % s, c, oh + i // s, ow + j // s].
 
     Each (image, output row) is a copy between two views indexed from 0, the source a
-    unit-step slice, which numba knows to be contiguous, so the loop vectorises.
-    Element-by-element indexing (with its negative-index checks) ran 2-4x slower, and slice
-    assignment (``dst[:] = src``) 1.5x slower on the 16x16 maps of the heads.
+    unit-step slice, which numba knows to be contiguous, so the loop vectorises (indexing
+    element by element, or slice assignment, was slower: docs/performance.md "Kernel notes").
     """
     rows = oh1 - oh0
     a, b, di, dj = i % stride, j % stride, i // stride, j // stride
@@ -170,9 +159,7 @@ def col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp):
 # of the row above or below (or of the next image, or nothing), and a table of those entries
 # (``same_tables``) makes them zero in the same pass. The input is first rearranged
 # channel-major, (C, n*H*W), so that one copy covers all n images of a tile (on the 1x1..4x4
-# top pyramid levels a copy per image is mostly overhead). In the shapes preset's training
-# step the heads' joint unfolding took 6.3 ms instead of 10.6 for copies per image row, and
-# their folding 5.4 ms instead of 8.1 (docs/performance.md), before the table.
+# top pyramid levels a copy per image is mostly overhead; docs/performance.md "Kernel notes").
 
 
 def channel_major(x):
@@ -227,9 +214,8 @@ def _fold_row_same(row, n, H, W, oh0, oh1, di, dj, keep, plane):
 # starting at in_start and its columns in the unfolded matrix at out_start. A convolution's
 # tile is one piece, the heads' pyramid one piece per level: one kernel serves both. With it
 # comes a table keep (k*k, columns): which entries of each tap's row hold a pixel rather than
-# padding. Setting the padding entries to zero after the copy instead (a scattered store for
-# every image row of every tap) made the heads' unfolding 2.3x slower (0.47-0.78 -> 0.20-0.33
-# ms on one core, /tmp-style timing of the kernel alone).
+# padding: a select in the copy's one pass, where zeroing them after the copy would be a
+# scattered store for every image row of every tap (2.3x slower, docs/performance.md).
 GEOMETRY_COLUMNS = 7
 
 

@@ -100,8 +100,8 @@ def _sizes(table, n, out):
 
 
 # The helpers below are inlined into the transforms by Numba (inline="always"): called as
-# functions, with array views as arguments, they made a head layer 25-35% slower (forward
-# 2.3 -> 3.1 ms, backward 4.3 -> 5.6 ms on one core, ad-hoc timing).
+# functions, with array views as arguments, they made a head layer a third slower
+# (docs/performance.md "Kernel notes").
 @njit(cache=True, nogil=True, inline="always")
 def _bt(a, b, shift, L, t0, t1, t2, t3):
     """B^T's step along one direction, for L windows at once: each window's four values
