@@ -8,20 +8,20 @@ steps of one process (CPU, float32, SGD, batch 8).
 
 The switches:
 
-* ``winograd``: the heads' 3x3 convolutions by Winograd's F(2x2, 3x3) (``cpu.WINOGRAD``), or by
-  im2col + GEMM;
+* ``winograd``: the heads' 3x3 convolutions by Winograd's algorithm
+  (``kernels.options(winograd=...)``), or by im2col + GEMM;
 * ``winograd-images``: the same for the backbone's and the FPN's 3x3 convolutions that run on
-  one thread (``cpu.WINOGRAD_IMAGES``);
-* ``f4``: Winograd's F(4x4, 3x3) wherever Winograd runs (``cpu.WINOGRAD_OUT`` 4), or
+  one thread (``winograd_images``);
+* ``f4``: Winograd's F(4x4, 3x3) wherever Winograd runs (``winograd_block=4``), or
   F(2x2, 3x3) (2);
-* ``serial``: small kernels called outside a task on one thread
-  (``threads.SERIAL_MAX_ELEMENTS``), or every kernel on every core.
+* ``serial``: small kernels called outside a task on one thread (``serial_max_elements``), or
+  every kernel on every core (0).
 
-The switch is flipped between the steps, so both variants see the machine's slow and fast
-spells alike (on the 2-core development machine the same step moves by 30% between minutes,
-which separate runs cannot tell from a change). Prints the median step of each, the median
-of each stage that the switch touches, and the share of the pairs in which the step with the
-switch on was the faster one.
+The switch is flipped between the steps (each step runs inside ``kernels.options``), so both
+variants see the machine's slow and fast spells alike (on the 2-core development machine the
+same step moves by 30% between minutes, which separate runs cannot tell from a change).
+Prints the median step of each, the median of each stage that the switch touches, and the
+share of the pairs in which the step with the switch on was the faster one.
 """
 
 from __future__ import annotations
@@ -37,30 +37,20 @@ import numpy as np  # noqa: E402
 
 
 def _switches():
-    """name -> (what it switches, set(on: bool))."""
-    from retina_np.kernels import cpu, threads
+    """name -> (what it switches, {True: the kernel options with it on, False: off})."""
+    from retina_np.kernels import Options
 
-    serial = threads.SERIAL_MAX_ELEMENTS
-
-    def set_winograd(on):
-        cpu.WINOGRAD = on
-
-    def set_winograd_images(on):
-        cpu.WINOGRAD_IMAGES = on
-
-    def set_f4(on):
-        cpu.WINOGRAD_OUT = 4 if on else 2
-
-    def set_serial(on):
-        threads.SERIAL_MAX_ELEMENTS = serial if on else 0
-
+    serial = Options().serial_max_elements
     return {
-        "winograd": ("the heads by Winograd's F(2x2, 3x3) (off: im2col + GEMM)", set_winograd),
+        "winograd": ("the heads by Winograd's algorithm (off: im2col + GEMM)",
+                     {True: dict(winograd=True), False: dict(winograd=False)}),
         "winograd-images": ("the backbone's and FPN's 3x3 convolutions that run on one thread by "
-                            "Winograd's F(2x2, 3x3) (off: im2col + GEMM)", set_winograd_images),
-        "f4": ("Winograd's F(4x4, 3x3) (off: F(2x2, 3x3))", set_f4),
+                            "Winograd's algorithm (off: im2col + GEMM)",
+                            {True: dict(winograd_images=True), False: dict(winograd_images=False)}),
+        "f4": ("Winograd's F(4x4, 3x3) (off: F(2x2, 3x3))",
+               {True: dict(winograd_block=4), False: dict(winograd_block=2)}),
         "serial": (f"kernels below {serial} elements on one thread (off: every core)",
-                   set_serial),
+                   {True: dict(serial_max_elements=serial), False: dict(serial_max_elements=0)}),
     }
 
 
@@ -70,13 +60,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps, both variants")
     args = parser.parse_args()
 
+    from retina_np import kernels
     from retina_np.data import DataLoader, ShapesDataset
     from retina_np.models import RetinaNet, RetinaNetConfig, retinanet
     from retina_np.optim import SGD
-    from retina_np.train import keep_freed_memory, train_step
+    from retina_np.train import train_step
 
-    what, switch = _switches()[args.switch]
-    keep_freed_memory()  # as train() does
+    what, variants = _switches()[args.switch]
     model = RetinaNet(RetinaNetConfig.shapes())
     loader = DataLoader(ShapesDataset(8 * (args.steps + 1)), 8)
     opt = SGD(model.named_parameters(), lr=0.01)
@@ -91,20 +81,19 @@ def main() -> None:
 
     retinanet.BackboneWithFPN.forward = timed_forward
     for on in (True, False, True, False):  # compile and warm up both
-        switch(on)
         images, targets, _, _ = loader.batch(0, 0)
-        train_step(model, opt, images, targets, 0.01)
+        with kernels.options(**variants[on]):
+            train_step(model, opt, images, targets, 0.01)
     steps = {True: [], False: []}
     forwards = {True: [], False: []}
     for i in range(args.steps):
         on = i % 2 == 0
-        switch(on)
         images, targets, _, _ = loader.batch(0, i + 1)
-        start = time.perf_counter()
-        train_step(model, opt, images, targets, 0.01)
-        steps[on].append(time.perf_counter() - start)
+        with kernels.options(**variants[on]):
+            start = time.perf_counter()
+            train_step(model, opt, images, targets, 0.01)
+            steps[on].append(time.perf_counter() - start)
         forwards[on].append(backbone[-1])
-    switch(True)
     retinanet.BackboneWithFPN.forward = forward
     on, off = np.array(steps[True]), np.array(steps[False])
     pairs = min(len(on), len(off))

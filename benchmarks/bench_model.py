@@ -68,16 +68,21 @@ def _timed(fn) -> float:
 
 def _gemm_macs(conv, x, macs):
     """The multiply-adds that the GEMMs of this convolution's forward do (each backward pass
-    does as many): ``macs`` for im2col + GEMM; for Winograd's algorithm (kernels/winograd.py:
+    does as many): ``macs`` for im2col + GEMM; for Winograd's algorithm (kernels/cpu/winograd.py:
     the heads' Joints, and the backbone's and FPN's 3x3 convolutions that run on one thread)
     F * C per tile and entry of the transformed tile (16 for F(2x2, 3x3)'s 2x2 blocks, 36 for
     F(4x4, 3x3)'s 4x4) instead of 9 * F * C per output pixel. Which way the forward went is
-    read from its cache: it keeps V (terms, C, tiles), the transformed input, or im2col's 2-D
-    matrices. x: the input, an (N, C, H, W) array or a Joint of levels."""
-    columns = conv._caches[-1].columns if getattr(conv, "_caches", None) else None
-    if not columns or columns[0].ndim != 3:
+    read from its cache's workspace: a Winograd forward keeps V (terms, C, tiles), the
+    transformed input. x: the input, an (N, C, H, W) array or a Joint of levels."""
+    cache = conv._caches[-1] if getattr(conv, "_caches", None) else None
+    if hasattr(cache, "workspace"):
+        V = getattr(cache.workspace, "transformed", None)
+    else:  # an older retina_np (comparing commits): V as the first of the kept "columns"
+        columns = getattr(cache, "columns", None)
+        V = columns[0] if columns and columns[0].ndim == 3 else None
+    if V is None:
         return macs
-    terms, _, tiles = columns[0].shape
+    terms, _, tiles = V.shape
     return terms * conv.out_channels * conv.in_channels * tiles
 
 
@@ -85,9 +90,9 @@ def _instrument():
     """Wrap every layer's forward/backward to time it and count conv FLOPs, and the step's
     stages (backbone + FPN, heads, loss, gradient norm, update) to time them on the clock.
 
-    The heads' two subnets run side by side on the CPU (kernels/threads.py), and the
-    convolutions' weight gradients are worked through by a second thread beside the
-    backbone's backward (RetinaNet.backward), so the layer times are summed over the threads
+    The heads' two subnets run side by side on the CPU, and the convolutions' weight
+    gradients are worked through by a second thread beside the backbone's backward
+    (retina_np/schedule.py, which train_step uses), so the layer times are summed over the threads
     that ran them and add up to more than the step. The stages are timed on the main thread;
     they run one after another and add up to the step.
     """
@@ -95,6 +100,11 @@ def _instrument():
     import retina_np.train as train
     from retina_np.models import heads, retinanet
     from retina_np.optim import SGD
+
+    try:  # the scheduled step's own head and queue functions
+        from retina_np import schedule
+    except ImportError:  # an older retina_np (comparing commits): they were the model's
+        schedule = layers
 
     times, stages = defaultdict(float), defaultdict(float)
     flops = {"conv": 0.0, "executed": 0.0}
@@ -155,23 +165,37 @@ def _instrument():
         setattr(owner, method, wrapped)
 
     clocked(retinanet.BackboneWithFPN, "forward", "backbone + FPN forward")
+    # the scheduled step calls schedule's head functions; an older retina_np, the head's own
+    clocked(schedule, "head_forward", "heads forward (subnets side by side)")
     clocked(heads.RetinaNetHead, "forward", "heads forward (subnets side by side)")
-    clocked(retinanet.RetinaNet, "loss", "loss (matching, focal, box)")
+    clocked(schedule, "head_backward", "heads backward (input gradients)")
     clocked(heads.RetinaNetHead, "backward", "heads backward (input gradients)")
+    clocked(retinanet.RetinaNet, "loss", "loss (matching, focal, box)")
     clocked(retinanet.BackboneWithFPN, "backward", "backbone + FPN backward (queue beside)")
-    clocked(getattr(layers, "WorkQueue", None), "work_through", "rest of the weight-gradient queue")
+    clocked(getattr(schedule, "WorkQueue", None), "work_through",
+            "rest of the weight-gradient queue")
     clocked(train, "clip_grad_norm", "gradient norm")
     clocked(SGD, "step", "SGD update")
     return times, stages, flops
+
+
+def _keep_freed_memory_as_older_train_did() -> None:
+    """``import retina_np`` keeps freed memory (retina_np.runtime); an older retina_np
+    (comparing commits) did it in ``train()``, which this benchmark does not call."""
+    try:
+        from retina_np.train import keep_freed_memory
+    except ImportError:
+        return
+    keep_freed_memory()
 
 
 def bench_train(repeat: int) -> dict:
     from retina_np.data import DataLoader, ShapesDataset
     from retina_np.models import RetinaNet, RetinaNetConfig
     from retina_np.optim import SGD
-    from retina_np.train import keep_freed_memory, train_step
+    from retina_np.train import train_step
 
-    keep_freed_memory()  # as train() does
+    _keep_freed_memory_as_older_train_did()
     times, stages, flops = _instrument()
     model = RetinaNet(RetinaNetConfig.shapes())
     loader = DataLoader(ShapesDataset(8 * (repeat + 2)), 8)
@@ -315,7 +339,7 @@ def _print_train(train: dict) -> None:
             f"  the conv FLOPs are those of the convolutions (9 multiply-adds per input channel "
             f"and output pixel of a 3x3); the GEMMs did {executed:.2f} GFLOP of them, since the "
             f"heads' 3x3 convolutions, and the backbone's and FPN's that run on one thread, "
-            f"run by Winograd's algorithm (kernels/winograd.py; F(4x4, 3x3): 36 per channel "
+            f"run by Winograd's algorithm (kernels/cpu/winograd.py; F(4x4, 3x3): 36 per channel "
             f"pair and 4x4 block, 4x fewer, where the blocks fill the map): "
             f"{rate:.1f} GFLOP/s executed = {100 * rate / train['gemm_gflops']:.0f}% of the GEMM"
         )

@@ -191,7 +191,8 @@ def cmd_detect(args) -> int:
             image = np.asarray(Image.open(path).convert("RGB"))
         except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"{path}: cannot read image ({exc})") from None
-        batch = pad_batch([normalize(image)], model.config.size_divisible)
+        c = model.config
+        batch = pad_batch([normalize(image, c.image_mean, c.image_std)], c.size_divisible)
         det = model.detect(batch, [image.shape[:2]])[0]
         stem = Path(path).stem
         detection_grid([image], [det], names, path=out / f"{stem}_detections.png", ncols=1)

@@ -23,7 +23,8 @@ def _seconds_per_step(config, dataset, batch_size, device, seed) -> float:
     model = RetinaNet(config, seed=seed)
     if device == "cuda":
         model.to("cuda")
-    loader = DataLoader(dataset, batch_size, seed=seed)
+    loader = DataLoader(dataset, batch_size, seed=seed, size_divisible=config.size_divisible,
+                        image_mean=config.image_mean, image_std=config.image_std)
     optimizer = AdamW(model.named_parameters(), lr=0.0)
     images, targets, _, _ = loader.batch(0, 0)
     train_step(model, optimizer, images, targets, lr=0.0)
@@ -97,7 +98,8 @@ def run_demo(
     plot_loss_curves(read_log(run_dir / "log.jsonl"), path=out / "training_curves.png")
     show = list(range(min(16, len(val_set))))
     images = [val_set[i][0] for i in show]
-    batch = pad_batch([normalize(im) for im in images], config.size_divisible)
+    batch = pad_batch([normalize(im, config.image_mean, config.image_std) for im in images],
+                      config.size_divisible)
     dets = model.detect(batch, [im.shape[:2] for im in images])
     detection_grid(
         images,

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from retina_np.data.transforms import normalize, pad_batch
 from retina_np.detection.boxes import box_iou
+from retina_np.models.config import RetinaNetConfig
 
 # The order of COCOeval.stats after summarize(): AP at IoU .50:.95, .50, .75, AP for small,
 # medium, large objects, then recall with at most 1, 10, 100 detections and by size.
@@ -246,12 +247,14 @@ def detect_dataset(
 ) -> list[dict]:
     """Run ``model.detect`` over the dataset; one detection dict (numpy) per image.
 
-    Images are normalised (``transforms.normalize``) and padded (``pad_batch``) as in
-    training; ``model.detect(images (N, 3, Hp, Wp) float32, image_sizes [(H, W)] * N)``
-    returns boxes in each original image's pixels. The model is put in eval mode and, if
-    it was training, back in training mode afterwards.
+    Images are normalised (``transforms.normalize``, with a RetinaNet's
+    ``config.image_mean`` and ``image_std``) and padded (``pad_batch``) as in training;
+    ``model.detect(images (N, 3, Hp, Wp) float32, image_sizes [(H, W)] * N)`` returns boxes
+    in each original image's pixels. The model is put in eval mode and, if it was training,
+    back in training mode afterwards.
     """
     indices = _check_indices(dataset, image_indices)
+    config = getattr(model, "config", RetinaNetConfig())  # a RetinaNet's, else the defaults
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -262,7 +265,8 @@ def detect_dataset(
             chunk = indices[start : start + batch_size]
             images = [dataset[i][0] for i in chunk]  # (H, W, 3) uint8 each
             sizes = [im.shape[:2] for im in images]
-            batch = pad_batch([normalize(im) for im in images])  # (N, 3, Hp, Wp)
+            batch = pad_batch([normalize(im, config.image_mean, config.image_std)
+                               for im in images], config.size_divisible)  # (N, 3, Hp, Wp)
             for det in model.detect(batch, sizes):
                 detections.append(
                     {

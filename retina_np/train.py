@@ -20,6 +20,7 @@ from retina_np import backend
 from retina_np.checkpoint import load_checkpoint, save_checkpoint
 from retina_np.data import DataLoader
 from retina_np.optim import SGD, AdamW, LRSchedule, clip_grad_norm
+from retina_np.schedule import Scheduled
 
 
 class TrainingDiverged(RuntimeError):
@@ -85,18 +86,23 @@ def _check_finite(losses: dict, step: int) -> None:
         )
 
 
-def train_step(model, optimizer, images, targets, lr, clip=0.0):
-    """Forward, loss, backward, update. Returns the losses dict (python floats)."""
+def train_step(model, optimizer, images, targets, lr, clip=0.0, scheduled=True):
+    """Forward, loss, backward, update. Returns the losses dict (python floats).
+
+    scheduled: run the step's independent parts side by side on the CPU's cores
+    (retina_np/schedule.py); False runs the model's own calls. The numbers are the same.
+    """
     model.train()
     model.zero_grad()
     # The loader yields numpy images; a model on the GPU gets them copied there, once per batch.
     images = backend.to_device(images, backend.device_of(model.parameters()[0].data))
-    cls_logits, box_deltas = model(images)
-    losses, d_cls, d_box = model.loss(cls_logits, box_deltas, targets, images.shape[-2:])
+    net = Scheduled(model) if scheduled else model
+    cls_logits, box_deltas = net(images)
+    losses, d_cls, d_box = net.loss(cls_logits, box_deltas, targets, images.shape[-2:])
     if not all(math.isfinite(v) for v in losses.values() if isinstance(v, float)):
         model.clear_caches()
         return losses
-    model.backward(d_cls, d_box)
+    net.backward(d_cls, d_box)
     losses["grad_norm"] = clip_grad_norm(model.parameters(), clip)
     optimizer.step(lr=lr)
     return losses
@@ -123,8 +129,10 @@ def train(
     cfg = config or TrainConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    c = model.config  # the images are made as the model expects them
     loader = DataLoader(
-        dataset, cfg.batch_size, shuffle=True, flip=cfg.flip, seed=cfg.seed, cache=cfg.cache_images
+        dataset, cfg.batch_size, shuffle=True, flip=cfg.flip, seed=cfg.seed, cache=cfg.cache_images,
+        size_divisible=c.size_divisible, image_mean=c.image_mean, image_std=c.image_std,
     )
     optimizer = cfg.make_optimizer(model.named_parameters())
     schedule = cfg.schedule()

@@ -5,16 +5,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retina_np.data import CocoDataset, ShapesDataset, denormalize, export_coco
+from retina_np.data import CocoDataset, ShapesDataset, denormalize, export_coco, normalize
 from retina_np.evaluate import (
     COCO_METRIC_NAMES,
     ap50_written_out,
     average_precision,
     coco_evaluate,
+    detect_dataset,
     evaluate,
     match_detections,
     precision_recall,
 )
+from retina_np.models import RetinaNetConfig
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +182,29 @@ def test_evaluate_runs_the_model(tmp_path):
     assert model.calls == [4, 4, 2] and model.training  # eval mode restored afterwards
     assert metrics["AP50"] > 0.9
     assert (tmp_path / "metrics.json").exists()
+
+
+def test_detect_dataset_normalises_with_the_models_statistics():
+    """A RetinaNet's ``config.image_mean`` and ``image_std``; a model without a config gets
+    the defaults (ImageNet's)."""
+    ds = ShapesDataset(2, image_size=(40, 50), seed=3, max_size=30)
+    seen = []
+
+    class Recording(GeometryModel):
+        def detect(self, images, image_sizes):
+            seen.append(images)
+            none = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0),
+                    "labels": np.zeros(0, np.int64)}
+            return [none] * len(images)
+
+    plain, with_config = Recording(), Recording()
+    with_config.config = RetinaNetConfig(image_mean=(0.5, 0.5, 0.5), image_std=(0.25,) * 3)
+    detect_dataset(plain, ds, progress=False)
+    detect_dataset(with_config, ds, progress=False)
+    image = ds[0][0]
+    np.testing.assert_array_equal(seen[0][0, :, :40, :50], normalize(image))
+    np.testing.assert_array_equal(seen[1][0, :, :40, :50],
+                                  normalize(image, (0.5, 0.5, 0.5), (0.25,) * 3))
 
 
 # --------------------------------------------------------------- AP written out by hand

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from retina_np.checkpoint import load_checkpoint
-from retina_np.data import ShapesDataset
+from retina_np.data import DataLoader, ShapesDataset
 from retina_np.evaluate import evaluate
 from retina_np.models import RetinaNet, RetinaNetConfig
-from retina_np.train import TrainConfig, TrainingDiverged, read_log, train
+from retina_np.train import TrainConfig, TrainingDiverged, read_log, train, train_step
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,22 @@ def test_training_lowers_the_loss_and_evaluation_runs(tmp_path, data):
     metrics = evaluate(model, data, batch_size=4, out_dir=tmp_path / "eval", progress=False)
     assert 0.0 <= metrics["AP50"] <= 1.0
     assert (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_the_images_are_normalised_with_the_models_statistics(tmp_path, data):
+    """``RetinaNetConfig.image_mean`` and ``image_std`` reach the training batches; the
+    defaults give the batches of a default DataLoader, as before."""
+    cfg = quick_cfg(steps=1, checkpoint_every=0)
+    default = train(tiny(), data, tmp_path / "a", cfg, progress=False)[0]
+    config = RetinaNetConfig.tiny(3)
+    config.image_mean, config.image_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    other = train(RetinaNet(config, seed=0), data, tmp_path / "b", cfg, progress=False)[0]
+    assert other["total"] != default["total"]
+    model = tiny()
+    images, targets, _, _ = DataLoader(data, cfg.batch_size, seed=cfg.seed).batch(0, 0)
+    losses = train_step(model, cfg.make_optimizer(model.named_parameters()), images, targets,
+                        lr=0.0)
+    assert losses["total"] == default["total"]
 
 
 def test_resume_gives_identical_losses(tmp_path, data):
@@ -149,27 +165,3 @@ def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data,
 def test_weight_decay_defaults_to_the_optimizers_own(optimizer, weight_decay, expected):
     cfg = TrainConfig(optimizer=optimizer, weight_decay=weight_decay)
     assert cfg.make_optimizer(tiny().named_parameters()).weight_decay == expected
-
-
-def test_keep_freed_memory_stops_page_faults_on_reallocation():
-    """After keep_freed_memory, freeing and allocating the same 64 MB again touches no new
-    pages (glibc's default returns them to the system: about 16000 faults per round)."""
-    import resource
-
-    from retina_np.train import keep_freed_memory
-
-    if not keep_freed_memory():
-        pytest.skip("not glibc")
-
-    def faults():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-    def allocate_and_free():
-        arrays = [np.ones(1 << 19, np.float32) for _ in range(32)]  # 32 x 2 MB, touched
-        del arrays
-
-    allocate_and_free()
-    before = faults()
-    for _ in range(3):
-        allocate_and_free()
-    assert faults() - before < 1000

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from retina_np.data.transforms import hflip, normalize, pad_batch
+from retina_np.data.transforms import IMAGENET_MEAN, IMAGENET_STD, hflip, normalize, pad_batch
 
 
 class Batch(NamedTuple):
@@ -36,6 +36,8 @@ class DataLoader:
         drop_last: skip the last batch of an epoch when it is smaller than ``batch_size``.
         cache: keep decoded images in memory after their first load (small datasets).
         size_divisible: padded height and width are multiples of this (see ``pad_batch``).
+        image_mean, image_std: the statistics ``normalize`` uses (a model's
+            ``config.image_mean`` and ``config.image_std``; ImageNet's by default).
     """
 
     def __init__(
@@ -48,6 +50,8 @@ class DataLoader:
         drop_last: bool = False,
         cache: bool = False,
         size_divisible: int = 32,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -59,6 +63,7 @@ class DataLoader:
         self.drop_last = drop_last
         self.cache = cache
         self.size_divisible = size_divisible
+        self.image_mean, self.image_std = image_mean, image_std
         self._cache: dict[int, tuple[np.ndarray, dict]] = {}
         self._plan_epoch, self._plan = None, None
 
@@ -91,7 +96,7 @@ class DataLoader:
             boxes = np.array(target["boxes"], dtype=np.float32).reshape(-1, 4)
             if flipped:
                 image, boxes = hflip(image, boxes)
-            images.append(normalize(image))  # (3, H, W)
+            images.append(normalize(image, self.image_mean, self.image_std))  # (3, H, W)
             targets.append({"boxes": boxes, "labels": np.array(target["labels"], np.int64)})
             sizes.append((image.shape[0], image.shape[1]))
         return Batch(

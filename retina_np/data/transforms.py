@@ -15,17 +15,21 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) RGB -> float32 (3, H, W), ``(image / 255 - mean) / std``."""
+def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W), ``(image / 255 - mean) / std``.
+
+    mean, std: per RGB channel, for pixels in [0, 1] (a model's ``config.image_mean`` and
+    ``config.image_std``; ImageNet's by default)."""
     x = image.astype(np.float32) / 255.0  # (H, W, 3)
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
 
 
-def denormalize(image: np.ndarray) -> np.ndarray:
-    """float (3, H, W) normalised -> uint8 (H, W, 3) RGB; undoes ``normalize`` up to rounding."""
-    x = image.transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN  # (3, H, W) -> (H, W, 3)
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+def denormalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """float (3, H, W) normalised -> uint8 (H, W, 3) RGB; undoes ``normalize`` (with the same
+    mean and std) up to rounding."""
+    x = image.transpose(1, 2, 0) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)  # (H, W, 3)
 
 
 def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ boxes, D detections, N batch.
 The kernels are ``@njit(cache=True, nogil=True, error_model="numpy")``: a float division by
 zero gives inf / NaN as in numpy instead of raising, so no division carries a check that
 would also stop LLVM from vectorising the loop around it; they release the GIL, so that the
-loss of a batch runs on two threads (``retina_loss``). None uses ``fastmath``.
+two halves of a batch's loss can run on two threads (retina_np/schedule.py). None uses ``fastmath``.
 
     generate_anchors(image_hw, feature_hws)      -> anchors (R, 4)
     box_iou(gt_boxes, anchors)                   -> (M, R)

@@ -21,7 +21,12 @@ from __future__ import annotations
 import numpy as np
 
 from retina_np import backend
-from retina_np.detection.boxes import box_iou, encode_boxes, validate_boxes
+from retina_np.detection.boxes import (
+    DEFAULT_BOX_CODER_WEIGHTS,
+    box_iou,
+    encode_boxes,
+    validate_boxes,
+)
 from retina_np.detection.matcher import (
     DEFAULT_BG_IOU_THRESH,
     DEFAULT_FG_IOU_THRESH,
@@ -160,6 +165,9 @@ def retina_loss(
     beta: float = DEFAULT_SMOOTH_L1_BETA,
     fg_iou: float = DEFAULT_FG_IOU_THRESH,
     bg_iou: float = DEFAULT_BG_IOU_THRESH,
+    allow_low_quality_matches: bool = True,
+    box_coder_weights=DEFAULT_BOX_CODER_WEIGHTS,
+    map_images=map,
 ):
     """RetinaNet's training loss of a batch and its gradients with respect to the head outputs.
 
@@ -179,6 +187,14 @@ def retina_loss(
         alpha, gamma: focal loss parameters (see :func:`sigmoid_focal_loss`).
         box_loss (str): ``"smooth_l1"`` (with ``beta``) or ``"l1"``.
         fg_iou, bg_iou (float): matcher thresholds.
+        allow_low_quality_matches (bool): each box also claims its best anchors
+            (:func:`match_anchors`).
+        box_coder_weights (tuple[float, float, float, float]): the weights of ``dx, dy, dw,
+            dh`` in the encoded targets (:func:`encode_boxes`); detection decodes with them.
+        map_images: how the images are run, ``map_images(image_loss, range(N))``: ``map``,
+            one after another; or anything that returns ``map``'s results in order (the
+            images share nothing but the anchors: retina_np/schedule.py runs the two halves
+            of the batch side by side).
 
     Returns:
         tuple: ``losses`` dict with ``"classification"``, ``"box_regression"``, ``"total"``
@@ -226,7 +242,8 @@ def retina_loss(
         boxes = boxes.reshape(-1, 4).astype(cls_logits.dtype, copy=False)  # (M, 4)
         labels = labels.reshape(-1).astype(np.int64, copy=False)  # (M,)
 
-        matches = match_anchors(box_iou(boxes, anchors), fg_iou, bg_iou)  # (R,)
+        matches = match_anchors(box_iou(boxes, anchors), fg_iou, bg_iou,
+                                allow_low_quality_matches)  # (R,)
         foreground = np.flatnonzero(matches >= 0)  # (F,)
         norm = max(1, foreground.size)
 
@@ -237,7 +254,8 @@ def retina_loss(
             1.0 / (norm * batch), out=d_cls_logits[b],
         )
 
-        target_deltas = encode_boxes(boxes[matches[foreground]], anchors[foreground])  # (F, 4)
+        target_deltas = encode_boxes(boxes[matches[foreground]], anchors[foreground],
+                                     box_coder_weights)  # (F, 4)
         box_sum = kernels.box_loss_rows(
             box_deltas[b], backend.to_device(foreground, device),
             backend.to_device(target_deltas.astype(box_deltas.dtype, copy=False), device),
@@ -245,15 +263,9 @@ def retina_loss(
         )
         return cls_sum / norm, box_sum / norm, foreground.size
 
-    # The images share nothing but the anchors: on the CPU the two halves of the batch run
-    # side by side, each on its share of the cores (the kernels release the GIL); the sums
-    # below are taken in image order either way.
-    half = (batch + 1) // 2
-    first, second = kernels.side_by_side(lambda: [image_loss(b) for b in range(half)],
-                                         lambda: [image_loss(b) for b in range(half, batch)])
     cls_total = box_total = 0.0
     num_foreground_total = 0
-    for cls_b, box_b, num_foreground in first + second:
+    for cls_b, box_b, num_foreground in map_images(image_loss, range(batch)):  # image order
         cls_total += cls_b
         box_total += box_b
         num_foreground_total += num_foreground

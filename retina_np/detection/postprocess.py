@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import njit
 
-from retina_np.detection.boxes import clip_boxes, decode_boxes
+from retina_np.detection.boxes import DEFAULT_BOX_CODER_WEIGHTS, clip_boxes, decode_boxes
 from retina_np.detection.nms import batched_nms
 
 # Section 5 of the paper: "we only decode box predictions from at most 1k top-scoring
@@ -104,6 +104,7 @@ def postprocess(
     topk_candidates: int = DEFAULT_TOPK_CANDIDATES,
     nms_thresh: float = DEFAULT_NMS_THRESH,
     detections_per_img: int = DEFAULT_DETECTIONS_PER_IMG,
+    box_coder_weights=DEFAULT_BOX_CODER_WEIGHTS,
 ) -> dict:
     """Detections of one image from its head outputs.
 
@@ -117,6 +118,8 @@ def postprocess(
         topk_candidates (int): at most this many pairs per level are decoded.
         nms_thresh (float): IoU threshold of the per-class NMS.
         detections_per_img (int): at most this many detections are returned.
+        box_coder_weights (tuple[float, float, float, float]): those the deltas were trained
+            with (``decode_boxes``).
 
     Returns:
         dict: ``"boxes"`` (ndarray[D, 4], dtype of ``box_deltas``: float32 for the model),
@@ -142,7 +145,8 @@ def postprocess(
             cls_logits[start : start + size], score_thresh, topk_candidates
         )
         anchor_idx = start + flat_idx // num_classes  # (n,) into the image's anchors
-        boxes = decode_boxes(box_deltas[anchor_idx], anchors[anchor_idx])  # (n, 4)
+        boxes = decode_boxes(box_deltas[anchor_idx], anchors[anchor_idx],
+                             box_coder_weights)  # (n, 4)
         all_boxes.append(clip_boxes(boxes, image_hw))
         all_scores.append(scores)
         all_labels.append(flat_idx % num_classes)

@@ -50,6 +50,8 @@ class RetinaNetConfig:
     focal_gamma: float = 2.0  # gamma = 2 works best (paper, table 1b)
     box_loss: str = "smooth_l1"  # "smooth_l1" (paper) or "l1" (torchvision's default)
     smooth_l1_beta: float = 1.0 / 9.0  # sigma = 3 as in Detectron's RetinaNet
+    # multipliers of the box targets dx, dy, dw, dh (encode in the loss, decode in detect):
+    # RetinaNet regresses them unscaled (torchvision; Faster R-CNN's heads use 10, 10, 5, 5)
     box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 
     # --- inference ------------------------------------------------------------------------------

@@ -142,22 +142,25 @@ class RetinaNetHead(Module):
                                               norm_groups=norm_groups)
 
     def forward(self, levels):
-        k = backend.kernels_for(*levels)
-        # on the CPU the levels become one channel-major Joint matrix (unless that is too
-        # large), which the heads' layers keep from input to output (kernels/cpu.py)
-        xs = k.join_levels(levels, KERNEL)
-        # the subnets share nothing but their input: on the CPU narrow ones run side by side,
-        # each on its share of the cores (kernels/threads.py)
-        cls, box = k.side_by_side(lambda: self.classification_head(xs),
-                                  lambda: self.regression_head(xs), channels=self.channels)
-        return cls, box
+        """levels: P3..P7, (N, C, H, W) each -> (cls_logits (N, R, K), box_deltas (N, R, 4))."""
+        xs = self.join(levels)
+        return self.classification_head(xs), self.regression_head(xs)
 
     def backward(self, d_cls, d_box):
         """-> the list of the levels' gradients, (N, C, H, W) each."""
-        k = backend.kernels_for(d_cls, d_box)
-        d_a, d_b = k.side_by_side(lambda: self.classification_head.backward(d_cls),
-                                  lambda: self.regression_head.backward(d_box),
-                                  channels=self.channels)
-        # both subnets read every level, so its gradient is the sum; d_a holds new arrays (the
-        # input gradients of the first convs), so the sum can be taken in place
-        return [k.add_inplace_(a, b) for a, b in zip(k.split_levels(d_a), k.split_levels(d_b))]
+        return self.sum_levels(self.classification_head.backward(d_cls),
+                               self.regression_head.backward(d_box))
+
+    def join(self, levels):
+        """The levels as both subnets take them: on the CPU one channel-major Joint matrix
+        (unless that is too large), which the heads' layers keep from input to output
+        (kernels/levels.py); elsewhere the list itself."""
+        return backend.kernels_for(*levels).join_levels(levels, KERNEL)
+
+    def sum_levels(self, d_cls_levels, d_box_levels):
+        """Both subnets read every level, so its gradient is the sum of theirs -> a list of
+        (N, C, H, W). The first holds new arrays (the input gradients of the first convs),
+        so the sum is taken in place."""
+        k = backend.kernels_for(*_arrays(d_cls_levels))
+        return [k.add_inplace_(a, b)
+                for a, b in zip(k.split_levels(d_cls_levels), k.split_levels(d_box_levels))]

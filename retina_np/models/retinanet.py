@@ -10,7 +10,7 @@ from retina_np.models.config import RetinaNetConfig
 from retina_np.models.fpn import FPN
 from retina_np.models.heads import RetinaNetHead
 from retina_np.models.resnet import ResNet
-from retina_np.nn import Conv2d, Module, WorkQueue
+from retina_np.nn import Module
 
 
 def _halve(n: int) -> int:
@@ -68,41 +68,24 @@ class RetinaNet(Module):
 
     # -- forward and backward ----------------------------------------------------------------
     def forward(self, images):
+        return self.head(self.features(images))
+
+    def features(self, images):
+        """The pyramid levels P3..P7 of images (N, 3, H, W): (N, C, H_l, W_l) each."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"RetinaNet expects images (N, 3, H, W), got shape {images.shape}")
         if self.training:
             self.clear_caches()  # a forward pass with no backward must not leave caches behind
-        levels = self.backbone(images)
-        return self.head(levels)
+        return self.backbone(images)
 
     def backward(self, d_cls_logits, d_box_deltas):
         """Back-propagate into every parameter (adds to ``.grad``); returns nothing.
 
-        No layer's backward needs the weight gradients of the layers above it, only the
-        update does. So the convolutions leave theirs on a queue (``Conv2d.later``) that a
-        second thread works through while the backward goes on: on the CPU the backbone's
-        backward runs on one share of the cores and the queue on the other, and the first
-        to finish helps the other (kernels/threads.py); elsewhere the queue is done after.
+        The training step runs this with its independent parts side by side on the CPU's
+        cores (retina_np/schedule.py); the numbers are the same.
         """
-        later = WorkQueue()
-        convs = [m for m in self.modules() if isinstance(m, Conv2d)]
-        for conv in convs:
-            conv.later = later
-        try:
-            d_levels = self.head.backward(d_cls_logits, d_box_deltas)
-
-            def backbone_then_queue():
-                try:
-                    self.backbone.backward(d_levels)
-                finally:
-                    later.close(workers=2)  # this thread and the other
-                later.work_through()
-
-            backend.kernels_for(*d_levels).side_by_side(backbone_then_queue, later.work_through,
-                                                        channels=self.head.channels)
-        finally:
-            for conv in convs:
-                conv.later = None
+        d_levels = self.head.backward(d_cls_logits, d_box_deltas)
+        self.backbone.backward(d_levels)
 
     # -- anchors -----------------------------------------------------------------------------
     def feature_sizes(self, image_hw) -> list[tuple[int, int]]:
@@ -133,8 +116,11 @@ class RetinaNet(Module):
         return self._anchor_cache[key]
 
     # -- loss and inference --------------------------------------------------------------------
-    def loss(self, cls_logits, box_deltas, targets, image_hw):
-        """RetinaNet's loss with this config's numbers -> (losses dict, d_cls, d_box)."""
+    def loss(self, cls_logits, box_deltas, targets, image_hw, map_images=map):
+        """RetinaNet's loss with this config's numbers -> (losses dict, d_cls, d_box).
+
+        map_images: how the images' losses are run (``retina_loss``): ``map``, one after
+        another, or anything that returns what ``map`` does (retina_np/schedule.py)."""
         c = self.config
         return retina_loss(
             cls_logits,
@@ -148,6 +134,9 @@ class RetinaNet(Module):
             beta=c.smooth_l1_beta,
             fg_iou=c.fg_iou_thresh,
             bg_iou=c.bg_iou_thresh,
+            allow_low_quality_matches=c.allow_low_quality_matches,
+            box_coder_weights=c.box_coder_weights,
+            map_images=map_images,
         )
 
     def detect(self, images, image_sizes=None) -> list[dict]:
@@ -185,6 +174,7 @@ class RetinaNet(Module):
                 topk_candidates=c.topk_candidates,
                 nms_thresh=c.nms_thresh,
                 detections_per_img=c.detections_per_img,
+                box_coder_weights=c.box_coder_weights,
             )
             for i in range(images.shape[0])
         ]

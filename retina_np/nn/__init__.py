@@ -9,7 +9,6 @@ from retina_np.nn.layers import (
     MaxPool2d,
     ReLU,
     Upsample,
-    WorkQueue,
 )
 from retina_np.nn.module import Module, ModuleList, Parameter, Sequential
 
@@ -25,6 +24,5 @@ __all__ = [
     "ReLU",
     "Sequential",
     "Upsample",
-    "WorkQueue",
     "init",
 ]

@@ -6,8 +6,6 @@ gradient and ADDS parameter gradients into ``Parameter.grad``.
 
 from __future__ import annotations
 
-import queue
-
 import numpy as np
 
 from retina_np import backend, ops
@@ -61,10 +59,10 @@ class Conv2d(Module):
         self.name = "Conv2d"
         # The first conv of a network needs no input gradient; models switch this off there.
         self.needs_input_grad = True
-        # Where backward leaves the weight gradient: None, computed and added at once; or a
-        # WorkQueue, which gets a function that does it, for another thread to call while
-        # the backward goes on (RetinaNet.backward: no layer below needs it).
-        self.later: WorkQueue | None = None
+        # None: backward adds the weight gradient at once. A scheduler may set a function
+        # here (retina_np/schedule.py): backward then hands it the computing and adding of
+        # the weight gradient, to be done later on another thread (no layer below needs it).
+        self.defer_weight_grad = None
 
     def forward(self, x):
         b = self.bias.data if self.bias is not None else None
@@ -76,12 +74,7 @@ class Conv2d(Module):
         return y
 
     def backward(self, dy):
-        cache = self._pop()
-        dx, dw, db = ops.conv2d_backward(dy, cache, self.needs_input_grad,
-                                         need_weight_grad=self._weight_grads_now())
-        self._weight_grads_now_or_later(dw, db, lambda: ops.conv2d_backward(
-            dy, cache, need_input_grad=False)[1:])
-        return dx
+        return self._backward(ops.conv2d_backward, dy, self._pop())
 
     def forward_levels(self, xs):
         """This convolution of every pyramid level (the heads' shared weights): xs is the list
@@ -100,34 +93,26 @@ class Conv2d(Module):
 
     def backward_levels(self, dys):
         """The backward of ``forward_levels``: the input gradients (a list, or a Joint); the
-        parameter gradients of all levels are added into ``.grad`` (or left to ``later``)."""
+        parameter gradients of all levels are added into ``.grad``."""
         cache = self._pop()
         if not isinstance(cache, ops.Conv2dJointCache):
             dxs, dw, db = ops.conv2d_levels_backward(dys, cache,
                                                      need_input_grad=self.needs_input_grad)
             self._add_grads(dw, db)
             return dxs
-        dxs, dw, db = ops.conv2d_joint_backward(dys, cache, self.needs_input_grad,
-                                                need_weight_grad=self._weight_grads_now())
-        self._weight_grads_now_or_later(dw, db, lambda: ops.conv2d_joint_backward(
-            dys, cache, need_input_grad=False)[1:])
-        return dxs
+        return self._backward(ops.conv2d_joint_backward, dys, cache)
 
-    def _weight_grads_now(self) -> bool:
-        """Whether backward computes the weight gradient itself: without a queue; and in the
-        network's first layer (no input gradient), while the other threads work through the
-        queue, as nothing is left to overlap with it. Queued, the stem's came last and kept
-        one thread busy after the others had run dry (the shapes preset's backward after the
-        heads: 34.8 -> 31.9 ms, docs/performance.md)."""
-        return self.later is None or not self.needs_input_grad
-
-    def _weight_grads_now_or_later(self, dw, db, compute):
-        """Add (dw, db), computed now; or put on the queue a call of compute (which gives
-        (dw, db)) and the adding."""
-        if self._weight_grads_now():
+    def _backward(self, op_backward, dy, cache):
+        """The input gradient from ``op_backward`` (``ops.conv2d_backward`` or its Joint
+        twin); the weight gradient added now, or handed to ``defer_weight_grad`` as work."""
+        if self.defer_weight_grad is None:
+            dx, dw, db = op_backward(dy, cache, self.needs_input_grad)
             self._add_grads(dw, db)
-        else:
-            self.later.append(lambda: self._add_grads(*compute()))
+            return dx
+        dx = op_backward(dy, cache, self.needs_input_grad, need_weight_grad=False)[0]
+        self.defer_weight_grad(
+            lambda: self._add_grads(*op_backward(dy, cache, need_input_grad=False)[1:]))
+        return dx
 
     def _add_grads(self, dw, db):
         _accumulate(self.weight, dw)
@@ -329,25 +314,3 @@ class Add(Module):
 
     def backward(self, dy):
         return ops.add_backward(dy, self._pop())
-
-
-class WorkQueue:
-    """Functions put aside by one thread (``append``) for others to call in order
-    (``work_through``, which returns once the queue is ``close``d and done; each call of
-    ``close`` lets one of the threads working through it return)."""
-
-    _CLOSED = object()
-
-    def __init__(self):
-        self._queue = queue.SimpleQueue()
-
-    def append(self, fn) -> None:
-        self._queue.put(fn)
-
-    def close(self, workers: int = 1) -> None:
-        for _ in range(workers):
-            self._queue.put(self._CLOSED)
-
-    def work_through(self) -> None:
-        while (fn := self._queue.get()) is not self._CLOSED:
-            fn()

@@ -18,6 +18,17 @@ def assert_batches_equal(a, b):
         np.testing.assert_array_equal(ta["labels"], tb["labels"])
 
 
+def test_batches_are_normalised_with_the_given_statistics(dataset):
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.5, 1.0)
+    default = DataLoader(dataset, batch_size=2, flip=False, shuffle=False).batch(0, 0)
+    other = DataLoader(dataset, batch_size=2, flip=False, shuffle=False, image_mean=mean,
+                       image_std=std).batch(0, 0)
+    image = dataset[int(other.indices[0])][0]
+    h, w = image.shape[:2]
+    np.testing.assert_array_equal(other.images[0, :, :h, :w], normalize(image, mean, std))
+    np.testing.assert_array_equal(default.images[0, :, :h, :w], normalize(image))
+
+
 def test_batch_contents(dataset):
     loader = DataLoader(dataset, batch_size=4, seed=0)
     assert len(loader) == 3

@@ -24,6 +24,23 @@ def test_normalize_values_and_layout(rng):
     np.testing.assert_array_equal(denormalize(x), image)
 
 
+def test_normalize_with_a_models_statistics(rng):
+    """``RetinaNetConfig.image_mean`` and ``image_std``: the defaults are ImageNet's, bit for
+    bit; other statistics give other images, and denormalize with them undoes them."""
+    from retina_np.models import RetinaNetConfig
+
+    image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    config = RetinaNetConfig()
+    np.testing.assert_array_equal(normalize(image, config.image_mean, config.image_std),
+                                  normalize(image))
+    mean, std = (0.5, 0.25, 0.0), (0.5, 0.25, 1.0)
+    x = normalize(image, mean, std)
+    np.testing.assert_allclose(x, (image.transpose(2, 0, 1) / 255.0 - np.reshape(mean, (3, 1, 1)))
+                               / np.reshape(std, (3, 1, 1)), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(x, normalize(image))
+    np.testing.assert_array_equal(denormalize(x, mean, std), image)
+
+
 @given(
     h=st.integers(1, 20),
     w=st.integers(1, 20),

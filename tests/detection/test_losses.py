@@ -16,7 +16,6 @@ from retina_np.detection import (
     sigmoid_focal_loss,
     smooth_l1_loss,
 )
-from retina_np.kernels import cpu, threads
 from retina_np.kernels.cpu import loss as loss_kernels
 
 # Central differences in float64: truncation error ~ h^2 * f''' and rounding error
@@ -268,39 +267,33 @@ def test_retina_loss_float32():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_retina_loss_halves_side_by_side_equal_one_by_one(dtype, monkeypatch):
-    """The two halves of the batch run at once on two or more cores: the same bits."""
+def test_retina_loss_images_in_any_map_equal_one_by_one(dtype):
+    """``map_images`` may run the images in any order or at once (retina_np/schedule.py runs
+    the two halves of the batch side by side): the same bits, and each image counts once."""
     rng = np.random.default_rng(10)
     _, _, anchors, (boxes, empty) = small_problem(rng, dtype)
     moved = {"boxes": boxes["boxes"][:2] + 3, "labels": np.array([1, 0])}
-    targets = [boxes, empty, moved, boxes, empty]  # halves of 3 and 2 images
+    targets = [boxes, empty, moved, boxes, empty]
     cls_logits = rng.uniform(-3, 1, (5, len(anchors), 3)).astype(dtype)
     box_deltas = rng.normal(0, 0.3, (5, len(anchors), 4)).astype(dtype)
-    x = np.ones((2, 4, 64, 64), np.float32)  # a parallel loop, so that Numba picks its layer
-    cpu.groupnorm_forward(x, np.ones(4, np.float32), np.zeros(4, np.float32), 2, 1e-5)
-    if threads._threads_per_task(2) is None:
-        pytest.skip("tasks run one by one here")
-    at_once = retina_loss(cls_logits, box_deltas, anchors, targets)
-    monkeypatch.setattr(threads, "ENABLED", False)
+
+    def backwards(image_loss, images):  # the last image first; results in image order
+        return [image_loss(b) for b in reversed(images)][::-1]
+
     one_by_one = retina_loss(cls_logits, box_deltas, anchors, targets)
-    assert at_once[0] == one_by_one[0]
-    np.testing.assert_array_equal(at_once[1], one_by_one[1])
-    np.testing.assert_array_equal(at_once[2], one_by_one[2])
-    # and each image counts once: the batch's loss is the mean of the images' own losses
+    reordered = retina_loss(cls_logits, box_deltas, anchors, targets, map_images=backwards)
+    assert reordered[0] == one_by_one[0]
+    np.testing.assert_array_equal(reordered[1], one_by_one[1])
+    np.testing.assert_array_equal(reordered[2], one_by_one[2])
+    # the batch's loss is the mean of the images' own losses
     alone = [retina_loss(cls_logits[b:b + 1], box_deltas[b:b + 1], anchors, targets[b:b + 1])
              for b in range(5)]
     tol = 1e-12 if dtype == np.float64 else 1e-5
-    np.testing.assert_allclose(at_once[0]["total"], np.mean([a[0]["total"] for a in alone]),
+    np.testing.assert_allclose(one_by_one[0]["total"], np.mean([a[0]["total"] for a in alone]),
                                rtol=tol)
     for i in (1, 2):
-        np.testing.assert_allclose(at_once[i], np.concatenate([a[i] for a in alone]) / 5,
+        np.testing.assert_allclose(one_by_one[i], np.concatenate([a[i] for a in alone]) / 5,
                                    rtol=tol, atol=tol * 1e-3)
-    # a bad box in either half is reported as it is one by one: the first bad image
-    targets[4] = {"boxes": np.array([[5.0, 5, 5, 9]], dtype), "labels": np.array([0])}
-    targets[1] = {"boxes": np.array([[5.0, 5, 9, 5]], dtype), "labels": np.array([0])}
-    monkeypatch.setattr(threads, "ENABLED", True)
-    with pytest.raises(ValueError, match="image 1: box 0"):
-        retina_loss(cls_logits, box_deltas, anchors, targets)
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,13 @@
-"""One convolution of several pyramid levels (kernels/cpu.py: one joint im2col matrix and one
-GEMM per pass) equals the single-input kernels applied level by level."""
+"""One convolution of several pyramid levels (kernels/cpu/conv_joint.py's list versions, which
+run level by level as the CUDA kernels do, kernels/levels.py) equals the single-input kernels
+applied level by level, gradients summed over the levels."""
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retina_np import ops
+from retina_np import kernels, ops
 from retina_np.kernels import cpu
 
 
@@ -29,27 +30,24 @@ def _per_level(xs, w, b, s, p, dys):
 
 
 def _check(xs, w, b, s, p, rng, tol):
-    columns = []
-    ys = cpu.conv2d_forward_levels(xs, w, b, s, p, columns)
+    ys = cpu.conv2d_forward_levels(xs, w, b, s, p)
     dys = [rng.standard_normal(y.shape).astype(y.dtype) for y in ys]
     want_ys, want_dxs, want_dw, want_db = _per_level(xs, w, b, s, p, dys)
     for y, want in zip(ys, want_ys, strict=True):
         assert y.shape == want.shape and y.dtype == want.dtype
         np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
-    for kept in (columns, None):  # the forward's joint matrix, or unfolding again
-        dxs, dw, db = cpu.conv2d_backward_levels(dys, xs, w, s, p, b is not None, True, kept)
-        for dx, want in zip(dxs, want_dxs, strict=True):
-            assert dx.shape == want.shape
-            np.testing.assert_allclose(dx, want, rtol=tol, atol=tol)
-        np.testing.assert_allclose(dw, want_dw, rtol=tol, atol=tol)
-        if b is None:
-            assert db is None
-        else:
-            np.testing.assert_allclose(db, want_db, rtol=tol, atol=tol)
-    no_dx, dw_only, _ = cpu.conv2d_backward_levels(dys, xs, w, s, p, False, False, columns)
+    dxs, dw, db = cpu.conv2d_backward_levels(dys, xs, w, s, p, b is not None, True)
+    for dx, want in zip(dxs, want_dxs, strict=True):
+        assert dx.shape == want.shape
+        np.testing.assert_allclose(dx, want, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dw, want_dw, rtol=tol, atol=tol)
+    if b is None:
+        assert db is None
+    else:
+        np.testing.assert_allclose(db, want_db, rtol=tol, atol=tol)
+    no_dx, dw_only, _ = cpu.conv2d_backward_levels(dys, xs, w, s, p, False, False)
     assert no_dx is None
     np.testing.assert_allclose(dw_only, want_dw, rtol=tol, atol=tol)
-    return columns
 
 
 @given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4),
@@ -69,48 +67,33 @@ def test_levels_equal_level_by_level(n, c, f, sizes, k, s, p, bias):
        sizes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 9)), min_size=1, max_size=5),
        k=st.sampled_from([3, 5]), bias=st.booleans())
 def test_same_levels_equal_level_by_level(n, c, f, sizes, k, bias):
-    """Stride 1, padding k // 2: the unpadded joint unfolding (cpu._im2col_same, one piece
-    per level)."""
+    """Stride 1, padding k // 2: each level by the unpadded "same" unfolding
+    (im2col.im2col_same)."""
     rng = np.random.default_rng(0)
     xs, w, b = _levels_case(rng, n, c, f, sizes, k, bias=bias)
     _check(xs, w, b, 1, k // 2, rng, tol=1e-10)
 
 
-@pytest.mark.parametrize("out, tiles", [(2, 64 + 16 + 4 + 1 + 1), (4, 16 + 4 + 1 + 1 + 1)])
-def test_pyramid_shapes_float32(monkeypatch, out, tiles):
-    """The heads' case: five levels from 16x16 down to 1x1, one joint matrix kept (a 3x3
-    convolution's: Winograd's transformed input, (out + 2)^2 x C x tiles, ceil(H/out) *
-    ceil(W/out) tiles per image and level; here fewer than cpu.WINOGRAD_MIN_TILES, which is
-    lowered)."""
-    monkeypatch.setattr(cpu, "WINOGRAD_MIN_TILES", 1)
-    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
+def test_pyramid_shapes_float32():
+    """The heads' case: five levels from 16x16 down to 1x1."""
     rng = np.random.default_rng(1)
     xs, w, b = _levels_case(rng, 4, 16, 8, [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)], 3,
                             np.float32)
-    columns = _check(xs, w, b, 1, 1, rng, tol=2e-4)
-    assert len(columns) == 1 and columns[0].shape == ((out + 2) ** 2, 16, 4 * tiles)
+    _check(xs, w, b, 1, 1, rng, tol=2e-4)
 
 
-def test_large_weight_gradient_orientation(monkeypatch):
-    """Gradients above WGRAD_TRANSPOSED_MAX are computed as dy @ cols.T directly."""
-    monkeypatch.setattr(cpu, "WGRAD_TRANSPOSED_MAX", 0)
+def test_large_weight_gradient_orientation():
+    """Gradients above options.wgrad_transposed_max are computed as dy @ cols.T directly."""
     rng = np.random.default_rng(4)
     xs, w, b = _levels_case(rng, 2, 3, 4, [(5, 4), (2, 3)], 3)
-    _check(xs, w, b, 1, 1, rng, tol=1e-10)
-
-
-def test_too_large_runs_level_by_level(monkeypatch):
-    """Above KEEP_MAX_ELEMENTS there is no joint matrix: the same results, nothing kept."""
-    monkeypatch.setattr(cpu, "KEEP_MAX_ELEMENTS", 10)
-    rng = np.random.default_rng(2)
-    xs, w, b = _levels_case(rng, 2, 3, 2, [(6, 5), (3, 3)], 3)
-    assert _check(xs, w, b, 1, 1, rng, tol=1e-10) == []
+    with kernels.options(wgrad_transposed_max=0):
+        _check(xs, w, b, 1, 1, rng, tol=1e-10)
 
 
 def test_ops_check_every_level():
     rng = np.random.default_rng(3)
     xs, w, b = _levels_case(rng, 2, 3, 4, [(5, 5), (3, 3)], 3)
-    ys, cache = ops.conv2d_levels_forward(xs, w, b, 1, 1, name="head", keep_columns=True)
+    ys, cache = ops.conv2d_levels_forward(xs, w, b, 1, 1, name="head")
     assert [y.shape for y in ys] == [(2, 4, 5, 5), (2, 4, 3, 3)]
     with pytest.raises(ValueError, match="head: every level needs the same batch size"):
         ops.conv2d_levels_forward([xs[0], xs[1][:1]], w, b, 1, 1, name="head")

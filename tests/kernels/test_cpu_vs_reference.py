@@ -10,8 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from retina_np import kernels
 from retina_np.kernels import cpu
 from retina_np.kernels import reference as ref
+from retina_np.kernels.cpu import im2col
+from retina_np.kernels.cpu.plan import is_same
+from retina_np.kernels.workspace import ConvWorkspace
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 DTYPES = [np.float64, np.float32]
@@ -69,49 +73,51 @@ def test_conv2d(case, dtype):
 
 @pytest.mark.parametrize("case", [(3, 2, 3, 5, 4, 3, 1, 1), (2, 3, 2, 6, 6, 1, 1, 0),
                                   (3, 2, 2, 7, 5, 3, 2, 1)])
-def test_conv2d_tiled(case, monkeypatch):
+def test_conv2d_tiled(case):
     """Tiny tiles: the im2col matrix is built a few output rows or images at a time."""
     for limit in (1, 40, 200, 500, 800):
-        monkeypatch.setattr(cpu, "COLS_MAX_ELEMENTS", limit)
-        check_conv(case, np.float64, with_bias=False)
+        with kernels.options(cols_max_elements=limit):
+            check_conv(case, np.float64, with_bias=False)
 
 
 @pytest.mark.parametrize("case", [(3, 2, 3, 5, 4, 3, 1, 1), (2, 3, 4, 6, 4, 1, 1, 0),
                                   (1, 3, 2, 9, 7, 7, 2, 3)])
 @pytest.mark.parametrize("transposed_max", [0, 1 << 18])
-def test_conv2d_weight_gradient_both_orientations(case, transposed_max, monkeypatch):
+def test_conv2d_weight_gradient_both_orientations(case, transposed_max):
     """The weight gradient as dy @ cols.T (large gradients) or as the transposed product
     cols @ dy.T copied back (small ones): both equal the reference, with and without tiles."""
-    monkeypatch.setattr(cpu, "WGRAD_TRANSPOSED_MAX", transposed_max)
-    check_conv(case, np.float64)
-    monkeypatch.setattr(cpu, "COLS_MAX_ELEMENTS", 40)
-    check_conv(case, np.float64, with_bias=False)
+    with kernels.options(wgrad_transposed_max=transposed_max):
+        check_conv(case, np.float64)
+        with kernels.options(cols_max_elements=40):
+            check_conv(case, np.float64, with_bias=False)
 
 
 @pytest.mark.parametrize("case", [(3, 2, 3, 5, 4, 3, 1, 1), (3, 2, 2, 7, 5, 3, 2, 1),
                                   (2, 3, 2, 9, 7, 7, 2, 3)])
 @pytest.mark.parametrize("tile_limit", [40, 200, 1 << 20])
-def test_conv2d_weight_gradient_from_the_forwards_columns(case, tile_limit, monkeypatch):
+def test_conv2d_weight_gradient_from_the_forwards_columns(case, tile_limit):
     """The forward's kept unfolding (every tile its own matrix) gives the weight gradient that
-    unfolding x again gives, bit for bit; above KEEP_MAX_ELEMENTS nothing is kept."""
-    monkeypatch.setattr(cpu, "COLS_MAX_ELEMENTS", tile_limit)
+    unfolding x again gives, bit for bit; above options.keep_max_elements nothing is kept."""
     N, C, F, H, W, k, s, p = case
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((F, C, k, k))
-    columns = []
-    y = cpu.conv2d_forward(x, w, None, s, p, columns)
-    assert np.array_equal(y, cpu.conv2d_forward(x, w, None, s, p))
-    assert len(columns) == len(cpu._tiles(N, y.shape[2], C * k * k * y.shape[3]))
-    dy = rng.standard_normal(y.shape)
-    again = cpu.conv2d_backward_weight(dy, x, k, k, s, p)
-    assert np.array_equal(cpu.conv2d_backward_weight(dy, x, k, k, s, p, columns), again)
-    assert_close(again, ref.conv2d_backward_weight(dy, x, k, k, s, p), np.float64)
+    with kernels.options(cols_max_elements=tile_limit):
+        workspace = ConvWorkspace()
+        y = cpu.conv2d_forward(x, w, None, s, p, workspace)
+        assert np.array_equal(y, cpu.conv2d_forward(x, w, None, s, p))
+        assert workspace.plan.keep and workspace.transformed is None
+        assert len(workspace.columns) == len(im2col.output_tiles(N, y.shape[2],
+                                                                 C * k * k * y.shape[3]))
+        dy = rng.standard_normal(y.shape)
+        again = cpu.conv2d_backward_weight(dy, x, k, k, s, p)
+        assert np.array_equal(cpu.conv2d_backward_weight(dy, x, k, k, s, p, workspace), again)
+        assert_close(again, ref.conv2d_backward_weight(dy, x, k, k, s, p), np.float64)
 
-    monkeypatch.setattr(cpu, "KEEP_MAX_ELEMENTS", C * k * k * y[:, 0].size - 1)
-    too_big = []
-    cpu.conv2d_forward(x, w, None, s, p, too_big)
-    assert too_big == []
+        with kernels.options(keep_max_elements=C * k * k * y[:, 0].size - 1):
+            too_big = ConvWorkspace()
+            cpu.conv2d_forward(x, w, None, s, p, too_big)
+            assert not too_big.plan.keep and too_big.columns == []
 
 
 @given(n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3), h=st.integers(1, 6),
@@ -127,25 +133,24 @@ def test_conv2d_drawn(n, c, f, h, w, k, s, p, dtype, with_bias):
        w=st.integers(1, 9), k=st.sampled_from([3, 5, 7]),
        tile_limit=st.sampled_from([30, 300, 1 << 20]), dtype=st.sampled_from(DTYPES))
 def test_same_convolution_drawn(n, c, f, h, w, k, tile_limit, dtype):
-    """Stride 1 and padding k // 2 take the unpadded "same" path (cpu._im2col_same): maps
+    """Stride 1 and padding k // 2 take the unpadded "same" path (im2col.im2col_same): maps
     smaller than the kernel, several images per tile, and bands of rows of one image."""
-    assert cpu._is_same(k, k, 1, k // 2)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cpu, "COLS_MAX_ELEMENTS", tile_limit)
+    assert is_same(k, k, 1, k // 2)
+    with kernels.options(cols_max_elements=tile_limit):
         check_conv((n, c, f, h, w, k, 1, k // 2), dtype, with_bias=False)
 
 
 def test_same_unfolding_is_the_padded_unfolding():
-    """Row by row, the same matrix as padding x and running the general _im2col."""
+    """Row by row, the same matrix as padding x and running the general im2col."""
     rng = np.random.default_rng(5)
     for n, c, h, w, k in [(2, 3, 5, 4, 3), (3, 2, 1, 1, 3), (1, 2, 3, 2, 5), (2, 1, 6, 7, 7)]:
         x = rng.standard_normal((n, c, h, w))
         p = k // 2
         want = np.empty((c * k * k, n * h * w))
-        cpu._im2col(cpu._phases(cpu._pad(x, p), 1), k, k, 1, 0, h, w, want)
+        im2col.im2col(im2col.phases(im2col.pad(x, p), 1), k, k, 1, 0, h, w, want)
         got = np.full_like(want, np.nan)  # every entry must be written
-        cpu._im2col_same(cpu._channel_major(x), k,
-                         *cpu._same_tables(((n, h, w, 0, h, 0, 0),), k), got)
+        im2col.im2col_same(im2col.channel_major(x), k,
+                           *im2col.same_tables(((n, h, w, 0, h, 0, 0),), k), got)
         assert np.array_equal(got, want)
 
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from retina_np import kernels
 from retina_np.kernels import cpu
 from retina_np.kernels import reference as ref
 
@@ -79,7 +80,7 @@ def test_one_value_per_group():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_parallel_and_serial_paths_agree_bit_for_bit(dtype, monkeypatch):
+def test_parallel_and_serial_paths_agree_bit_for_bit(dtype):
     """Small inputs run the rows serially, large ones in a prange over the rows: the same
     rows in the same order, so the same bits (and both equal the reference)."""
     shape, groups = (3, 8, 5, 4), 4
@@ -88,10 +89,10 @@ def test_parallel_and_serial_paths_agree_bit_for_bit(dtype, monkeypatch):
     gamma, beta = rng.standard_normal(8).astype(dtype), rng.standard_normal(8).astype(dtype)
     results = []
     for limit in (x.size + 1, 0):  # serial, then parallel
-        monkeypatch.setattr(cpu, "PARALLEL_MIN_ELEMENTS", limit)
-        y, mean, invstd = cpu.groupnorm_forward(x, gamma, beta, groups, EPS)
-        results.append((y, mean, invstd) + cpu.groupnorm_backward(dy, x, mean, invstd, gamma,
-                                                                  groups))
-        check(shape, groups, dtype, seed=5)
+        with kernels.options(groupnorm_parallel_min_elements=limit):
+            y, mean, invstd = cpu.groupnorm_forward(x, gamma, beta, groups, EPS)
+            results.append((y, mean, invstd) + cpu.groupnorm_backward(dy, x, mean, invstd,
+                                                                      gamma, groups))
+            check(shape, groups, dtype, seed=5)
     for serial, parallel in zip(*results):
         np.testing.assert_array_equal(serial, parallel)

@@ -1,4 +1,4 @@
-"""The heads' layers on a Joint of pyramid levels (one channel-major matrix, kernels/cpu.py)
+"""The heads' layers on a Joint of pyramid levels (one channel-major matrix, kernels/cpu/)
 equal the same layers level by level, and their gradients equal central differences."""
 
 import numpy as np
@@ -6,11 +6,12 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from retina_np import ops
+from retina_np import kernels, ops
 from retina_np.gradcheck import gradcheck_op
 from retina_np.kernels import cpu
 from retina_np.kernels import reference as ref
 from retina_np.kernels.levels import Joint
+from retina_np.kernels.workspace import ConvWorkspace
 
 TOL = {np.float64: 1e-10, np.float32: 1e-4}  # as test_groupnorm_kernels.py
 GRAD_TOL = 1e-6  # worst relative error, as tests/test_ops_groupnorm.py
@@ -92,10 +93,10 @@ def test_conv_joint_equals_reference_level_by_level(n, c, f, k, hws, bias, dtype
     xs = draw_levels(rng, n, c, hws, dtype, 1.0, 0.0)
     w = rng.standard_normal((f, c, k, k)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype) if bias else None
-    columns = []
-    yj = cpu.conv2d_forward_joint(cpu.join_levels(xs), w, b, columns)
+    workspace = ConvWorkspace()
+    yj = cpu.conv2d_forward_joint(cpu.join_levels(xs), w, b, workspace)
     dys = [rng.standard_normal(y.shape).astype(dtype) for y in cpu.split_levels(yj)]
-    for kept in (columns, None):  # with the forward's unfolded matrix, and unfolding again
+    for kept in (workspace, None):  # with what the forward kept, and unfolding again
         dxj, dw, db = cpu.conv2d_backward_joint(cpu.join_levels(dys), cpu.join_levels(xs), w,
                                                 bias, True, kept)
         dw_sum, db_sum = np.zeros(w.shape), np.zeros(f)
@@ -137,9 +138,9 @@ def test_groupnorm_joint_gradients(n, cg, g, hws, scale, shift, seed):
 @given(n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3), hws=level_sizes,
        seed=seeds, keep=st.booleans(), winograd=st.sampled_from([0, 2, 4]))
 def test_conv_joint_gradients(n, c, f, hws, seed, keep, winograd):
-    """im2col + GEMM (winograd 0), or Winograd's F(2x2, 3x3) or F(4x4, 3x3) (cpu.WINOGRAD_OUT
-    2 or 4, cpu.WINOGRAD_MIN_TILES lowered to these small sizes); the weight gradient from the
-    forward's kept matrix or from the input again."""
+    """im2col + GEMM (winograd 0), or Winograd's F(2x2, 3x3) or F(4x4, 3x3) (options'
+    winograd_block 2 or 4, winograd_min_tiles lowered to these small sizes); the weight
+    gradient from the forward's kept matrix or from the input again."""
     rng = np.random.default_rng(seed)
     T = n * sum(h * w for h, w in hws)
     inputs = {"x": rng.standard_normal((c, T)), "w": rng.standard_normal((f, c, 3, 3)),
@@ -147,20 +148,17 @@ def test_conv_joint_gradients(n, c, f, hws, seed, keep, winograd):
 
     def forward(x, w, b):
         y, cache = ops.conv2d_joint_forward(Joint(x, n, tuple(hws)), w, b, 1, 1,
-                                            keep_columns=keep)
+                                            keep_workspace=keep)
         return y.data, cache
 
     def backward(dy, cache):
         dx, dw, db = ops.conv2d_joint_backward(Joint(dy, n, tuple(hws)), cache)
         return dx.data, dw, db
 
-    min_tiles, out = cpu.WINOGRAD_MIN_TILES, cpu.WINOGRAD_OUT
-    cpu.WINOGRAD_MIN_TILES = 1 if winograd else 1 << 60
-    cpu.WINOGRAD_OUT = winograd or out
-    try:  # y is linear in each input: a larger step adds no truncation error, less rounding
+    way = dict(winograd_min_tiles=1, winograd_block=winograd) if winograd else dict(winograd=False)
+    with kernels.options(**way):
+        # y is linear in each input: a larger step adds no truncation error, less rounding
         report = gradcheck_op(forward, backward, inputs, eps=1e-4, seed=seed)
-    finally:
-        cpu.WINOGRAD_MIN_TILES, cpu.WINOGRAD_OUT = min_tiles, out
     assert report.worst <= GRAD_TOL, str(report)
 
 
@@ -181,7 +179,7 @@ def test_joint_ops_check_their_inputs():
 
 
 def test_large_levels_stay_a_list():
-    """Above KEEP_MAX_ELEMENTS of unfolded matrix the heads run level by level."""
+    """Above options.keep_max_elements of unfolded matrix the heads run level by level."""
     big = [np.zeros((1, 256, 64, 64), np.float32), np.zeros((1, 256, 32, 32), np.float32)]
     assert cpu.join_levels(big, 3) is big
     small = [x[:, :8, :8, :8] for x in big]

@@ -1,5 +1,5 @@
-"""Winograd's F(2x2, 3x3) and F(4x4, 3x3) (kernels/winograd.py; ``out``, the block side, 2 or
-4): each transform equals its matrix form on explicit windows, each adjoint passes the
+"""Winograd's F(2x2, 3x3) and F(4x4, 3x3) (kernels/cpu/winograd.py; ``out``, the block side, 2
+or 4): each transform equals its matrix form on explicit windows, each adjoint passes the
 dot-product test, the convolution and its backward equal the reference kernels level by
 level. The finite-difference checks (float64) of the Joint op pair, which runs these
 underneath, are in test_joint_levels.py."""
@@ -7,30 +7,36 @@ underneath, are in test_joint_levels.py."""
 import numba
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from retina_np import kernels
 from retina_np.kernels import cpu, threads
 from retina_np.kernels import reference as ref
-from retina_np.kernels import winograd as wg
+from retina_np.kernels.cpu import winograd as wg
+from retina_np.kernels.cpu import winograd_f2 as f2
+from retina_np.kernels.cpu import winograd_f4 as f4
+from retina_np.kernels.cpu.plan import IM2COL_SAME, WINOGRAD, ConvPlan
 from retina_np.kernels.levels import Joint
+from retina_np.kernels.workspace import ConvWorkspace
 
 
 @pytest.fixture(autouse=True)
-def _winograd_at_any_size(monkeypatch):
+def _winograd_at_any_size():
     """The cpu kernels take Winograd's way for these small cases too."""
-    monkeypatch.setattr(cpu, "WINOGRAD_MIN_TILES", 1)
+    with kernels.options(winograd_min_tiles=1):
+        yield
 
 
 # out -> the matrices (B^T, G, A^T) and the kernels (input transform, its adjoint, output
 # transform, its adjoint)
 SCHEMES = {
-    2: ((wg.BT, wg.G, wg.AT),
-        (wg.input_transform, wg.input_transform_adjoint, wg.output_transform,
-         wg.output_transform_adjoint)),
-    4: ((wg.BT4, wg.G4, wg.AT4),
-        (wg.input_transform4, wg.input_transform4_adjoint, wg.output_transform4,
-         wg.output_transform4_adjoint)),
+    2: ((f2.BT, f2.G, f2.AT),
+        (f2.input_transform, f2.input_transform_adjoint, f2.output_transform,
+         f2.output_transform_adjoint)),
+    4: ((f4.BT4, f4.G4, f4.AT4),
+        (f4.input_transform4, f4.input_transform4_adjoint, f4.output_transform4,
+         f4.output_transform4_adjoint)),
 }
 outs = pytest.mark.parametrize("out", [2, 4])
 
@@ -82,9 +88,9 @@ def test_input_transform_is_bt_d_b_of_every_window(out, n, c, hws):
     terms = (out + 2) ** 2
     rng = np.random.default_rng(1)
     xj = _joint(rng, n, c, hws)
-    table, P = wg.tiles(n, xj.hws, out)
+    table, P = f2.tiles(n, xj.hws, out)
     V = np.empty((terms, c, P))
-    transform(xj.data.ravel(), *wg.strides(xj.data, n, xj.hws), n, table, V)
+    transform(xj.data.ravel(), *f2.strides(xj.data, n, xj.hws), n, table, V)
     expected = np.einsum("ki,pcij,lj->klcp", BT, _windows(xj, out), BT).reshape(terms, c, P)
     np.testing.assert_allclose(V, expected, rtol=1e-12, atol=1e-12)
 
@@ -98,11 +104,11 @@ def test_output_transform_is_at_m_a_of_every_tile(out, n, f, hws):
     (_, _, AT), (_, _, transform, _) = SCHEMES[out]
     side = out + 2
     rng = np.random.default_rng(2)
-    table, P = wg.tiles(n, tuple(hws), out)
+    table, P = f2.tiles(n, tuple(hws), out)
     M, b = rng.standard_normal((side * side, f, P)), rng.standard_normal(f)
     T = n * sum(h * w for h, w in hws)
     y = np.empty((f, T))
-    transform(M, n, table, b, y.reshape(-1), *wg.strides(y, n, tuple(hws)))
+    transform(M, n, table, b, y.reshape(-1), *f2.strides(y, n, tuple(hws)))
     blocks = np.einsum("ui,fpij,vj->pfuv", AT,
                        M.reshape(side, side, f, P).transpose(2, 3, 0, 1), AT)  # (P, F, out, out)
     p = 0
@@ -128,18 +134,18 @@ def test_adjoints_pass_the_dot_product_test(out, n, c, hws, seed):
     terms = (out + 2) ** 2
     rng = np.random.default_rng(seed)
     xj = _joint(rng, n, c, hws)
-    table, P = wg.tiles(n, xj.hws, out)
+    table, P = f2.tiles(n, xj.hws, out)
     V, dV = np.empty((terms, c, P)), rng.standard_normal((terms, c, P))
-    transform(xj.data.ravel(), *wg.strides(xj.data, n, xj.hws), n, table, V)
+    transform(xj.data.ravel(), *f2.strides(xj.data, n, xj.hws), n, table, V)
     dx = np.empty_like(xj.data)
-    adjoint(dV, n, table, dx.reshape(-1), *wg.strides(dx, n, xj.hws))
+    adjoint(dV, n, table, dx.reshape(-1), *f2.strides(dx, n, xj.hws))
     assert np.isclose(np.sum(V * dV), np.sum(xj.data * dx), rtol=1e-12, atol=1e-12)
 
     M, dy = rng.standard_normal((terms, c, P)), rng.standard_normal(xj.data.shape)
     y = np.empty_like(xj.data)
-    out_transform(M, n, table, np.zeros(c), y.reshape(-1), *wg.strides(y, n, xj.hws))
+    out_transform(M, n, table, np.zeros(c), y.reshape(-1), *f2.strides(y, n, xj.hws))
     dM = np.empty((terms, c, P))
-    out_adjoint(dy.ravel(), *wg.strides(dy, n, xj.hws), n, table, dM)
+    out_adjoint(dy.ravel(), *f2.strides(dy, n, xj.hws), n, table, dM)
     assert np.isclose(np.sum(y * dy), np.sum(M * dM), rtol=1e-12, atol=1e-12)
 
     w, dU = rng.standard_normal((2, c, 3, 3)), rng.standard_normal((terms, 2, c))
@@ -153,23 +159,21 @@ def test_adjoints_pass_the_dot_product_test(out, n, c, hws, seed):
 @given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), hws=levels,
        bias=st.booleans())
 @outs
-# the fixture sets the same value for every example
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_convolution_equals_the_reference_level_by_level(monkeypatch, out, dtype, tol, n, c,
-                                                         f, hws, bias):
+@settings(max_examples=20, deadline=None)
+def test_convolution_equals_the_reference_level_by_level(out, dtype, tol, n, c, f, hws, bias):
     """Forward, input gradient, weight gradient and bias gradient of the Joint convolution
     (Winograd) against reference.py on each level (the gradients summed over the levels)."""
-    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
     rng = np.random.default_rng(3)
     xj = _joint(rng, n, c, hws, dtype)
     w = rng.standard_normal((f, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(f).astype(dtype) if bias else None
-    columns = []
-    yj = cpu.conv2d_forward_joint(xj, w, b, columns)
-    assert columns[0].shape == ((out + 2) ** 2, c, wg.tiles(n, xj.hws, out)[1])
     dyj = _joint(rng, n, f, hws, dtype)
-    dxj, dw, db = cpu.conv2d_backward_joint(dyj, xj, w, bias, True, columns)
+    workspace = ConvWorkspace()
+    with kernels.options(winograd_block=out):
+        yj = cpu.conv2d_forward_joint(xj, w, b, workspace)
+        assert workspace.plan == ConvPlan(WINOGRAD, out, True)
+        assert workspace.transformed.shape == ((out + 2) ** 2, c, f2.tiles(n, xj.hws, out)[1])
+        dxj, dw, db = cpu.conv2d_backward_joint(dyj, xj, w, bias, True, workspace)
     xs, dys = cpu.split_levels(xj), cpu.split_levels(dyj)
     x64 = [x.astype(np.float64) for x in xs]
     w64 = w.astype(np.float64)
@@ -193,43 +197,48 @@ def test_convolution_equals_the_reference_level_by_level(monkeypatch, out, dtype
 
 
 @outs
-def test_weight_gradient_later_and_without_the_kept_input(monkeypatch, out):
+def test_weight_gradient_later_and_without_the_kept_input(out):
     """need_weight_grad=False, then the weight gradient alone (the queue's call), with and
     without the forward's transformed input: the same numbers as all at once."""
-    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
     rng = np.random.default_rng(4)
     xj = _joint(rng, 2, 3, [(5, 4), (2, 3), (1, 1)])
     w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
-    columns = []
-    cpu.conv2d_forward_joint(xj, w, b, columns)
     dyj = _joint(rng, 2, 4, [(5, 4), (2, 3), (1, 1)])
-    dx, dw, db = cpu.conv2d_backward_joint(dyj, xj, w, True, True, columns)
-    dx_first, none_w, none_b = cpu.conv2d_backward_joint(dyj, xj, w, True, True, columns,
-                                                         need_weight_grad=False)
-    assert none_w is None and none_b is None
-    np.testing.assert_array_equal(dx_first.data, dx.data)
-    for kept in (columns, None):
-        no_dx, dw_later, db_later = cpu.conv2d_backward_joint(dyj, xj, w, True, False, kept)
-        assert no_dx is None
-        np.testing.assert_allclose(dw_later, dw, rtol=1e-12, atol=1e-12)
-        np.testing.assert_array_equal(db_later, db)
+    with kernels.options(winograd_block=out):
+        workspace = ConvWorkspace()
+        cpu.conv2d_forward_joint(xj, w, b, workspace)
+        dx, dw, db = cpu.conv2d_backward_joint(dyj, xj, w, True, True, workspace)
+        dx_first, none_w, none_b = cpu.conv2d_backward_joint(dyj, xj, w, True, True, workspace,
+                                                             need_weight_grad=False)
+        assert none_w is None and none_b is None
+        np.testing.assert_array_equal(dx_first.data, dx.data)
+        for kept in (workspace, None):
+            no_dx, dw_later, db_later = cpu.conv2d_backward_joint(dyj, xj, w, True, False, kept)
+            assert no_dx is None
+            np.testing.assert_allclose(dw_later, dw, rtol=1e-12, atol=1e-12)
+            np.testing.assert_array_equal(db_later, db)
 
 
 @outs
-def test_direct_path_gives_the_same_numbers(monkeypatch, out):
-    """cpu.WINOGRAD = False runs the 3x3 Joint convolution as im2col + GEMM: equal results."""
-    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
+def test_direct_path_gives_the_same_numbers(out):
+    """options(winograd=False) runs the 3x3 Joint convolution as im2col + GEMM: equal
+    results."""
     rng = np.random.default_rng(5)
     xj = _joint(rng, 2, 5, [(6, 6), (3, 3), (1, 1)])
     w, b = rng.standard_normal((3, 5, 3, 3)), rng.standard_normal(3)
     dyj = _joint(rng, 2, 3, [(6, 6), (3, 3), (1, 1)])
     results = []
     for flag in (True, False):
-        monkeypatch.setattr(cpu, "WINOGRAD", flag)
-        columns = []
-        y = cpu.conv2d_forward_joint(xj, w, b, columns)
-        assert columns[0].ndim == (3 if flag else 2)
-        results.append((y.data, *cpu.conv2d_backward_joint(dyj, xj, w, True, True, columns)))
+        with kernels.options(winograd=flag, winograd_block=out):
+            workspace = ConvWorkspace()
+            y = cpu.conv2d_forward_joint(xj, w, b, workspace)
+            assert workspace.plan.algorithm == (WINOGRAD if flag else IM2COL_SAME)
+            if flag:  # what the weight gradient reuses: V (terms, C, P), or the unfolded input
+                assert workspace.transformed.ndim == 3 and workspace.columns == []
+            else:
+                assert workspace.transformed is None and workspace.columns[0].ndim == 2
+            results.append((y.data, *cpu.conv2d_backward_joint(dyj, xj, w, True, True,
+                                                               workspace)))
     (y1, dx1, dw1, db1), (y2, dx2, dw2, db2) = results
     for a, c in ((y1, y2), (dx1.data, dx2.data), (dw1, dw2), (db1, db2)):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
@@ -265,11 +274,12 @@ def test_image_convolution_equals_the_reference(out, dtype, tol, n, c, f, h, w_,
     """The same kernels on (N, C, H, W) images (one level; chapter 1 times them on one):
     forward, input and weight gradients equal the reference's, with or without the kept V."""
     x, w, b, dy = _images_case(np.random.default_rng(6), n, c, f, h, w_, dtype)
-    kept = []
-    y = wg.conv3x3_forward(x, n, ((h, w_),), w, b, kept, out)
-    assert kept[0].shape == ((out + 2) ** 2, c, n * -(-h // out) * -(-w_ // out))
-    dx, dw = wg.conv3x3_backward(dy, x, n, ((h, w_),), w, V=kept[0] if keep else None,
-                                 out=out)
+    hws = ((h, w_),)
+    y, V = wg.conv3x3_forward(x, n, hws, w, b, out, keep=True)
+    assert V.shape == ((out + 2) ** 2, c, n * -(-h // out) * -(-w_ // out))
+    assert wg.conv3x3_forward(x, n, hws, w, b, out)[1] is None  # nothing kept unless asked
+    dx = wg.conv3x3_backward_input(dy, w, n, hws, out)
+    dw = wg.conv3x3_backward_weight(dy, x, n, hws, out, V=V if keep else None)
     _assert_equal_the_reference((y, dx, dw), x, w, b, dy, tol)
 
 
@@ -277,79 +287,87 @@ def test_image_convolution_equals_the_reference(out, dtype, tol, n, c, f, h, w_,
 @given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 9),
        w_=st.integers(1, 9), keep=st.booleans())
 @outs
-# the fixture sets the same value for every example
-@settings(max_examples=20, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_image_convolutions_on_one_thread_take_winograd(monkeypatch, out, dtype, tol, n, c, f,
-                                                        h, w_, keep):
+@settings(max_examples=20, deadline=None)
+def test_image_convolutions_on_one_thread_take_winograd(out, dtype, tol, n, c, f, h, w_, keep):
     """cpu.conv2d_forward, conv2d_backward_input and conv2d_backward_weight of (N, C, H, W)
-    images: a small "same" 3x3 convolution runs on one thread (threads.serial_when_small) and
-    then by Winograd (the forward keeps V, 3-D); the results equal the reference's."""
-    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
+    images: a small "same" 3x3 convolution runs on one thread (threads.budget) and then by
+    Winograd (the forward's plan says so, and it keeps V); the results equal the reference's."""
     x, w, b, dy = _images_case(np.random.default_rng(9), n, c, f, h, w_, dtype)
-    kept = []
-    y = cpu.conv2d_forward(x, w, b, 1, 1, kept)
-    assert len(kept) == 1 and kept[0].shape[0] == (out + 2) ** 2
-    dx = cpu.conv2d_backward_input(dy, w, h, w_, 1, 1)
-    dw = cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1, kept if keep else None)
+    workspace = ConvWorkspace()
+    with kernels.options(winograd_block=out):
+        y = cpu.conv2d_forward(x, w, b, 1, 1, workspace)
+        assert workspace.plan == ConvPlan(WINOGRAD, out, True)
+        assert workspace.transformed.shape[0] == (out + 2) ** 2
+        dx = cpu.conv2d_backward_input(dy, w, h, w_, 1, 1)
+        dw = cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1, workspace if keep else None)
     _assert_equal_the_reference((y, dx, dw), x, w, b, dy, tol)
 
 
-def test_only_large_enough_joints_and_one_thread_images_take_winograd(monkeypatch):
-    """cpu._winograd: a Joint's 3x3 convolution with at least WINOGRAD_MIN_TILES tiles (the
-    forward keeps V, 3-D); fewer tiles and other kernel sizes keep im2col (a 2-D matrix).
-    Convolutions of (N, C, H, W) images take Winograd only on one thread: small ones
-    (threads.serial_when_small), or inside a task; on every core they keep im2col."""
-    cpu.WINOGRAD_MIN_TILES = 512  # the default (the fixture lowered it)
+def test_the_kernels_record_the_plan_their_thread_budget_gives():
+    """Which convolutions take Winograd is ``plan.choose_conv``'s decision
+    (tests/kernels/test_plan.py); here the kernels follow it: a large enough Joint takes
+    Winograd (its plan kept in the workspace), and a convolution of (N, C, H, W) images takes
+    it on a one-thread budget only: a small one (threads.budget), one on one Numba thread, or
+    one inside a task; on every core it keeps im2col."""
+    default = kernels.Options().winograd_min_tiles  # (the fixture lowered it)
     rng = np.random.default_rng(7)
-    for n, hws, k, winograd in ((8, [(16, 16), (8, 8), (1, 1)], 3, True),
-                                (8, [(14, 16)], 3, False),
-                                (8, [(16, 16)], 5, False)):
-        xj = _joint(rng, n, 2, hws, np.float32)
-        columns = []
-        cpu.conv2d_forward_joint(xj, rng.standard_normal((3, 2, k, k)).astype(np.float32),
-                                 None, columns)
-        assert columns[0].ndim == (3 if winograd else 2), (hws, k)
 
-    def kept(x, w):
-        columns = []
-        cpu.conv2d_forward(x, w, None, 1, 1, columns)
-        return [cols.ndim for cols in columns]
+    def algorithm(conv, x, w):
+        workspace = ConvWorkspace()
+        conv(x, w, None, workspace)
+        return workspace.plan.algorithm
+
+    def images(x, w, b, workspace):
+        return cpu.conv2d_forward(x, w, b, 1, 1, workspace)
 
     x, w = rng.standard_normal((8, 2, 32, 32)), rng.standard_normal((3, 2, 3, 3))  # 2048 tiles
-    assert kept(x, w) == [3]  # small: on one thread
-    assert kept(x[:1], w) == [2]  # 256 tiles
-    assert set(kept(x, rng.standard_normal((3, 2, 5, 5)))) == {2}
-    if numba.get_num_threads() > 1:
-        monkeypatch.setattr(threads, "SERIAL_MAX_ELEMENTS", 0)  # every kernel on every core
-        assert set(kept(x, w)) == {2}
-        if threads._threads_per_task(2) == 1:  # tasks run at once here, on one core each
-            assert threads.side_by_side(lambda: kept(x, w), lambda: kept(x, w)) == [[3], [3]]
-        monkeypatch.undo()
-    monkeypatch.setattr(cpu, "WINOGRAD_IMAGES", False)
-    assert set(kept(x, w)) == {2}
+    with kernels.options(winograd_min_tiles=default):
+        xj = _joint(rng, 8, 2, [(16, 16), (8, 8), (1, 1)], np.float32)
+        assert algorithm(cpu.conv2d_forward_joint, xj, w.astype(np.float32)) == WINOGRAD
+        assert algorithm(images, x, w) == WINOGRAD  # small: on one thread
+        with kernels.options(serial_max_elements=0):  # every kernel on every core
+            cores = numba.get_num_threads()
+            assert algorithm(images, x, w) == (WINOGRAD if cores == 1 else IM2COL_SAME)
+            numba.set_num_threads(1)
+            try:
+                assert algorithm(images, x, w) == WINOGRAD
+            finally:
+                numba.set_num_threads(cores)
+            # inside a task: Winograd where the task's share is one thread
+            counted = threads.side_by_side(
+                *[lambda: (numba.get_num_threads(), algorithm(images, x, w))] * 2)
+            for task_threads, taken in counted:
+                assert taken == (WINOGRAD if task_threads == 1 else IM2COL_SAME)
+        with kernels.options(winograd_images=False):
+            assert algorithm(images, x, w) == IM2COL_SAME
 
 
 @outs
-def test_queued_weight_gradient_reuses_the_output_gradient(monkeypatch, out):
-    """The input-gradient call leaves (dy, dM) with the forward's V; the later weight-gradient
-    call with the same dy uses it instead of transforming dy again, and lets it go."""
-    monkeypatch.setattr(cpu, "WINOGRAD_OUT", out)
+def test_queued_weight_gradient_reuses_the_output_gradient(out):
+    """The input-gradient call without the weight gradient leaves (dy, dM) in the workspace,
+    beside the forward's V; the later weight-gradient call with the same dy uses that dM
+    instead of transforming dy again, and lets it go; another dy is transformed anew."""
     rng = np.random.default_rng(8)
     xj = _joint(rng, 2, 3, [(4, 4), (2, 2)])
     w = rng.standard_normal((2, 3, 3, 3))
-    columns = []
-    cpu.conv2d_forward_joint(xj, w, None, columns)
     dyj = _joint(rng, 2, 2, [(4, 4), (2, 2)])
-    _, dw_now, _ = cpu.conv2d_backward_joint(dyj, xj, w, False, True, list(columns))
-    cpu.conv2d_backward_joint(dyj, xj, w, False, True, columns, need_weight_grad=False)
-    assert len(columns) == 2 and columns[1][0] is dyj.data
-    calls = []
-    original = wg.output_gradients
-    monkeypatch.setattr(wg, "output_gradients", lambda *a: calls.append(a) or original(*a))
-    _, dw_later, _ = cpu.conv2d_backward_joint(dyj, xj, w, False, False, columns)
-    assert calls == [] and len(columns) == 1
-    np.testing.assert_array_equal(dw_later, dw_now)
-    other = _joint(rng, 2, 2, [(4, 4), (2, 2)])  # another dy: transformed anew
-    cpu.conv2d_backward_joint(other, xj, w, False, False, columns)
-    assert len(calls) == 1
+    other = _joint(rng, 2, 2, [(4, 4), (2, 2)])
+    with kernels.options(winograd_block=out):
+        workspace = ConvWorkspace()
+        cpu.conv2d_forward_joint(xj, w, None, workspace)
+        _, dw_now, _ = cpu.conv2d_backward_joint(dyj, xj, w, False, True, workspace)
+        _, dw_other, _ = cpu.conv2d_backward_joint(other, xj, w, False, True, workspace)
+        assert workspace.output_gradient is None
+
+        def queued(dy):
+            cpu.conv2d_backward_joint(dyj, xj, w, False, True, workspace, need_weight_grad=False)
+            kept_dy, dM = workspace.output_gradient
+            assert kept_dy is dyj.data
+            np.testing.assert_array_equal(dM, wg.output_gradients(dyj.data, 2, xj.hws, out))
+            dM *= 2  # marked: a weight gradient from this dM is twice the true one
+            _, dw_later, _ = cpu.conv2d_backward_joint(dy, xj, w, False, False, workspace)
+            assert workspace.output_gradient is None
+            return dw_later
+
+        np.testing.assert_array_equal(queued(dyj), 2 * dw_now)  # made from the kept dM
+        np.testing.assert_array_equal(queued(other), dw_other)  # another dy: transformed anew

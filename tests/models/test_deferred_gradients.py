@@ -1,10 +1,13 @@
-"""RetinaNet.backward: the convolutions' weight gradients left on a queue (Conv2d.later) and
-worked through beside the backbone's backward equal those computed where they arise."""
+"""The scheduled backward (retina_np/schedule.py): the convolutions' weight gradients left on
+a queue (``Conv2d.defer_weight_grad``) and worked through beside the backbone's backward
+equal those computed where they arise (bit for bit on one thread per kernel:
+tests/test_schedule.py)."""
 
 import numpy as np
 
+from retina_np import schedule
 from retina_np.models import RetinaNet, RetinaNetConfig
-from retina_np.nn import Conv2d, WorkQueue
+from retina_np.nn import Conv2d
 
 
 def test_model_backward_with_deferred_weight_gradients(make_targets, monkeypatch):
@@ -16,19 +19,20 @@ def test_model_backward_with_deferred_weight_gradients(make_targets, monkeypatch
     targets = make_targets(rng, 2, (64, 64), 2)
 
     queued = []
-    append = WorkQueue.append
-    monkeypatch.setattr(WorkQueue, "append", lambda self, fn: (queued.append(fn),
-                                                              append(self, fn)))
+    append = schedule.WorkQueue.append
+    monkeypatch.setattr(schedule.WorkQueue, "append",
+                        lambda self, fn: (queued.append(fn), append(self, fn)))
 
     def grads(deferred):
         model = RetinaNet(config, seed=2).astype(np.float64).train()
         cls, box = model(images)
         _, d_cls, d_box = model.loss(cls, box, targets, images.shape[-2:])
         if deferred:
-            model.backward(d_cls, d_box)
+            schedule.Scheduled(model).backward(d_cls, d_box)
         else:  # the same passes, each weight gradient computed where it arises
-            model.backbone.backward(model.head.backward(d_cls, d_box))
-        assert all(m.later is None for m in model.modules() if isinstance(m, Conv2d))
+            model.backward(d_cls, d_box)
+        assert all(m.defer_weight_grad is None for m in model.modules()
+                   if isinstance(m, Conv2d))
         return {n: p.grad for n, p in model.named_parameters()}
 
     deferred, at_once = grads(True), grads(False)

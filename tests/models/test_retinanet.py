@@ -178,3 +178,46 @@ def test_forward_without_backward_leaves_no_stale_state(tiny_model, rng, make_ta
     losses = train_step(model, SGD(model.named_parameters(), lr=0.0), x, targets, lr=0.0)
     assert math.isfinite(losses["total"])
     assert all(not m._caches for m in model.modules())
+
+
+def test_the_configs_matching_and_box_coding_reach_loss_and_detect(rng):
+    """``allow_low_quality_matches`` and ``box_coder_weights`` change what they should; the
+    defaults give the numbers of ``retina_loss`` and ``postprocess`` with theirs."""
+    import dataclasses
+
+    from retina_np.detection import postprocess, retina_loss
+
+    config = RetinaNetConfig.tiny(2)
+    config.score_thresh = 0.0  # detections to decode (the prior keeps scores near 0.01)
+    model = RetinaNet(config, seed=0).eval()
+    images = rng.normal(size=(1, 3, 64, 64)).astype(np.float32)
+    cls, box = model(images)
+    hw = images.shape[-2:]
+    # a thin box that no anchor overlaps at IoU 0.5: foreground only as a low-quality match
+    targets = [{"boxes": np.array([[10.0, 10.0, 13.0, 40.0]], np.float32),
+                "labels": np.array([1])}]
+
+    def loss(**fields):
+        model.config = dataclasses.replace(config, **fields)
+        return model.loss(cls, box, targets, hw)[0]
+
+    def detect(**fields):
+        model.config = dataclasses.replace(config, **fields)
+        return model.detect(images)[0]
+
+    default = loss()
+    assert default == retina_loss(cls, box, model.anchors(hw), targets)[0]
+    assert default["num_foreground"] > 0
+    assert loss(allow_low_quality_matches=False)["num_foreground"] == 0
+    weighted = loss(box_coder_weights=(10.0, 10.0, 5.0, 5.0))
+    assert weighted["classification"] == default["classification"]
+    assert weighted["box_regression"] != default["box_regression"]
+
+    dets = detect()
+    anchors, counts = model._anchors_and_counts(hw)
+    want = postprocess(cls[0], box[0], anchors, counts, tuple(hw), score_thresh=0.0)
+    for key in ("boxes", "scores", "labels"):
+        np.testing.assert_array_equal(dets[key], want[key])
+    other = detect(box_coder_weights=(10.0, 10.0, 5.0, 5.0))
+    assert other["boxes"].shape != dets["boxes"].shape or not np.allclose(other["boxes"],
+                                                                          dets["boxes"])

@@ -124,16 +124,8 @@ __all__ = [
     "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
     "upsample_nearest_forward", "upsample_nearest_backward", "add_forward", "cast",
     "empty_like", "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "adamw_update_",
-    "sum_squares", "levels_to_rows", "rows_to_levels", "levels_layout", "side_by_side",
+    "sum_squares", "levels_to_rows", "rows_to_levels", "levels_layout",
     "focal_loss_anchor_classes", "sigmoid_focal_loss", "smooth_l1_loss", "l1_loss",
     "box_loss_rows", "box_iou", "decode_boxes", "nms", "batched_nms",
 ]
 
-
-def side_by_side(*tasks, channels=0):
-    """The tasks one after another: their kernel launches queue on the device in order.
-
-    Not a kernel: here only while the heads and the loss still call ``k.side_by_side`` on
-    the kernel module that ``backend`` picks (scheduling is moving out of the kernels).
-    """
-    return [task() for task in tasks]

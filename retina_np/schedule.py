@@ -1,0 +1,132 @@
+"""A training step's independent CPU work run side by side, from outside the model.
+
+The model, its heads and its loss are written as the paper describes them, one step after
+another. Three kinds of work in a training step do not depend on each other, and on a CPU
+with several cores they run at once, each on its share of the cores (``side_by_side`` in
+kernels/threads.py, which says when it runs them one by one instead):
+
+* the classification and box subnets, forward and backward: they share only their input;
+* the two halves of the batch in the loss: the images share only the anchors;
+* the convolutions' weight gradients beside the backbone's backward: no layer's backward
+  needs the weight gradients of the layers above it, only the update does. Each conv hands
+  its weight gradient to a queue (``Conv2d.defer_weight_grad``) that a second thread works
+  through while the backward goes on; the first of the two to finish helps the other.
+
+``Scheduled(model)`` is called as the model is::
+
+    net = Scheduled(model)               # train_step(..., scheduled=True) does this
+    cls_logits, box_deltas = net(images)
+    losses, d_cls, d_box = net.loss(cls_logits, box_deltas, targets, image_hw)
+    net.backward(d_cls, d_box)
+
+and computes the same numbers as the model does, bit for bit when each kernel runs on as
+many threads either way (tests/test_schedule.py; a GEMM's rounding depends on its thread
+count). On a GPU it runs the model as it is: the kernel launches queue on the device in
+order anyway. The time it saves is in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import queue
+
+from retina_np import backend
+from retina_np.kernels import threads
+from retina_np.nn import Conv2d
+
+
+class Scheduled:
+    """``model`` (a RetinaNet) with its independent CPU work side by side; same calls."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images):
+        """``model(images)``, the two subnets side by side."""
+        return head_forward(self.model.head, self.model.features(images))
+
+    def loss(self, cls_logits, box_deltas, targets, image_hw):
+        """``model.loss(...)``, the two halves of the batch side by side."""
+        def map_images(image_loss, images):
+            return _halves_side_by_side(image_loss, list(images), like=cls_logits)
+
+        return self.model.loss(cls_logits, box_deltas, targets, image_hw, map_images=map_images)
+
+    def backward(self, d_cls_logits, d_box_deltas):
+        """``model.backward(...)``, the weight gradients worked through beside it."""
+        model = self.model
+        if backend.is_device_array(d_cls_logits):
+            return model.backward(d_cls_logits, d_box_deltas)
+        later = WorkQueue()
+        # Not the stem's (no input gradient): nothing would be left to overlap with it, and
+        # queued it came last and kept one thread busy after the other had run dry.
+        convs = [m for m in model.modules() if isinstance(m, Conv2d) and m.needs_input_grad]
+        for conv in convs:
+            conv.defer_weight_grad = later.append
+        try:
+            d_levels = head_backward(model.head, d_cls_logits, d_box_deltas)
+
+            def backbone_then_queue():
+                try:
+                    model.backbone.backward(d_levels)
+                finally:
+                    later.close(workers=2)  # this thread and the other
+                later.work_through()
+
+            _side_by_side(d_levels[0], backbone_then_queue, later.work_through,
+                          channels=model.head.channels)
+        finally:
+            for conv in convs:
+                conv.defer_weight_grad = None
+
+
+def head_forward(head, levels):
+    """``head(levels)`` (a RetinaNetHead), the two subnets side by side."""
+    xs = head.join(levels)
+    return tuple(_side_by_side(levels[0], lambda: head.classification_head(xs),
+                               lambda: head.regression_head(xs), channels=head.channels))
+
+
+def head_backward(head, d_cls, d_box):
+    """``head.backward(d_cls, d_box)``, the two subnets side by side."""
+    d_cls_levels, d_box_levels = _side_by_side(
+        d_cls, lambda: head.classification_head.backward(d_cls),
+        lambda: head.regression_head.backward(d_box), channels=head.channels)
+    return head.sum_levels(d_cls_levels, d_box_levels)
+
+
+class WorkQueue:
+    """Functions put aside by one thread (``append``) for others to call in order
+    (``work_through``, which returns once the queue is ``close``d and done; each call of
+    ``close`` lets one of the threads working through it return)."""
+
+    _CLOSED = object()
+
+    def __init__(self):
+        self._queue = queue.SimpleQueue()
+
+    def append(self, fn) -> None:
+        self._queue.put(fn)
+
+    def close(self, workers: int = 1) -> None:
+        for _ in range(workers):
+            self._queue.put(self._CLOSED)
+
+    def work_through(self) -> None:
+        while (fn := self._queue.get()) is not self._CLOSED:
+            fn()
+
+
+def _halves_side_by_side(fn, items, like):
+    """``[fn(item) for item in items]``, the two halves of items side by side."""
+    half = (len(items) + 1) // 2
+    first, second = _side_by_side(like, lambda: [fn(i) for i in items[:half]],
+                                  lambda: [fn(i) for i in items[half:]])
+    return first + second
+
+
+def _side_by_side(like, *tasks, channels=0):
+    """The tasks' results, in order: side by side for arrays on the CPU (``like`` is one of
+    the arrays they work on), one after another on a GPU."""
+    if backend.is_device_array(like):
+        return [task() for task in tasks]
+    return threads.side_by_side(*tasks, channels=channels)

@@ -1,0 +1,146 @@
+"""kernels/cpu/plan.py: which algorithm a CPU convolution takes, rule by rule of
+``choose_conv``'s docstring, and each option that switches a rule off. ``choose_conv`` is a
+pure function of the shapes, the thread budget and the options, so these cases run nothing;
+that the kernels follow the plan is checked in test_winograd.py and test_cpu_vs_reference.py.
+"""
+
+import pytest
+
+from retina_np import kernels
+from retina_np.kernels import Options
+from retina_np.kernels.cpu.plan import (
+    IM2COL,
+    IM2COL_SAME,
+    POINTWISE,
+    WINOGRAD,
+    ConvPlan,
+    choose_conv,
+    is_pointwise,
+    is_same,
+    out_size,
+)
+
+DEFAULT = Options()
+HEADS = ((16, 16), (8, 8), (1, 1))  # 8 images: 8 * (64 + 16 + 1) = 648 2x2 blocks
+
+
+def same3x3(n, C, F, hws, threads, joint=False, opts=DEFAULT):
+    """The plan of a 3x3, stride-1, padding-1 convolution."""
+    return choose_conv(n, C, F, hws, 3, 3, 1, 1, threads, joint=joint, opts=opts)
+
+
+def test_shape_helpers():
+    assert out_size(7, 3, 2, 1) == 4 and out_size(5, 3, 1, 1) == 5 and out_size(1, 1, 2, 0) == 1
+    assert is_same(3, 3, 1, 1) and is_same(5, 5, 1, 2) and is_same(1, 1, 1, 0)
+    assert not is_same(3, 3, 2, 1) and not is_same(3, 3, 1, 0) and not is_same(3, 5, 1, 1)
+    assert is_pointwise(1, 1, 1, 0)
+    assert not is_pointwise(1, 1, 2, 0) and not is_pointwise(1, 1, 1, 1)
+    assert not is_pointwise(3, 3, 1, 0)
+
+
+def test_heads_joint_takes_winograd_where_it_pays_on_any_budget():
+    """A Joint of levels (the heads) takes Winograd whenever it has at least
+    winograd_min_tiles 2x2 blocks, whatever the thread budget; the block side is
+    winograd_block, and the transformed input is kept."""
+    for threads in (1, 2, 8):
+        assert same3x3(8, 64, 64, HEADS, threads, joint=True) == ConvPlan(WINOGRAD, 4, True)
+    # the small levels alone: 8 * (7 * 8) = 448 blocks
+    assert same3x3(8, 64, 64, ((14, 16),), 1, joint=True).algorithm == IM2COL_SAME
+    assert same3x3(8, 64, 64, ((4, 4), (2, 2), (1, 1)), 1, joint=True).algorithm == IM2COL_SAME
+
+
+def test_the_tile_threshold_is_inclusive_and_counts_2x2_blocks_for_both_block_sides():
+    """At least winograd_min_tiles blocks of 2x2 outputs, whichever the block side m: so that
+    F(2x2, 3x3) and F(4x4, 3x3) take the same layers."""
+    for m in (2, 4):
+        for blocks, hws in ((24, ((8, 12),)), (24, ((7, 11),)), (15, ((5, 5), (6, 4)))):
+            at = Options(winograd_block=m, winograd_min_tiles=blocks)
+            above = Options(winograd_block=m, winograd_min_tiles=blocks + 1)
+            assert same3x3(1, 4, 4, hws, 1, opts=at) == ConvPlan(WINOGRAD, m, True), (m, hws)
+            assert same3x3(1, 4, 4, hws, 1, opts=above).algorithm == IM2COL_SAME, (m, hws)
+    # 2 images: twice the blocks
+    assert same3x3(2, 4, 4, ((8, 12),), 1,
+                   opts=Options(winograd_min_tiles=48)).algorithm == WINOGRAD
+
+
+def test_winograd_only_where_its_transformed_input_fits_keep_max_elements():
+    """(m + 2)^2 x max(C, F) x tiles of m x m: at most keep_max_elements, else im2col."""
+    hws = ((8, 8),)  # 16 tiles of 2x2, 4 of 4x4
+    for m, tiles in ((2, 16), (4, 4)):
+        for C, F in ((3, 5), (5, 3)):
+            size = (m + 2) ** 2 * 5 * tiles
+            fits = Options(winograd_block=m, winograd_min_tiles=1, keep_max_elements=size)
+            over = Options(winograd_block=m, winograd_min_tiles=1, keep_max_elements=size - 1)
+            for joint in (False, True):
+                assert same3x3(1, C, F, hws, 1, joint, fits) == ConvPlan(WINOGRAD, m, True)
+                assert same3x3(1, C, F, hws, 1, joint, over).algorithm == IM2COL_SAME
+
+
+def test_images_take_winograd_on_a_one_thread_budget_only():
+    """The backbone's and the FPN's 3x3 "same" convolutions (images, not a Joint) take
+    Winograd on one thread, where it pays; on more threads they keep im2col."""
+    x = (8, 64, 64, ((32, 32),))  # 2048 2x2 blocks
+    assert same3x3(*x, 1) == ConvPlan(WINOGRAD, 4, True)
+    for threads in (2, 16):
+        assert same3x3(*x, threads) == ConvPlan(IM2COL_SAME, 0, True)
+    assert same3x3(1, 64, 64, ((32, 32),), 1).algorithm == IM2COL_SAME  # 256 blocks
+
+
+def test_only_3x3_same_convolutions_take_winograd():
+    opts = Options(winograd_min_tiles=1)
+    for kh, stride, padding, algorithm in ((3, 2, 1, IM2COL), (3, 1, 0, IM2COL),
+                                           (3, 1, 2, IM2COL), (5, 1, 2, IM2COL_SAME),
+                                           (7, 1, 3, IM2COL_SAME), (1, 1, 0, POINTWISE)):
+        for joint in (False, True):
+            plan = choose_conv(2, 4, 4, ((16, 16),), kh, kh, stride, padding, 1, joint=joint,
+                               opts=opts)
+            assert plan.algorithm == algorithm, (kh, stride, padding, joint)
+
+
+def test_options_switch_winograd_off():
+    """winograd=False: neither the Joints nor the images; winograd_images=False: not the
+    images, the Joints still."""
+    opts = Options(winograd=False)
+    assert same3x3(8, 64, 64, HEADS, 1, joint=True, opts=opts).algorithm == IM2COL_SAME
+    assert same3x3(8, 64, 64, ((32, 32),), 1, opts=opts).algorithm == IM2COL_SAME
+    opts = Options(winograd_images=False)
+    assert same3x3(8, 64, 64, HEADS, 1, joint=True, opts=opts).algorithm == WINOGRAD
+    assert same3x3(8, 64, 64, ((32, 32),), 1, opts=opts).algorithm == IM2COL_SAME
+    assert same3x3(8, 64, 64, ((32, 32),), 1,
+                   opts=Options(winograd_block=2)) == ConvPlan(WINOGRAD, 2, True)
+
+
+def test_pointwise_convolutions_are_one_gemm_and_keep_nothing():
+    """1x1, stride 1, no padding: x itself is the GEMM's matrix, there is nothing to keep."""
+    assert choose_conv(2, 64, 128, ((16, 16),), 1, 1, 1, 0, 1) == ConvPlan(POINTWISE)
+    assert choose_conv(2, 64, 128, ((16, 16),), 1, 1, 2, 0, 1) == ConvPlan(IM2COL, 0, True)
+    assert choose_conv(2, 64, 128, ((16, 16),), 1, 1, 1, 1, 1).algorithm == IM2COL
+
+
+@pytest.mark.parametrize("kh, stride, padding, algorithm", [(3, 2, 1, IM2COL),
+                                                            (3, 1, 1, IM2COL_SAME),
+                                                            (7, 2, 3, IM2COL)])
+def test_im2col_keeps_the_unfolded_input_up_to_keep_max_elements(kh, stride, padding,
+                                                                 algorithm):
+    """C x kh x kw x n x Ho x Wo unfolded elements: kept for the weight gradient up to
+    keep_max_elements, inclusive."""
+    n, C, H, W = 2, 3, 9, 7
+    Ho, Wo = out_size(H, kh, stride, padding), out_size(W, kh, stride, padding)
+    unfolded = C * kh * kh * n * Ho * Wo
+    for limit, keep in ((unfolded, True), (unfolded - 1, False)):
+        opts = Options(winograd=False, keep_max_elements=limit)
+        plan = choose_conv(n, C, 4, ((H, W),), kh, kh, stride, padding, 1, opts=opts)
+        assert plan == ConvPlan(algorithm, 0, keep)
+
+
+def test_without_opts_the_options_in_force_decide():
+    assert same3x3(8, 64, 64, ((32, 32),), 1, opts=None).algorithm == WINOGRAD
+    with kernels.options(winograd_images=False):
+        assert same3x3(8, 64, 64, ((32, 32),), 1, opts=None).algorithm == IM2COL_SAME
+    with kernels.options(winograd_block=2):
+        assert same3x3(8, 64, 64, ((32, 32),), 1, opts=None) == ConvPlan(WINOGRAD, 2, True)
+
+
+def test_the_block_side_is_2_or_4():
+    with pytest.raises(ValueError, match="winograd_block must be 2 or 4"):
+        Options(winograd_block=3)
