@@ -12,6 +12,9 @@ The box coder turns a ground-truth box into the regression target of an anchor a
 each multiplied by a weight (1, 1, 1, 1 for RetinaNet). Decoding inverts this, clamping
 ``dw`` and ``dh`` first so that an untrained head cannot ask ``exp`` for a box wider than
 1000 / 16 times its anchor.
+
+The IoU and decoding loops are kernels (``kernels/cpu/detection.py``, and their CUDA twins);
+the functions here check and convert the arguments and call them through ``retina_np.backend``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+
+from retina_np import backend
 
 # An anchor may grow at most 1000/16 times (62.5x) in width or height when decoded: the
 # largest sensible box (~1000 px) over the smallest anchor stride (16 px in the original
@@ -55,40 +59,12 @@ def box_area(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
 
 
-# error_model="numpy": x / 0 gives inf or NaN instead of raising (see the package docstring).
-@njit(cache=True, nogil=True, error_model="numpy")
-def _box_iou_kernel(a, b, out):
-    """IoU of every box of ``a`` with every box of ``b``, written into ``out`` (N, M).
-
-    The inner loop runs over ``b`` (the long axis when ``b`` holds the anchors), whose
-    coordinates are first copied into four contiguous arrays so that LLVM can vectorise it.
-    The arithmetic follows torchvision's ``box_iou`` operation for operation, so float32
-    results agree bit for bit.
-    """
-    n = a.shape[0]
-    m = b.shape[0]
-    zero = out.dtype.type(0)
-    bx1 = np.ascontiguousarray(b[:, 0])
-    by1 = np.ascontiguousarray(b[:, 1])
-    bx2 = np.ascontiguousarray(b[:, 2])
-    by2 = np.ascontiguousarray(b[:, 3])
-    area_b = (bx2 - bx1) * (by2 - by1)  # (M,)
-    for i in range(n):
-        ax1, ay1, ax2, ay2 = a[i, 0], a[i, 1], a[i, 2], a[i, 3]
-        area_a = (ax2 - ax1) * (ay2 - ay1)
-        for j in range(m):
-            w = min(ax2, bx2[j]) - max(ax1, bx1[j])
-            h = min(ay2, by2[j]) - max(ay1, by1[j])
-            w = max(w, zero)
-            h = max(h, zero)
-            inter = w * h
-            union = area_a + area_b[j] - inter
-            # Two zero-area boxes have no overlap to speak of: IoU 0, not 0 / 0.
-            out[i, j] = inter / union if union > zero else zero
-
-
 def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     """Intersection over union of every pair of boxes.
+
+    ``|a & b| / (|a| + |b| - |a & b|)``, the intersection's width and height clipped at 0; the
+    kernel (``kernels/cpu/detection.py``) follows torchvision's ``box_iou`` operation for
+    operation, so float32 results agree bit for bit.
 
     Args:
         boxes1 (ndarray[N, 4]): ``x1, y1, x2, y2``.
@@ -102,10 +78,7 @@ def box_iou(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     dtype = np.result_type(boxes1.dtype, boxes2.dtype)
     a = np.ascontiguousarray(boxes1, dtype=dtype)
     b = np.ascontiguousarray(boxes2, dtype=dtype)
-    out = np.empty((a.shape[0], b.shape[0]), dtype=dtype)  # (N, M)
-    if out.size:
-        _box_iou_kernel(a, b, out)
-    return out
+    return backend.kernels_for(a, b).box_iou(a, b)  # (N, M)
 
 
 def clip_boxes(boxes: np.ndarray, image_hw) -> np.ndarray:
@@ -182,20 +155,9 @@ def decode_boxes(
     anchors = _as_boxes(anchors, "anchors").astype(deltas.dtype, copy=False)
     if deltas.shape != anchors.shape:
         raise ValueError(f"deltas {deltas.shape} and anchors {anchors.shape} must pair up")
-    wx, wy, ww, wh = weights
-    ax, ay, aw, ah = _centres_and_sizes(anchors)
-    dw = np.minimum(deltas[:, 2] / ww, scale_clamp)
-    dh = np.minimum(deltas[:, 3] / wh, scale_clamp)
-    ctr_x = (deltas[:, 0] / wx) * aw + ax
-    ctr_y = (deltas[:, 1] / wy) * ah + ay
-    half_w = 0.5 * (np.exp(dw) * aw)
-    half_h = 0.5 * (np.exp(dh) * ah)
-    boxes = np.empty_like(deltas)  # (N, 4)
-    boxes[:, 0] = ctr_x - half_w
-    boxes[:, 1] = ctr_y - half_h
-    boxes[:, 2] = ctr_x + half_w
-    boxes[:, 3] = ctr_y + half_h
-    return boxes
+    # centre += (d / weight) * size, size *= exp(min(d / weight, clamp)), in the dtype of deltas
+    return backend.kernels_for(deltas, anchors).decode_boxes(deltas, anchors, weights,
+                                                             scale_clamp)
 
 
 def validate_boxes(boxes, labels, num_classes: int | None = None, image_index: int = 0) -> None:

@@ -10,17 +10,15 @@
 
 Every function returns ``(loss, gradient)``: no autograd here, the derivative of each loss
 is written out in its docstring and checked against finite differences in the tests. The
-focal loss of a batch touches R * K ~ 10^7 logits, so its inner loop is a Numba kernel that
-reads the class of each anchor instead of a dense one-hot target array.
+loops themselves are kernels (``kernels/cpu/loss.py`` and its CUDA twin), called through
+``retina_np.backend``: the focal loss of a batch touches R * K ~ 10^7 logits, so its inner
+loop is a Numba kernel that reads the class of each anchor instead of a dense one-hot target
+array.
 """
 
 from __future__ import annotations
 
-import math
-
-import numba
 import numpy as np
-from numba import njit, prange
 
 from retina_np import backend
 from retina_np.detection.boxes import (
@@ -30,7 +28,6 @@ from retina_np.detection.boxes import (
     validate_boxes,
 )
 from retina_np.detection.matcher import (
-    BETWEEN_THRESHOLDS,
     DEFAULT_BG_IOU_THRESH,
     DEFAULT_FG_IOU_THRESH,
     match_anchors,
@@ -44,145 +41,18 @@ DEFAULT_FOCAL_GAMMA = 2.0
 # beta = 1 / sigma^2) keeps it close to L1 for the small deltas of well-placed anchors.
 DEFAULT_SMOOTH_L1_BETA = 1.0 / 9.0
 
-# Kernel-side encoding of "no alpha weighting" (alpha=None or alpha < 0 in the API).
-_NO_ALPHA = -1.0
-
 
 # --------------------------------------------------------------------------------------
 # Sigmoid focal loss
 # --------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _focal_element(x, t, alpha, gamma):
-    """Focal loss and its derivative for one logit ``x`` and target ``t`` (float64 math).
-
-    See :func:`sigmoid_focal_loss` for the formulas. ``p = sigmoid(x)`` and
-    ``q = 1 - p = sigmoid(-x)`` are both formed from ``exp(-|x|)``, which never overflows,
-    so that neither suffers cancellation when the other is close to 1.
-    """
-    e = math.exp(-abs(x))
-    if x >= 0.0:
-        p = 1.0 / (1.0 + e)
-        q = e / (1.0 + e)
-    else:
-        p = e / (1.0 + e)
-        q = 1.0 / (1.0 + e)
-    # Binary cross-entropy with logits, -t log p - (1 - t) log q, stably.
-    ce = max(x, 0.0) - x * t + math.log1p(e)
-    m = p * (1.0 - t) + q * t  # 1 - p_t: the probability given to the wrong answer
-    if gamma == 0.0:
-        mod = 1.0
-        dmod = 0.0
-    else:
-        if gamma == 2.0:  # the default; m * m is much cheaper than pow
-            mod = m * m
-            m_pow = m
-        else:
-            mod = m**gamma
-            m_pow = m ** (gamma - 1.0) if m > 0.0 else 0.0
-        dmod = gamma * m_pow * p * q * (1.0 - 2.0 * t)  # d(m^gamma)/dx, dm/dx = p q (1 - 2t)
-    a = 1.0 if alpha < 0.0 else alpha * t + (1.0 - alpha) * (1.0 - t)
-    loss = a * ce * mod
-    grad = a * ((p - t) * mod + ce * dmod)
-    return loss, grad
-
-
-# The focal loss of a batch runs over R * K ~ 10^7 logits with two transcendental functions
-# each, so each loop below is written once, serially over a range, and launched either
-# directly or split across the cores with prange. Below _PARALLEL_MIN_LOGITS logits a
-# parallel launch costs more than it saves: waking the threads and the barrier take ~50 us,
-# and milliseconds when another process holds one of the cores.
-_PARALLEL_MIN_LOGITS = 1 << 16
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _focal_dense_range(logits, targets, alpha, gamma, dlogits, start, stop):
-    """Focal loss summed over flat ``logits[start:stop]``; gradient into ``dlogits``."""
-    total = 0.0
-    for i in range(start, stop):
-        loss, grad = _focal_element(np.float64(logits[i]), np.float64(targets[i]), alpha, gamma)
-        total += loss
-        dlogits[i] = grad
-    return total
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _focal_anchor_range(logits, anchor_class, alpha, gamma, grad_scale, dlogits, start, stop):
-    """Focal loss of anchors ``start:stop`` of one image, from per-anchor classes instead of
-    a one-hot target array.
-
-    Args:
-        logits (ndarray[R, K]): classification logits.
-        anchor_class (ndarray[R] int64): class k >= 0 of a foreground anchor (target 1 at k,
-            0 elsewhere), ``BELOW_LOW_THRESHOLD`` (all targets 0) or ``BETWEEN_THRESHOLDS``
-            (ignored: no loss, zero gradient).
-        grad_scale (float): the gradient is written pre-multiplied by this.
-        dlogits (ndarray[R, K]): output.
-
-    Returns:
-        float: the unscaled loss sum over those anchors.
-    """
-    num_classes = logits.shape[1]
-    total = 0.0
-    for r in range(start, stop):
-        cls = anchor_class[r]
-        if cls == BETWEEN_THRESHOLDS:
-            for k in range(num_classes):
-                dlogits[r, k] = 0.0
-            continue
-        for k in range(num_classes):
-            t = 1.0 if k == cls else 0.0
-            loss, grad = _focal_element(np.float64(logits[r, k]), t, alpha, gamma)
-            total += loss
-            dlogits[r, k] = grad * grad_scale
-    return total
-
-
-@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def _focal_dense_parallel(logits, targets, alpha, gamma, dlogits, num_chunks):
-    """:func:`_focal_dense_range` over ``num_chunks`` equal chunks, one per prange step."""
-    n = logits.shape[0]
-    total = 0.0
-    for c in prange(num_chunks):
-        total += _focal_dense_range(logits, targets, alpha, gamma, dlogits,
-                                    c * n // num_chunks, (c + 1) * n // num_chunks)
-    return total
-
-
-@njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-def _focal_anchor_parallel(logits, anchor_class, alpha, gamma, grad_scale, dlogits, num_chunks):
-    """:func:`_focal_anchor_range` over ``num_chunks`` equal chunks of anchors."""
-    n = logits.shape[0]
-    total = 0.0
-    for c in prange(num_chunks):
-        total += _focal_anchor_range(logits, anchor_class, alpha, gamma, grad_scale, dlogits,
-                                     c * n // num_chunks, (c + 1) * n // num_chunks)
-    return total
-
-
-def _num_chunks(num_logits: int) -> int:
-    """1 (run serially) for small problems, else one chunk per Numba thread."""
-    return 1 if num_logits < _PARALLEL_MIN_LOGITS else numba.get_num_threads()
-
-
-def _focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, grad_scale, dlogits):
-    """Focal loss sum of one image (R, K) with its gradient, serial or parallel by size."""
-    num_chunks = _num_chunks(logits.size)
-    if num_chunks == 1:
-        return _focal_anchor_range(logits, anchor_class, alpha, gamma, grad_scale, dlogits, 0,
-                                   logits.shape[0])
-    return _focal_anchor_parallel(logits, anchor_class, alpha, gamma, grad_scale, dlogits,
-                                  num_chunks)
-
-
-def _alpha_for_kernel(alpha) -> float:
-    """``alpha`` as the kernel expects it: a float in [0, 1], or ``_NO_ALPHA``."""
-    if alpha is None or alpha < 0:
-        return _NO_ALPHA
-    if alpha > 1:
+def _check_focal(alpha, gamma) -> None:
+    """alpha in [0, 1], or None / negative for no weighting; gamma >= 0."""
+    if alpha is not None and alpha > 1:
         raise ValueError(f"alpha must be in [0, 1], or None / negative for no weighting: {alpha}")
-    return float(alpha)
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
 
 
 def sigmoid_focal_loss(
@@ -207,7 +77,9 @@ def sigmoid_focal_loss(
     For t = 1 this is ``-alpha q^gamma (q + gamma p ce)``; for t = 0,
     ``(1 - alpha) p^gamma (p + gamma q ce)`` with ``ce = softplus(x)``. The second term
     vanishes with m (when m = 0 it is taken as 0, also for gamma < 1). The maths runs in
-    float64 from ``exp(-|x|)``, so logits of +-100 give finite losses and gradients.
+    float64 from ``exp(-|x|)``, so logits of +-100 give finite losses and gradients: the
+    element kernel, ``_focal_element`` in ``kernels/cpu/loss.py``, writes this out (its CUDA
+    twin compiles the same Python source for the GPU).
 
     Args:
         logits (ndarray[...]): any shape, float32 or float64.
@@ -223,20 +95,10 @@ def sigmoid_focal_loss(
     targets = np.asarray(targets)
     if logits.shape != targets.shape:
         raise ValueError(f"logits {logits.shape} and targets {targets.shape} differ in shape")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    _check_focal(alpha, gamma)
     if not np.issubdtype(logits.dtype, np.floating):
         logits = logits.astype(np.float64)
-    flat = np.ascontiguousarray(logits).reshape(-1)
-    flat_targets = np.ascontiguousarray(targets, dtype=logits.dtype).reshape(-1)
-    dlogits = np.empty_like(flat)
-    alpha_k, num_chunks = _alpha_for_kernel(alpha), _num_chunks(flat.size)
-    if num_chunks == 1:
-        total = _focal_dense_range(flat, flat_targets, alpha_k, float(gamma), dlogits, 0, flat.size)
-    else:
-        total = _focal_dense_parallel(flat, flat_targets, alpha_k, float(gamma), dlogits,
-                                      num_chunks)
-    return float(total), dlogits.reshape(logits.shape)
+    return backend.kernels_for(logits, targets).sigmoid_focal_loss(logits, targets, alpha, gamma)
 
 
 # --------------------------------------------------------------------------------------
@@ -265,15 +127,9 @@ def smooth_l1_loss(pred: np.ndarray, target: np.ndarray, beta: float = DEFAULT_S
     """
     if beta < 0:
         raise ValueError(f"beta must be >= 0, got {beta}")
-    if beta == 0:
-        return l1_loss(pred, target)
     pred = np.asarray(pred)
-    diff = pred - np.asarray(target, dtype=pred.dtype)
-    abs_diff = np.abs(diff)
-    quadratic = abs_diff < beta
-    loss = np.where(quadratic, 0.5 * diff * diff / beta, abs_diff - 0.5 * beta)
-    dpred = np.where(quadratic, diff / beta, np.sign(diff)).astype(pred.dtype, copy=False)
-    return float(loss.sum(dtype=np.float64)), dpred
+    target = np.asarray(target, dtype=pred.dtype)
+    return backend.kernels_for(pred, target).smooth_l1_loss(pred, target, beta)
 
 
 def l1_loss(pred: np.ndarray, target: np.ndarray):
@@ -285,8 +141,8 @@ def l1_loss(pred: np.ndarray, target: np.ndarray):
         tuple[float, ndarray[...]]: loss sum and d loss / d pred (shape and dtype of ``pred``).
     """
     pred = np.asarray(pred)
-    diff = pred - np.asarray(target, dtype=pred.dtype)
-    return float(np.abs(diff).sum(dtype=np.float64)), np.sign(diff).astype(pred.dtype, copy=False)
+    target = np.asarray(target, dtype=pred.dtype)
+    return backend.kernels_for(pred, target).l1_loss(pred, target)
 
 
 _BOX_LOSSES = {"smooth_l1", "l1"}
@@ -368,9 +224,7 @@ def retina_loss(
     anchors = np.asarray(anchors, dtype=cls_logits.dtype)
     if anchors.shape != (num_anchors, 4):
         raise ValueError(f"anchors must be {(num_anchors, 4)}, got {anchors.shape}")
-    _alpha_for_kernel(alpha)  # checks alpha
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    _check_focal(alpha, gamma)
     box_beta = beta if box_loss == "smooth_l1" else 0.0  # smooth-L1 with beta 0 is L1
 
     # Matching runs on the host, where the anchors and the targets are; the focal and box

@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Sentinels of the (R,) match vector; a value >= 0 is the matched ground-truth index.
-BELOW_LOW_THRESHOLD = -1  # background: classification target all zeros
-BETWEEN_THRESHOLDS = -2  # ignored: no classification or box loss
+# Sentinels of the (R,) match vector (a value >= 0 is the matched ground-truth index); they
+# live with the kernels, which read them, and are re-exported here where they are made.
+from retina_np.kernels.sentinels import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
 
 # The paper's thresholds (section 4, "Training"): foreground at IoU >= 0.5, background < 0.4.
 DEFAULT_FG_IOU_THRESH = 0.5

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from retina_np.detection.matcher import BETWEEN_THRESHOLDS
+from retina_np.kernels.sentinels import BETWEEN_THRESHOLDS
 
 
 def _out_size(n_in, k, stride, padding):

@@ -5,9 +5,10 @@ Run as its own pytest process, with the simulator chosen before numba is importe
     NUMBA_ENABLE_CUDASIM=1 pytest -q tests/cuda
 
 The simulator runs every GPU thread as a Python thread, so the inputs are tiny and the launch
-settings of ``kernels/cuda_config.py`` are shrunk (fixture ``small_launches``, used by every
-test here): tiles of a few elements and blocks of a few threads, so that even tiny inputs
-need several blocks, ragged edge tiles, grid-stride loops and multi-block reductions.
+settings (the ``cuda_*`` fields of ``kernels.options``, explained in ``kernels/cuda/config.py``)
+are shrunk (fixture ``small_launches``, used by every test here): tiles of a few elements and
+blocks of a few threads, so that even tiny inputs need several blocks, ragged edge tiles,
+grid-stride loops and multi-block reductions.
 """
 
 import os
@@ -59,33 +60,33 @@ def _fast_thread_switching():
     sys.setswitchinterval(before)
 
 
-# Tiny launch settings: (name, value) pairs for kernels/cuda_config.py.
+# Tiny launch settings: the cuda_* fields of kernels.options (kernels/cuda/config.py).
 SMALL_LAUNCHES = {
-    "THREADS_1D": 8,
-    "MAX_BLOCKS_1D": 3,  # 24 threads in all: arrays of more elements loop (grid-stride)
-    "REDUCE_THREADS": 4,
-    "REDUCE_MIN_PER_THREAD": 1,
-    "REDUCE_TARGET_BLOCKS": 16,  # several chunks (blocks) per channel
-    "GEMM_TILE_M": 8,
-    "GEMM_TILE_N": 8,
-    "GEMM_TILE_K": 4,
-    "GEMM_THREAD_M": 2,
-    "GEMM_THREAD_N": 2,
-    "SPLIT_K_MIN": 1 << 30,  # no split-K unless a test asks for it
-    "SPLIT_K_TARGET_BLOCKS": 1,
-    "NMS_TILE": 8,
-    "IOU_TILE": 4,
+    "cuda_threads_1d": 8,
+    "cuda_max_blocks_1d": 3,  # 24 threads in all: arrays of more elements loop (grid-stride)
+    "cuda_reduce_threads": 4,
+    "cuda_reduce_min_per_thread": 1,
+    "cuda_reduce_target_blocks": 16,  # several chunks (blocks) per channel
+    "cuda_gemm_tile_m": 8,
+    "cuda_gemm_tile_n": 8,
+    "cuda_gemm_tile_k": 4,
+    "cuda_gemm_thread_m": 2,
+    "cuda_gemm_thread_n": 2,
+    "cuda_split_k_min": 1 << 30,  # no split-K unless a test asks for it
+    "cuda_split_k_target_blocks": 1,
+    "cuda_nms_tile": 8,
+    "cuda_iou_tile": 4,
 }
 
 
 @pytest.fixture(autouse=True)
-def small_launches(monkeypatch):
-    """Shrink every launch setting for the test (a test may monkeypatch further)."""
-    from retina_np.kernels import cuda_config
+def small_launches():
+    """Every launch setting shrunk for the test (a test changes more with ``options(...)``
+    inside); yields the options in force."""
+    from retina_np.kernels import options
 
-    for name, value in SMALL_LAUNCHES.items():
-        monkeypatch.setattr(cuda_config, name, value)
-    return cuda_config
+    with options(**SMALL_LAUNCHES) as shrunk:
+        yield shrunk
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -3,8 +3,8 @@
 The simulator runs kernels as Python, so it never type-checks them for the CUDA target:
 a shared array whose shape is not a compile-time constant, a float64 that sneaks into a
 float32 kernel, or an unsupported call would only fail on real hardware. This script runs
-every host function of ``kernels.cuda`` on host arrays, with ``cuda_launch``'s three
-helpers replaced: allocations are numpy arrays, and each launch compiles its kernel with
+every host function of ``kernels.cuda`` on host arrays, inside ``kernels.cuda.launch.target``
+with a target of its own: allocations are numpy arrays, and each launch compiles its kernel with
 NVVM to PTX for the given compute capability (default sm_90, the H100) instead of running it
 (results are garbage, which the host code does not mind). Needs libNVVM (the CUDA toolkit or
 the nvidia-cuda-nvcc wheel), not a driver. It also checks each launch's block size and
@@ -99,11 +99,15 @@ def _fake_launch(kernel, grid, block, *args):
 def exercise_every_kernel():
     """Call every host function of kernels.cuda in float32 and float64."""
     from retina_np.kernels import cuda as K
-    from retina_np.kernels import cuda_launch
+    from retina_np.kernels.cuda import launch
 
-    cuda_launch.empty = lambda shape, dtype: _host(np.zeros(shape, dtype))
-    cuda_launch.to_device = _host
-    cuda_launch.launch = _fake_launch
+    compile_instead = launch.Target(empty=lambda shape, dtype: _host(np.zeros(shape, dtype)),
+                                    to_device=_host, launch=_fake_launch)
+    with launch.target(compile_instead):
+        _call_every_kernel(K)
+
+
+def _call_every_kernel(K):
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         def arr(*shape, dtype=dtype):
@@ -135,14 +139,15 @@ def exercise_every_kernel():
         K.scale_(z, 0.5)
         K.add_inplace_(z, x)
         K.sgd_update_(z, x, K.zeros_like(x), 0.1, 0.9, 1e-4)
+        K.adamw_update_(z, x, K.zeros_like(x), K.zeros_like(x), 1e-3, 0.9, 0.999, 1e-8, 1e-2, 3)
         K.cast(x, np.float64)
         logits = arr(20, 3)
         K.focal_loss_anchor_classes(logits, _host(np.array([0, -1, -2, 2] * 5)), 0.25, 2.0, 1.0)
-        K.sigmoid_focal_loss(logits, logits)
-        K.smooth_l1_loss(logits, logits)
+        K.sigmoid_focal_loss(logits, logits, 0.25, 2.0)
+        K.smooth_l1_loss(logits, logits, 1 / 9)
         boxes = _host(np.abs(rng.standard_normal((20, 4))).cumsum(1).astype(dtype))
         K.box_iou(boxes, boxes)
-        K.decode_boxes(arr(20, 4), boxes)
+        K.decode_boxes(arr(20, 4), boxes, (1.0, 1.0, 1.0, 1.0), 4.135)
         scores = _host(rng.uniform(size=20).astype(dtype))
         K.nms(boxes, scores, 0.5)
         K.batched_nms(boxes, scores, _host(np.arange(20) % 3), 0.5)

@@ -1,11 +1,13 @@
-"""The implicit-GEMM convolutions (kernels/cuda_conv.py) against kernels.cpu."""
+"""The implicit-GEMM convolutions (kernels/cuda/conv.py) against kernels.cpu."""
 
 import numpy as np
 import pytest
 from cuda_helpers import assert_close, host, to_dev
 
-from retina_np.kernels import cpu, cuda_conv
+from retina_np.kernels import cpu, options
 from retina_np.kernels import cuda as kcuda
+from retina_np.kernels.cuda import config
+from retina_np.kernels.cuda import conv as cuda_conv
 
 # (kernel, stride, padding) on a 7x6 input: odd sizes, stride 2 leaving a ragged last window,
 # padding 0 / 1 / 2, a 1x1 and a 5x5 kernel.
@@ -14,10 +16,8 @@ GEOMETRIES = [(3, 1, 1), (3, 2, 1), (1, 1, 0), (1, 2, 0), (5, 2, 2), (2, 1, 0)]
 # GEMM tiles (TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N): square, and lopsided so that rows
 # and columns get different numbers of ragged tiles.
 TILES = {"8x8x4/2x2": (8, 8, 4, 2, 2), "4x8x2/1x4": (4, 8, 2, 1, 4)}
-
-
-def _set_tiles(cfg, tiles):
-    cfg.GEMM_TILE_M, cfg.GEMM_TILE_N, cfg.GEMM_TILE_K, cfg.GEMM_THREAD_M, cfg.GEMM_THREAD_N = tiles
+TILE_FIELDS = ("cuda_gemm_tile_m", "cuda_gemm_tile_n", "cuda_gemm_tile_k", "cuda_gemm_thread_m",
+               "cuda_gemm_thread_n")
 
 
 def _conv_case(rng, dtype, k, stride, padding, N=2, C=3, F=5, H=7, W=6):
@@ -53,21 +53,20 @@ def test_conv_matches_cpu(small_launches, rng, k, stride, padding):
 
 @pytest.mark.parametrize("tiles", list(TILES.values()), ids=list(TILES))
 def test_conv_other_tiles_and_no_bias(small_launches, rng, tiles):
-    _set_tiles(small_launches, tiles)
     x, w, _, dy = _conv_case(rng, np.float32, 3, 2, 1, N=1, C=4, F=3, H=5, W=7)
-    _check_all_three(x, w, None, dy, 2, 1)
+    with options(**dict(zip(TILE_FIELDS, tiles))):
+        _check_all_three(x, w, None, dy, 2, 1)
 
 
 def test_conv_split_k(small_launches, rng):
     """K cut into several chunks (grid z), the partial products summed by a second kernel."""
-    small_launches.SPLIT_K_MIN = 8
-    small_launches.SPLIT_K_TARGET_BLOCKS = 64
     x, w, b, dy = _conv_case(rng, np.float32, 3, 1, 1)
     L = 7 * 6
-    for M, N, K in [(5, 2 * L, 3 * 9), (3, 2 * 7 * 6, 5 * 9), (5, 3 * 9, 2 * L)]:
-        splits, _ = cuda_conv._split_k(M, N, K, *small_launches.gemm_config()[:3])
-        assert splits > 1
-    _check_all_three(x, w, b, dy, 1, 1)
+    with options(cuda_split_k_min=8, cuda_split_k_target_blocks=64):
+        for M, N, K in [(5, 2 * L, 3 * 9), (3, 2 * 7 * 6, 5 * 9), (5, 3 * 9, 2 * L)]:
+            splits, _ = cuda_conv._split_k(M, N, K, *config.gemm_config()[:3])
+            assert splits > 1
+        _check_all_three(x, w, b, dy, 1, 1)
 
 
 def test_conv_float64(small_launches, rng):
@@ -76,10 +75,9 @@ def test_conv_float64(small_launches, rng):
 
 
 def test_bad_tile_settings_are_refused(small_launches, rng):
-    small_launches.GEMM_TILE_N = 6  # not a multiple of THREAD_N
-    small_launches.GEMM_THREAD_N = 4
     x, w, b, _ = _conv_case(rng, np.float32, 1, 1, 0, N=1, C=1, F=1, H=2, W=2)
-    with pytest.raises(ValueError, match="GEMM"):
+    not_a_multiple = options(cuda_gemm_tile_n=6, cuda_gemm_thread_n=4)  # of THREAD_N
+    with not_a_multiple, pytest.raises(ValueError, match="GEMM"):
         kcuda.conv2d_forward(to_dev(x), to_dev(w), to_dev(b), 1, 0)
 
 

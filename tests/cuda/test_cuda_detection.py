@@ -1,16 +1,15 @@
-"""Detection kernels on the GPU (kernels/cuda_detection.py) against retina_np.detection."""
+"""Loss and detection kernels on the GPU (kernels/cuda/loss.py, cuda/detection.py) against
+retina_np.detection and kernels.cpu."""
+
+import math
 
 import numpy as np
 import pytest
 from cuda_helpers import assert_close, host, to_dev
 
 from retina_np.detection import batched_nms, box_iou, decode_boxes, nms
-from retina_np.detection.losses import (
-    _focal_loss_anchor_classes,
-    l1_loss,
-    sigmoid_focal_loss,
-    smooth_l1_loss,
-)
+from retina_np.detection.boxes import DEFAULT_BOX_CODER_WEIGHTS
+from retina_np.detection.losses import l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from retina_np.detection.matcher import BELOW_LOW_THRESHOLD, BETWEEN_THRESHOLDS
 from retina_np.kernels import cpu, reference
 from retina_np.kernels import cuda as kcuda
@@ -31,8 +30,7 @@ def test_focal_loss_anchor_classes(small_launches, rng, dtype):
     anchor_class[[1, 4]] = BELOW_LOW_THRESHOLD
     anchor_class[[2, 7]] = BETWEEN_THRESHOLDS
     alpha, gamma, scale = 0.25, 2.0, 0.5
-    want_grad = np.empty_like(logits)
-    want = _focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, scale, want_grad)
+    want, want_grad = cpu.focal_loss_anchor_classes(logits, anchor_class, alpha, gamma, scale)
     got, got_grad = kcuda.focal_loss_anchor_classes(to_dev(logits), to_dev(anchor_class), alpha,
                                                     gamma, scale)
     assert got == pytest.approx(want, rel=1e-12)
@@ -80,17 +78,19 @@ def test_decode_boxes(small_launches, rng):
     anchors = _random_boxes(rng, 10)
     deltas = rng.normal(0, 0.5, (10, 4)).astype(np.float32)
     deltas[0, 2:] = 10.0  # above the clamp log(1000/16)
-    got = host(kcuda.decode_boxes(to_dev(deltas), to_dev(anchors)))
+    clamp = math.log(1000.0 / 16)  # detection.decode_boxes' default
+    got = host(kcuda.decode_boxes(to_dev(deltas), to_dev(anchors), DEFAULT_BOX_CODER_WEIGHTS,
+                                  clamp))
     np.testing.assert_allclose(got, decode_boxes(deltas, anchors), rtol=1e-6, atol=1e-4)
     weights = (10.0, 10.0, 5.0, 5.0)
-    got = host(kcuda.decode_boxes(to_dev(deltas), to_dev(anchors), weights))
+    got = host(kcuda.decode_boxes(to_dev(deltas), to_dev(anchors), weights, clamp))
     np.testing.assert_allclose(got, decode_boxes(deltas, anchors, weights), rtol=1e-6, atol=1e-4)
 
 
 @pytest.mark.parametrize("max_keep", [None, 5])
 @pytest.mark.parametrize("threshold", [0.3, 0.5])
 def test_nms_bitmask_matches_greedy_cpu(small_launches, rng, threshold, max_keep):
-    n = 27  # 4 tiles of 8 boxes (small_launches.NMS_TILE), the last one ragged
+    n = 27  # 4 tiles of 8 boxes (small_launches.cuda_nms_tile), the last one ragged
     boxes = _random_boxes(rng, n, span=40.0)
     scores = rng.uniform(0, 1, n).astype(np.float32)
     scores[5] = scores[9] = scores[20]  # ties keep input order

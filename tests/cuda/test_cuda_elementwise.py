@@ -1,4 +1,6 @@
-"""Elementwise CUDA kernels and the in-place utilities (kernels/cuda_elementwise.py)."""
+"""Elementwise CUDA kernels (kernels/cuda/elementwise.py), batch norm's apply and statistics
+update (cuda/norm.py), the heads' layout (cuda/layout.py) and the in-place utilities
+(cuda/optim.py)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Group norm on the GPU (kernels/cuda_norm.py) against kernels.cpu: several blocks per group
+"""Group norm on the GPU (kernels/cuda/norm.py) against kernels.cpu: several blocks per group
 and per plane (the tiny launch settings of conftest.py), then the op pair and the layer on
 device arrays."""
 
@@ -7,8 +7,9 @@ import pytest
 from cuda_helpers import assert_close, host, to_dev
 
 from retina_np import backend, ops
-from retina_np.kernels import cpu, cuda_reduce
+from retina_np.kernels import cpu
 from retina_np.kernels import cuda as kcuda
+from retina_np.kernels.cuda import reduce as cuda_reduce
 from retina_np.nn import GroupNorm
 
 

@@ -85,3 +85,24 @@ def test_relu_maxpool_upsample_add_ops(small_launches, rng):
     np.testing.assert_array_equal(host(yd), y)
     da, db = ops.add_backward(yd, cd)
     assert da is yd and db is yd
+
+
+def test_launches_go_to_the_current_target_and_back(small_launches):
+    """``launch.target`` (what ptx_check.py compiles through) sees every allocation and launch
+    of the block, and numba.cuda gets them again afterwards, also after an error."""
+    from retina_np.kernels.cuda import launch
+
+    allocated, launched = [], []
+    recording = launch.Target(
+        empty=lambda shape, dtype: allocated.append(shape) or launch.NUMBA.empty(shape, dtype),
+        to_device=launch.NUMBA.to_device,
+        launch=lambda kernel, grid, block, *args: launched.append(kernel),
+    )
+    x = to_dev(np.array([-1.0, 2.0, -3.0, 4.0], np.float32))
+    with launch.target(recording):
+        kcuda.relu_forward(x)
+    assert allocated == [(4,)] and len(launched) == 1
+    with pytest.raises(KeyError), launch.target(recording):
+        raise KeyError("inside the block")
+    np.testing.assert_array_equal(host(kcuda.relu_forward(x)), [0.0, 2.0, 0.0, 4.0])
+    assert len(launched) == 1

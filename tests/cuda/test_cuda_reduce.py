@@ -1,12 +1,14 @@
-"""Per-channel reductions (kernels/cuda_reduce.py): several blocks per channel, then a second
-pass; compared with kernels.cpu."""
+"""Per-channel reductions (kernels/cuda/reduce.py): several blocks per channel, then a second
+pass; the kernels built on them (bias gradient, batch-norm statistics and backward, the
+gradient norm) compared with kernels.cpu."""
 
 import numpy as np
 import pytest
 from cuda_helpers import assert_close, host, to_dev
 
-from retina_np.kernels import cpu, cuda_reduce, reference
+from retina_np.kernels import cpu, options, reference
 from retina_np.kernels import cuda as kcuda
+from retina_np.kernels.cuda import reduce as cuda_reduce
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 6), (3, 2, 1, 1), (1, 3, 2, 5)])
@@ -52,8 +54,7 @@ def test_batchnorm_forward_and_backward(small_launches, rng, dtype, relu):
 
 
 def test_reduce_threads_must_be_a_power_of_two(small_launches, rng):
-    small_launches.REDUCE_THREADS = 6
-    with pytest.raises(ValueError, match="power of two"):
+    with options(cuda_reduce_threads=6), pytest.raises(ValueError, match="power of two"):
         kcuda.bias_backward(to_dev(np.ones((1, 2, 3, 3), np.float32)))
 
 

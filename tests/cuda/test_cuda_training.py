@@ -7,6 +7,7 @@ from cuda_helpers import assert_close, host, to_dev
 
 from retina_np import backend
 from retina_np.detection import retina_loss
+from retina_np.kernels import options
 from retina_np.models import RetinaNet, RetinaNetConfig
 from retina_np.nn import BatchNorm2d, Parameter
 from retina_np.optim import SGD, clip_grad_norm, grad_norm
@@ -73,14 +74,21 @@ def test_grad_norm_and_clipping_on_device(small_launches, rng):
 # GEMM tiles all run.
 STEP_IMAGE_HW = (16, 16)
 STEP_LAUNCHES = {
-    "THREADS_1D": 4,
-    "MAX_BLOCKS_1D": 2,
-    "GEMM_TILE_M": 16,
-    "GEMM_TILE_N": 8,
-    "GEMM_TILE_K": 8,
-    "GEMM_THREAD_M": 4,
-    "GEMM_THREAD_N": 4,
+    "cuda_threads_1d": 4,
+    "cuda_max_blocks_1d": 2,
+    "cuda_gemm_tile_m": 16,
+    "cuda_gemm_tile_n": 8,
+    "cuda_gemm_tile_k": 8,
+    "cuda_gemm_thread_m": 4,
+    "cuda_gemm_thread_n": 4,
 }
+
+
+@pytest.fixture
+def step_launches(small_launches):
+    """The launch settings of the training step, on top of the small ones, for the test."""
+    with options(**STEP_LAUNCHES) as settings:
+        yield settings
 # At 16x16 pixels and batch 2, C4 and C5 are 1x1: their BatchNorms would normalise 2 values per
 # channel, an output of +-1 whatever the input, whose input gradient is float32 rounding noise
 # times 1/std (CPU and GPU then differ by 1e-3 for reasons that have nothing to do with the
@@ -97,7 +105,7 @@ def _tiny_model(config):
     return model
 
 
-def test_training_step_on_device_equals_cpu(small_launches, monkeypatch, rng):
+def test_training_step_on_device_equals_cpu(step_launches, monkeypatch, rng):
     """One train_step (forward, loss, backward, clipped SGD update) of RetinaNetConfig.tiny():
     the CPU model and a .to("cuda") copy give the same losses, gradients and parameters, and
     only the float64 partial sums of the losses and of the gradient norm are copied to the host.
@@ -110,8 +118,6 @@ def test_training_step_on_device_equals_cpu(small_launches, monkeypatch, rng):
     multiply-adds), 1e-6 absolute for parameters after the update (the median update here is
     7.6e-5, the largest 5.5e-3, so a wrong learning rate, momentum or weight decay shows).
     """
-    for name, value in STEP_LAUNCHES.items():
-        monkeypatch.setattr(small_launches, name, value)
     config = RetinaNetConfig.tiny(2)
     images = rng.standard_normal((2, 3, *STEP_IMAGE_HW)).astype(np.float32)
     targets = _targets(rng, [1, 2], STEP_IMAGE_HW, config.num_classes)

@@ -16,7 +16,7 @@ from retina_np.detection import (
     sigmoid_focal_loss,
     smooth_l1_loss,
 )
-from retina_np.detection import losses as losses_module
+from retina_np.kernels.cpu import loss as loss_kernels
 
 # Central differences in float64: truncation error ~ h^2 * f''' and rounding error
 # ~ 1e-16 * |f| / h are both ~1e-10 here, far below the 1e-6 the check allows.
@@ -111,7 +111,7 @@ def test_focal_parallel_path_equals_serial_path():
     rng = np.random.default_rng(12)
     x = rng.normal(0, 4, (300, 300))
     t = (rng.random((300, 300)) < 0.1).astype(np.float64)
-    assert x.size >= losses_module._PARALLEL_MIN_LOGITS > 30 * 300
+    assert x.size >= loss_kernels._PARALLEL_MIN_LOGITS > 30 * 300
     loss, grad = sigmoid_focal_loss(x, t)
     pieces = [sigmoid_focal_loss(x[i : i + 30], t[i : i + 30]) for i in range(0, 300, 30)]
     np.testing.assert_allclose(loss, sum(p[0] for p in pieces), rtol=1e-13)

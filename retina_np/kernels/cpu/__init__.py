@@ -12,7 +12,7 @@ idea, mirrored by ``kernels/cuda/``:
     elementwise.py  ReLU, add, max pooling, nearest upsampling
     optim.py        new arrays, in-place updates, SGD and AdamW steps, the gradient norm
     layout.py       the heads' outputs between levels and one row per anchor
-    loss.py         the per-image focal and box loss kernels
+    loss.py         the focal loss (its element formula), smooth-L1 and L1, per image and dense
     detection.py    box IoU, box decoding, NMS
 
 and, with no CUDA twin: ``plan.py`` (which algorithm a convolution takes, and why),
@@ -35,6 +35,7 @@ from retina_np.kernels.cpu.conv_joint import (
     join_levels,
     split_levels,
 )
+from retina_np.kernels.cpu.detection import batched_nms, box_iou, decode_boxes, nms
 from retina_np.kernels.cpu.elementwise import (
     add_forward,
     maxpool2d_backward,
@@ -45,7 +46,13 @@ from retina_np.kernels.cpu.elementwise import (
     upsample_nearest_forward,
 )
 from retina_np.kernels.cpu.layout import levels_layout, levels_to_rows, rows_to_levels
-from retina_np.kernels.cpu.loss import box_loss_rows, focal_loss_anchor_classes
+from retina_np.kernels.cpu.loss import (
+    box_loss_rows,
+    focal_loss_anchor_classes,
+    l1_loss,
+    sigmoid_focal_loss,
+    smooth_l1_loss,
+)
 from retina_np.kernels.cpu.norm import (
     batchnorm2d_backward,
     batchnorm2d_eval_stats,
@@ -81,4 +88,6 @@ __all__ = [
     "empty_like", "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "adamw_update_",
     "sum_squares", "levels_to_rows", "rows_to_levels", "levels_layout",
     "focal_loss_anchor_classes", "box_loss_rows",
+    "sigmoid_focal_loss", "smooth_l1_loss", "l1_loss",
+    "box_iou", "decode_boxes", "nms", "batched_nms",
 ]

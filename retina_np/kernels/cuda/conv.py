@@ -41,6 +41,7 @@ device, so the inner loading loop has no integer division. Known waste: with str
 work on stride-2 layers; the cure is s^2 dense GEMMs, one per output phase).
 
 Products accumulate in the input dtype (as cuDNN does for float32); float64 works the same.
+The bias gradient, ``bias_backward``, is a per-channel sum of dy (``reduce.py``).
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ import numba
 import numpy as np
 from numba import cuda, float64
 
-from retina_np.kernels import cuda_config
-from retina_np.kernels import cuda_launch as cl
+from retina_np.kernels.cuda import config
+from retina_np.kernels.cuda import launch as cl
+from retina_np.kernels.cuda.elementwise import cast
+from retina_np.kernels.cuda.reduce import SUM, channel_sums, stand_in
 
 # Layout of the ``geo`` tuple of ints that every index function receives.
 G_M, G_N, G_K, G_KCHUNK, G_OUT_SIZE, G_HAS_BIAS = 0, 1, 2, 3, 4, 5
@@ -289,16 +292,16 @@ def _sum_splits_kernel(partial, splits, out):
 
 def _split_k(M: int, N: int, K: int, bm: int, bn: int, bk: int) -> tuple[int, int]:
     """(splits, chunk): cut K when the M x N tiles alone would leave the GPU idle."""
+    split_min, target_blocks = config.split_k_config()
     tiles = cl.ceil_div(M, bm) * cl.ceil_div(N, bn)
-    splits = max(1, min(cl.ceil_div(K, cuda_config.SPLIT_K_MIN),
-                        cl.ceil_div(cuda_config.SPLIT_K_TARGET_BLOCKS, tiles)))
+    splits = max(1, min(cl.ceil_div(K, split_min), cl.ceil_div(target_blocks, tiles)))
     chunk = max(bk, cl.ceil_div(cl.ceil_div(K, splits), bk) * bk)  # whole K tiles per split
     return max(1, cl.ceil_div(K, chunk)), chunk
 
 
 def _run_gemm(direction, A, B, table, bias, out, M, N, K, shape_geo):
     """C = A @ B through the direction's index maps into ``out`` (flat), split-K if it helps."""
-    bm, bn, bk, tm, tn = cuda_config.gemm_config()
+    bm, bn, bk, tm, tn = config.gemm_config()
     dtype = np.dtype(out.dtype)
     splits, chunk = _split_k(M, N, K, bm, bn, bk)
     has_bias = bias is not None
@@ -348,11 +351,11 @@ def _shape_geo(C, H, W, F, Ho, Wo, kh, kw, stride, padding):
 
 
 # ----------------------------------------------------------------------------- the contract
-def conv2d_forward(x, w, b, stride, padding, columns=None):
+def conv2d_forward(x, w, b, stride, padding, workspace=None):
     """x (N, C, H, W), w (F, C, kh, kw), b (F,) or None -> y (N, F, Ho, Wo).
 
-    columns: as in cpu.py; this version keeps nothing in it (the GEMM kernels read x
-    directly, nothing is unfolded).
+    workspace: as in kernels/cpu/conv.py; this version keeps nothing in it (the GEMM kernels
+    read x directly, nothing is unfolded).
     """
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
@@ -377,10 +380,10 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     return dx
 
 
-def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
+def conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None):
     """dy (N, F, Ho, Wo), x (N, C, H, W) -> dw (F, C, kh, kw).
 
-    columns: as in cpu.py; not used here (x is read directly).
+    workspace: as in kernels/cpu/conv.py; not used here (x is read directly).
     """
     N, F, Ho, Wo = dy.shape
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -391,3 +394,9 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, columns=None):
                   F, C * kh * kw, N * Ho * Wo,
                   _shape_geo(C, H, W, F, Ho, Wo, kh, kw, stride, padding))
     return dw
+
+
+def bias_backward(dy):
+    """dy (N, F, Ho, Wo) -> db (F,), summed in float64 (``reduce.py``'s per-channel sums)."""
+    s0, _ = channel_sums(dy, dy, stand_in(dy), stand_in(dy), SUM)
+    return cast(s0, dy.dtype)
