@@ -101,7 +101,7 @@ def test_a_scheduled_step_gives_the_bits_of_the_plain_one(two_cores, monkeypatch
     picks, depend on its thread count): the plain step with Numba and BLAS on one thread;
     the scheduled one with Numba on two, so that two tasks run side by side with one each,
     while the tiny model's small backbone kernels go to one thread by themselves
-    (``threads.serial_when_small``)."""
+    (``threads.budget``)."""
     rng = np.random.default_rng(0)
     images = rng.normal(size=(3, 3, 64, 64)).astype(dtype)  # loss halves of 2 and 1 images
     targets = _targets(rng, 3)

@@ -3,7 +3,7 @@ kernel module ``k`` (``kernels.cpu`` or ``kernels.cuda``): one call of the singl
 kernels per pyramid level, the weight and bias gradients summed over the levels.
 
 The CUDA kernels use these as they are (a level is one launch of the implicit GEMM, which
-builds no matrix); ``kernels/cpu.py`` joins the levels into one GEMM instead and falls back on
+builds no matrix); ``kernels/cpu/`` joins the levels into one matrix, a Joint, and falls back on
 these where the joint unfolded matrix would be too large.
 """
 

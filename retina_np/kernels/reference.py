@@ -1,6 +1,6 @@
 """Reference kernels: plain Python loops, slow and obviously right (see ``kernels/__init__.py``).
 
-The teaching oracle: every fast kernel in ``cpu.py`` and ``cuda.py`` must agree with these.
+The teaching oracle: every fast kernel in ``cpu/`` and ``cuda/`` must agree with these.
 Each output element is written the way the maths defines it, summing in Python floats
 (float64), and the result is returned in the input's dtype. Only for small arrays.
 """

@@ -11,7 +11,7 @@ step on 2 cores that made the step clearly faster (docs/performance.md, "Kernel 
 
 The BLAS thread count is process-wide, so it is lowered while the tasks run and set back
 afterwards (through threadpoolctl); Numba's is per thread (``numba.set_num_threads``). The
-kernels release the GIL (``nogil=True`` in ``cpu.py``), so the threads run at once.
+kernels release the GIL (``nogil=True`` in ``cpu/``), so the threads run at once.
 Results are the same numbers either way, up to the rounding of the weight-gradient GEMMs,
 whose sums OpenBLAS splits differently with a different number of threads.
 

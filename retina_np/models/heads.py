@@ -30,7 +30,7 @@ def _head_conv(cin, cout, std, rng, bias=0.0):
 def to_rows(x, per_anchor):
     """(N, A*P, H, W) -> (N, H*W*A, P): rows ordered y, x, anchor; channel index a*P + p.
 
-    One level of the kernel ``levels_to_rows`` (in ``kernels/cpu.py``: a reshape to
+    One level of the kernel ``levels_to_rows`` (in ``kernels/cpu/layout.py``: a reshape to
     (N, A, P, H, W) and one transpose to (N, H, W, A, P)).
     """
     return backend.kernels_for(x).levels_to_rows([x], per_anchor)
