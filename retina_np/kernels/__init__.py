@@ -67,8 +67,8 @@ the CPU where the matrix would be too large), ``split_levels`` gives the list ba
 The optimizer, the heads' layout and the loss use (both backends): ``empty_like``,
 ``zeros_like``, ``fill_``, ``scale_``, ``add_inplace_``, ``sgd_update_``, ``adamw_update_``,
 ``sum_squares``, ``levels_to_rows``, ``rows_to_levels``, ``levels_layout``,
-``focal_loss_anchor_classes``, ``box_loss_rows``; and detection: ``box_iou``,
-``decode_boxes``, ``nms``, ``batched_nms``.
+``focal_loss_anchor_classes``, ``box_loss_rows``, ``sigmoid_focal_loss``, ``smooth_l1_loss``,
+``l1_loss``; and detection: ``box_iou``, ``decode_boxes``, ``nms``, ``batched_nms``.
 """
 
 from retina_np.kernels.tunables import Options, options
