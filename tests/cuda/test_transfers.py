@@ -114,24 +114,36 @@ def _watch_simulator(patch, log):
 
 
 def _watch_gpu(patch, log):
-    from numba.cuda.cudadrv import driver
+    from numba.cuda.cudadrv import devicearray, driver
 
     host_to_device, device_to_host = driver.host_to_device, driver.device_to_host
 
+    def described(device, host):
+        """(dtype, shape) of a copy, read off the device array where there is one: the host
+        side of copy_to_host is a flat byte buffer."""
+        if hasattr(device, "dtype") and hasattr(device, "shape"):
+            return np.dtype(device.dtype), tuple(device.shape)
+        if isinstance(host, np.ndarray):
+            return host.dtype, host.shape
+        return np.dtype(np.uint8), (0,)  # a raw pointer: kind unknown, still counted
+
     def watched_host_to_device(dst, src, size, *args, **kwargs):
-        a = np.asarray(src) if isinstance(src, np.ndarray) else np.empty(0, np.uint8)
-        log.append(Transfer(H2D, a.dtype, a.shape, _caller()))
+        log.append(Transfer(H2D, *described(dst, src), _caller()))
         return host_to_device(dst, src, size, *args, **kwargs)
 
     def watched_device_to_host(dst, src, size, *args, **kwargs):
-        a = np.asarray(dst) if isinstance(dst, np.ndarray) else np.empty(0, np.uint8)
-        log.append(Transfer(D2H, a.dtype, a.shape, _caller()))
+        log.append(Transfer(D2H, *described(src, dst), _caller()))
         return device_to_host(dst, src, size, *args, **kwargs)
 
     patch.setattr(driver, "host_to_device", watched_host_to_device)
     patch.setattr(driver, "device_to_host", watched_device_to_host)
     # A host array passed to a kernel is copied in and out without either function: numba
-    # warns about it, and here the warning fails the step.
+    # warns about it (when its config says so, as by default), and here the warning fails
+    # the step.
+    config = getattr(devicearray, "config", None)
+    if config is not None and hasattr(config, "CUDA_WARN_ON_IMPLICIT_COPY"):
+        patch.setattr(config, "CUDA_WARN_ON_IMPLICIT_COPY", 1)
+        patch.setattr(config, "DISABLE_PERFORMANCE_WARNINGS", 0, raising=False)
     warnings.filterwarnings("error", message="Host array used in CUDA kernel")
 
 
