@@ -264,8 +264,13 @@ fi
 TEST_ARGS=(-v -p no:cacheprovider -rfEs --durations=10)
 if "$PY" -c 'import pytest_timeout' 2>/dev/null; then TEST_ARGS+=(--timeout=100); fi
 # shellcheck disable=SC2086  # TESTS is a list of pytest arguments
-stage tests 170 "$OUT_DIR/tests.log" \
-    env "${CUDA_ENV[@]}" PYTHONPATH="$RUN_PATH" "$PY" -m pytest "${TEST_ARGS[@]}" $TESTS
+if stage tests 170 "$OUT_DIR/tests.log" \
+    env "${CUDA_ENV[@]}" PYTHONPATH="$RUN_PATH" "$PY" -m pytest "${TEST_ARGS[@]}" $TESTS &&
+    ! grep -q -E '^=+ .*[0-9]+ passed' "$OUT_DIR/tests.log"; then
+    # tests/cuda skips everything where numba.cuda finds no GPU: that is no pass
+    RESULTS[-1]="${RESULTS[-1]/passed/FAILED} (rc 0, but no test passed)"
+    FAILED=1
+fi
 
 # 3. the benchmark
 stage bench 120 "$OUT_DIR/bench.log" \
@@ -316,6 +321,8 @@ def load(path):
     try:
         with open(path) as f:
             return json.load(f)
+    except FileNotFoundError:
+        return {"missing": "no file (not run, or stopped before it wrote one)"}
     except (OSError, ValueError) as exc:
         return {"missing": f"{path}: {exc}"}
 
