@@ -34,7 +34,8 @@
 #
 # Environment: OUT (output folder), PYTHON (default python3: on the GPU machine, the Python
 # that has numba-cuda and torch), GPU_CHECK_BUDGET (seconds), GPU_CHECK_DEMO_MINUTES
-# (default 3), GPU_CHECK_TESTS (pytest arguments, default tests/cuda), GPU_CHECK_WHEELS, and
+# (default 3), GPU_CHECK_TESTS (pytest arguments, default tests/cuda), GPU_CHECK_WORKERS (pytest
+# processes where pytest-xdist is installed, default 6; 1 under --sim), GPU_CHECK_WHEELS, and
 # GPU_CHECK_STAGES (default "tests bench demo"; the setup always runs): a second call can rerun
 # only the stages that the first could not finish.
 
@@ -91,6 +92,7 @@ if [ "$SIM" = 1 ]; then
     TESTS=${GPU_CHECK_TESTS:-tests/cuda/test_transfers.py tests/cuda/test_cuda_reduce.py}
     DEMO_ARGS=(--device cpu --train-images 16 --val-images 8 --batch-size 2)
     CUDA_ENV=(NUMBA_ENABLE_CUDASIM=1)
+    WORKERS=${GPU_CHECK_WORKERS:-1}
 else
     BUDGET=${GPU_CHECK_BUDGET:-460}
     DEMO_MINUTES=${GPU_CHECK_DEMO_MINUTES:-3}
@@ -101,6 +103,7 @@ else
     TESTS=${GPU_CHECK_TESTS:-tests/cuda}
     DEMO_ARGS=(--device cuda)
     CUDA_ENV=(RETINA_NP_GPU=1)  # tests/conftest.py collects tests/cuda only with a GPU or sim
+    WORKERS=${GPU_CHECK_WORKERS:-6}
 fi
 DEADLINE=$((SECONDS + BUDGET))
 STAGES="env install ${GPU_CHECK_STAGES:-tests bench demo}"  # setup always runs
@@ -260,9 +263,13 @@ else
 fi
 
 # 2. the CUDA tests (a time limit per test too, where pytest-timeout is there)
-# -v names each test as it starts: a run stopped by its time limit shows which one hung.
+# -v: a line per test, so a run stopped by its time limit shows how far it got (and, in one
+# process, which test hung; pytest-timeout prints the stack of a test that outlives its limit).
 TEST_ARGS=(-v -p no:cacheprovider -rfEs --durations=10)
 if "$PY" -c 'import pytest_timeout' 2>/dev/null; then TEST_ARGS+=(--timeout=100); fi
+# Compiling the kernels is most of the tests' time on a GPU, one CPU core per process: several
+# pytest processes (pytest-xdist) share it out.
+if ((WORKERS > 1)) && "$PY" -c 'import xdist' 2>/dev/null; then TEST_ARGS+=(-n "$WORKERS"); fi
 # shellcheck disable=SC2086  # TESTS is a list of pytest arguments
 if stage tests 170 "$OUT_DIR/tests.log" \
     env "${CUDA_ENV[@]}" PYTHONPATH="$RUN_PATH" "$PY" -m pytest "${TEST_ARGS[@]}" $TESTS &&
