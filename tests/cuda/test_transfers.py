@@ -54,7 +54,7 @@ H2D, D2H = "host->device", "device->host"
 
 
 class Transfer(collections.namedtuple("Transfer", "direction dtype shape where")):
-    """One copy: its direction, the host array's dtype and shape, and the package lines that
+    """One copy: its direction, the dtype and shape of the array copied, and the package lines that
     asked for it (the two innermost frames in retina_np)."""
 
     def kind(self):
