@@ -77,6 +77,7 @@ mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 rm -f "$OUT_DIR"/{summary.txt,setup.log,tests.log,bench.log,bench.json,demo.log,demo.tar.gz}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
 SITE=$WORK/site  # the installed package and the carried wheels
 export PY REPO WORK SITE WHEELS SIM
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -360,6 +361,5 @@ EOF
     echo "files: $(cd "$OUT_DIR" && ls | tr '\n' ' ')"
 } 2>&1 | tee "$OUT_DIR/summary.txt"
 
-rm -rf "$WORK"
 exit $FAILED
 }
