@@ -18,7 +18,7 @@
 
 Times are medians of CUDA-event timings after a warm-up call (which compiles the kernel).
 Without a GPU (or under NUMBA_ENABLE_CUDASIM, where timings mean nothing) it says so and
-exits 0.
+exits 0; ``--json`` then writes ``{"skipped": reason}``.
 """
 
 from __future__ import annotations
@@ -318,28 +318,37 @@ def main(argv=None) -> int:
     cuda, reason = _gpu_or_reason()
     if cuda is None:
         print(f"bench_cuda: no GPU to measure ({reason}); nothing to do.")
+        if args.json:  # a file is still written, so that a script reading it says why
+            Path(args.json).write_text(json.dumps({"skipped": reason}, indent=1))
         return 0
     repeat = 5 if args.quick else 20
     report = {}
+
+    def save():  # after every section: a run stopped half-way still leaves what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1))
+
     print("ceilings")
     report["ceilings"] = ceil_ = measure_ceilings(cuda, repeat)
+    save()
     print(f"  {ceil_['device']} (sm_{ceil_['cc'][0]}{ceil_['cc'][1]}, {ceil_['sms']} SMs): "
           f"float32 FMA peak {ceil_['peak_gflops_fp32']:.0f} GFLOP/s, "
           f"copy {ceil_['copy_gbs']:.0f} GB/s")
     shapes = conv_shapes(args.quick)
     print("convolutions, float32 (ours: implicit GEMM)")
     report["convs"] = bench_convs(cuda, shapes, repeat, ceil_["peak_gflops_fp32"])
+    save()
     print("memory-bound kernels, float32, (8, 64, 128, 128)")
     report["memory_bound"] = bench_memory_bound(cuda, repeat, ceil_["copy_gbs"])
+    save()
     print("torch cuDNN, float32, TF32 off (0) and on (1)")
     report["torch"] = bench_torch(args.torch_python, shapes, repeat, ceil_["peak_gflops_fp32"])
+    save()
     if not args.no_train_step:
         print("training step, shapes preset")
         report["train_step"] = bench_train_step(cuda, 2 if args.quick else 5)
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        save()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
