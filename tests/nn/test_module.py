@@ -53,6 +53,24 @@ def test_load_state_dict_reports_every_problem_at_once():
     assert result["missing"] == ["3.bias"]
 
 
+def test_torch_batch_counters_load_and_other_mismatches_are_still_reported():
+    # torch.nn.BatchNorm2d writes "num_batches_tracked"; ours keeps no such counter.
+    a, b = small_net(0), small_net(1)
+    state = {**a.state_dict(), "1.num_batches_tracked": np.array(17, np.int64)}
+    result = b.load_state_dict(state)
+    assert result == {"missing": [], "unexpected": [], "ignored": ["1.num_batches_tracked"]}
+    for key, value in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[key], value)
+    # ... but only under a batch norm, and every other mismatch is still reported at once.
+    state["0.num_batches_tracked"] = np.array(3, np.int64)  # module 0 is a convolution
+    state["3.bias"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError) as err:
+        b.load_state_dict(state)
+    text = str(err.value)
+    assert "(2 problem(s))" in text and "0.num_batches_tracked: not a parameter" in text
+    assert "3.bias: checkpoint has shape (5,)" in text and "1.num_batches_tracked" not in text
+
+
 def test_backward_accumulates_parameter_gradients(rng):
     net = small_net()
     x = rng.normal(size=(2, 3, 5, 5)).astype(np.float32)
