@@ -3,6 +3,8 @@
 A run directory holds ``log.jsonl`` (one record per step), ``last.npz`` (the latest checkpoint,
 always replaced atomically) and ``final.npz``. Data order and flips depend only on the seed and
 the step, so ``resume=True`` continues with exactly the losses an uninterrupted run would have.
+Checkpoints also keep the training time spent so far, so that a run capped by ``max_minutes``
+keeps its clock (and its cosine schedule, which follows the clock) across a resume.
 """
 
 from __future__ import annotations
@@ -149,24 +151,29 @@ def train(
     optimizer = cfg.make_optimizer(model.named_parameters())
     schedule = cfg.schedule()
     step = 0
+    spent_before = 0.0  # seconds of training in earlier calls (resume)
     log_path = out / "log.jsonl"
     if resume:
         ckpt = load_checkpoint(out / "last.npz")
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer_state)
         step = ckpt.step
+        spent_before = float(ckpt.extra.get("train_seconds", 0.0))
         _truncate_log(log_path, step)
     elif log_path.exists():
         log_path.unlink()
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def checkpoint(path_name: str) -> None:
-        save_checkpoint(
-            out / path_name, model, optimizer, step=step, extra={"train_config": asdict(cfg)}
-        )
+        extra = {"train_config": asdict(cfg), "train_seconds": time.perf_counter() - start}
+        save_checkpoint(out / path_name, model, optimizer, step=step, extra=extra)
 
     records = []
-    start, first_step = time.perf_counter(), step
+    # The clock of the whole run: a resumed run goes on from the time already spent, so that
+    # max_minutes and a cosine schedule that follows it do not start over. A checkpoint from
+    # before train_seconds was kept has no time: its steps are left out of the rate estimate.
+    start = time.perf_counter() - spent_before
+    first_step = 0 if spent_before > 0 else step
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")
     # The next batch is drawn in a background thread while the current step computes: drawing
     # and decoding images is mostly numpy work that releases the GIL. Only that thread touches

@@ -112,6 +112,42 @@ def test_time_capped_cosine_run_follows_the_clock_and_keeps_a_final_checkpoint(
     assert lrs[-1] < 0.1 * lrs[0]
 
 
+def test_resumed_time_capped_run_keeps_its_clock(tmp_path, data, monkeypatch):
+    """The demo's recipe (cosine following a max_minutes clock), interrupted and resumed: the
+    learning rate goes on down from where it was and the run ends where the clock says, as
+    if it had not been interrupted (a new process's clock starts anywhere)."""
+    import retina_np.train as train_module
+
+    now = [0.0]
+
+    def perf_counter():  # one more "second" at every call
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(train_module.time, "perf_counter", perf_counter)
+    cfg = quick_cfg(
+        steps=1000, lr=0.01, warmup_steps=0, schedule_kind="cosine", max_minutes=0.5,
+        checkpoint_every=0,
+    )
+    straight = train(tiny(), data, tmp_path / "a", cfg, progress=False)
+
+    def stop_at_4(record):
+        if record["step"] == 4:
+            raise KeyboardInterrupt
+
+    now[0] = 0.0
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), data, tmp_path / "b", cfg, progress=False, on_step=stop_at_4)
+    now[0] = 5000.0  # another process, another clock
+    resumed = train(tiny(), data, tmp_path / "b", cfg, resume=True, progress=False)
+    lrs = [r["lr"] for r in read_log(tmp_path / "b" / "log.jsonl")]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])), lrs  # no jump back up on resume
+    assert lrs[-1] < 0.1 * lrs[0]
+    # The checkpoint and the resume cost a few clock calls of their own, nothing more.
+    assert abs(len(lrs) - len(straight)) <= 2 and 4 + len(resumed) == len(lrs)
+    assert (tmp_path / "b" / "final.npz").exists()
+
+
 def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data, monkeypatch):
     """The progress bar's total is the step where the clock will stop the run, not the
     (much larger) step ceiling, so its percentage and time left are those of the real run."""
