@@ -171,11 +171,45 @@ def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data,
             totals.append(self.total)
 
     monkeypatch.setattr(train_module, "tqdm", Bar)
+    monkeypatch.setattr(train_module, "_stderr_is_terminal", lambda: True)
     cfg = quick_cfg(steps=1000, max_minutes=0.5, checkpoint_every=0)
     records = train(tiny(), data, tmp_path, cfg)
     assert len(totals) == len(records) + 1 and len(records) < 100
     assert totals[-1] == len(records)  # the bar ends full
     assert all(t < 100 for t in totals)  # never the ceiling of 1000
+
+
+def test_off_a_terminal_progress_is_a_few_plain_lines(tmp_path, data, capsys):
+    # pytest's captured stderr is not a terminal, as in CI or "> log".
+    train(tiny(), data, tmp_path, quick_cfg(steps=8), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    # the first step and the last; the run takes far less than PLAIN_PROGRESS_SECONDS
+    assert len(lines) == 2, err
+    assert lines[0].startswith("train: step 1/8  loss ") and "min left" in lines[0]
+    assert lines[1].startswith("train: step 8/8  loss ") and "left" not in lines[1]
+
+
+def test_plain_progress_prints_every_few_seconds(monkeypatch):
+    import io
+
+    import retina_np.train as train_module
+
+    now = [0.0]
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    bar = train_module.PlainProgress(total=1000, initial=100, every_s=20.0, file=out)
+    for _ in range(300):  # 300 steps of 0.5 s: the first, then one line per 20 s, then the end
+        now[0] += 0.5
+        bar.set_postfix(loss="0.500")
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 + 7 + 1, lines
+    assert lines[0] == "train: step 101/1000  loss 0.500  0.0 min, about 7.5 min left"
+    assert lines[1].startswith("train: step 141/1000  loss 0.500  0.3 min, about ")
+    assert lines[-1].startswith("train: step 400/1000")
 
 
 @pytest.mark.parametrize(
