@@ -203,15 +203,15 @@ class Module:
                 continue
             if key in own:
                 p = own[key]
-                value = np.asarray(state[key], dtype=backend.to_numpy(p.data).dtype)
-                p.data = backend.to_device(np.ascontiguousarray(value), backend.device_of(p.data))
+                # A copy: training updates parameters and running statistics in place, and
+                # must not write into the caller's arrays.
+                value = np.array(state[key], dtype=backend.to_numpy(p.data).dtype, order="C")
+                p.data = backend.to_device(value, backend.device_of(p.data))
             else:
                 module, name = buffers[key]
                 old = module._buffers[name]
-                value = np.asarray(state[key], dtype=backend.to_numpy(old).dtype)
-                module._buffers[name] = backend.to_device(
-                    np.ascontiguousarray(value), backend.device_of(old)
-                )
+                value = np.array(state[key], dtype=backend.to_numpy(old).dtype, order="C")
+                module._buffers[name] = backend.to_device(value, backend.device_of(old))
         return {"missing": missing, "unexpected": unexpected, "ignored": ignored}
 
     def to(self, device: str) -> Module:

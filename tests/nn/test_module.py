@@ -33,6 +33,16 @@ def test_load_state_dict_round_trip_and_copies():
     state = a.state_dict()
     state["0.weight"][...] = 7.0  # editing the returned dict must not edit the model
     assert not np.all(a.state_dict()["0.weight"] == 7.0)
+    # ... and training the loaded model must not edit the dict it was loaded from
+    loaded = small_net(2).state_dict()
+    kept = {k: v.copy() for k, v in loaded.items()}
+    b.load_state_dict(loaded)
+    b.train()
+    b(np.random.default_rng(0).normal(3.0, 1.0, (2, 3, 5, 5)).astype(np.float32))
+    for p in b.parameters():
+        p.data[...] += 1.0  # as an optimizer step does, in place
+    for key, value in kept.items():
+        np.testing.assert_array_equal(loaded[key], value)
 
 
 def test_load_state_dict_reports_every_problem_at_once():
