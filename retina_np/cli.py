@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -22,6 +23,12 @@ def _add_common_data(p: argparse.ArgumentParser) -> None:
         required=True,
         help="a COCO dataset folder (images/ + annotations.json), or 'shapes:N[:SEED]' "
         "for N synthetic shapes images",
+    )
+    p.add_argument(
+        "--strict-data",
+        action="store_true",
+        help="refuse COCO boxes of zero width or height or reaching past their image "
+        "(default: drop or clip them, with one warning)",
     )
 
 
@@ -84,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_dataset(spec: str):
-    """'shapes:N[:SEED]' or a COCO folder / annotations file."""
+def load_dataset(spec: str, strict: bool = False):
+    """'shapes:N[:SEED]' or a COCO folder / annotations file (``strict``: see CocoDataset)."""
     from retina_np.data import CocoDataset, ShapesDataset
 
     if spec.startswith("shapes:"):
@@ -98,9 +105,9 @@ def load_dataset(spec: str):
         return ShapesDataset(n, seed=seed)
     path = Path(spec)
     if path.is_dir():
-        return CocoDataset(path / "images", path / "annotations.json")
+        return CocoDataset(path / "images", path / "annotations.json", strict=strict)
     if path.suffix == ".json" and path.is_file():
-        return CocoDataset(path.parent / "images", path)
+        return CocoDataset(path.parent / "images", path, strict=strict)
     raise ValueError(
         f"--data {spec}: no such dataset (a folder with images/ and annotations.json, or shapes:N)"
     )
@@ -126,8 +133,8 @@ def cmd_train(args) -> int:
     from retina_np.models import RetinaNet
     from retina_np.train import TrainConfig, train
 
-    dataset = load_dataset(args.data)
-    val = load_dataset(args.val_data) if args.val_data else None
+    dataset = load_dataset(args.data, args.strict_data)
+    val = load_dataset(args.val_data, args.strict_data) if args.val_data else None
     config = _config_for(args.config, len(dataset.class_names), dataset.class_names)
     model = RetinaNet(config, seed=args.seed)
     if args.device == "cuda":
@@ -160,7 +167,7 @@ def cmd_evaluate(args) -> int:
     from retina_np.evaluate import evaluate
 
     model, _ = load_model(args.checkpoint)
-    dataset = load_dataset(args.data)
+    dataset = load_dataset(args.data, args.strict_data)
     if len(dataset.class_names) != model.config.num_classes:
         raise ValueError(
             f"{args.checkpoint}: model has {model.config.num_classes} classes, "
@@ -236,6 +243,19 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _one_line_dataset_warning(command: str, show):
+    """A ``warnings.showwarning`` that prints a DatasetWarning as one line (others as ``show``)."""
+    from retina_np.data import DatasetWarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DatasetWarning):
+            print(f"retina-np {command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
@@ -253,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_dataset_warning(args.command, warnings.showwarning)
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,8 +1,9 @@
 """Export a torchvision ``retinanet_resnet50_fpn`` state_dict to a retina_np checkpoint.
 
 Only this module touches torch, and only when called: ``retina-np convert-torchvision
-model.pth model.npz``. Parameter names are torchvision's already, so the conversion drops
-BatchNorm's ``num_batches_tracked`` counters and changes nothing else.
+model.pth model.npz``. Parameter names are torchvision's already, so the conversion changes
+nothing: ``load_state_dict`` ignores the ``num_batches_tracked`` counters that a state_dict of
+torch's own BatchNorm2d carries (``weights=None``), as torchvision's FrozenBatchNorm2d does.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ import numpy as np
 
 
 def torchvision_state_to_numpy(state: dict) -> dict[str, np.ndarray]:
-    """torch tensors -> float32 numpy arrays, without BatchNorm's step counters."""
-    return {
-        k: v.detach().cpu().numpy().astype(np.float32)
-        for k, v in state.items()
-        if not k.endswith("num_batches_tracked")
-    }
+    """torch tensors -> numpy arrays, floating point ones as float32, every key kept."""
+    arrays = {k: v.detach().cpu().numpy() for k, v in state.items()}
+    return {k: a.astype(np.float32) if a.dtype.kind == "f" else a for k, a in arrays.items()}
 
 
 def convert_torchvision_checkpoint(src, dst, num_classes: int = 91) -> Path:

@@ -15,10 +15,14 @@ transposed index, a factor 2) gives errors near 1; a correct one in float64 give
     report = gradcheck_op(conv2d_forward, conv2d_backward, {"x": x, "w": w, "b": b})
     print(report)              # one line per input: worst error, where, both values
     assert report.worst < 1e-6
+
+A check must not pass by checking nothing: an input whose gradient is missing (None) counts
+as an infinite error, and a check of no input at all is refused.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -32,8 +36,8 @@ class GradcheckResult(NamedTuple):
 
     name: str
     shape: tuple
-    checked: int  # entries compared (all of them, or a random sample)
-    worst: float  # worst relative error over the checked entries
+    checked: int  # entries compared (all of them, or a random sample; 0 when no gradient)
+    worst: float  # worst relative error over the checked entries (inf when no gradient)
     index: tuple  # where the worst one is
     analytic: float  # the two values there
     numeric: float
@@ -47,7 +51,8 @@ class GradcheckReport(NamedTuple):
 
     @property
     def worst(self) -> float:
-        return max((r.worst for r in self.results.values()), default=0.0)
+        # An empty report checked nothing, so it must not pass.
+        return max((r.worst for r in self.results.values()), default=math.inf)
 
     def __str__(self) -> str:
         lines = [f"gradcheck (central differences, eps={self.eps:g}): worst relative error "
@@ -55,6 +60,10 @@ class GradcheckReport(NamedTuple):
                  f"  {'input':<16} {'shape':<18} {'checked':>9} {'worst':>9}  "
                  f"{'at':<16} {'analytic':>12} {'numeric':>12}"]
         for r in self.results.values():
+            if r.checked == 0:
+                lines.append(f"  {r.name:<16} {str(r.shape):<18} {0:>9} {'inf':>9}  "
+                             "no gradient was given for this input")
+                continue
             lines.append(f"  {r.name:<16} {str(r.shape):<18} {r.checked:>9} {r.worst:>9.2e}  "
                          f"{str(r.index):<16} {r.analytic:>12.5e} {r.numeric:>12.5e}")
         return "\n".join(lines)
@@ -100,16 +109,26 @@ def gradcheck(f: Callable, inputs: dict, analytic: dict, eps=1e-6, num_samples=N
         f: maps the dict ``inputs`` to a float (it is called with the same dict, whose arrays
             are perturbed in place one entry at a time).
         inputs: name -> float64 array (the point where the gradient is checked).
-        analytic: name -> dL/d(inputs[name]), same shape; names left out are not checked.
+        analytic: name -> dL/d(inputs[name]), same shape; names left out are not checked,
+            a name given with None fails the check (its error is inf).
         num_samples: check this many random entries of each input (None: all of them).
         indices: name -> flat indices to check, overriding num_samples for that name.
     Returns:
         a GradcheckReport: per name the worst relative error, where it is, both values.
+    Raises:
+        ValueError: ``analytic`` names no input (a check of nothing), or an input that is
+            not a float64 array or whose gradient has another shape.
     """
+    if not analytic:
+        raise ValueError("gradcheck: no gradient to check (analytic is empty)")
     rng = np.random.default_rng(seed)
     results = {}
     for name, grad in analytic.items():
         x = inputs[name]
+        if grad is None:
+            results[name] = GradcheckResult(name, np.shape(x), 0, math.inf, (), math.nan,
+                                            math.nan)
+            continue
         if not isinstance(x, np.ndarray) or x.dtype != np.float64:
             raise ValueError(f"gradcheck: input {name!r} must be a float64 numpy array "
                              "(finite differences in float32 only measure rounding)")
@@ -139,9 +158,11 @@ def gradcheck_op(forward: Callable, backward: Callable, inputs: dict, eps=1e-6,
     weighs every output differently, so no error can cancel out as it could in sum(y).
     Args:
         forward: ``forward(**inputs) -> (y, cache)`` (bind other arguments with a lambda).
-        backward: ``backward(dy, cache)`` -> the gradients in the order of ``inputs`` (None
-            for one that is not differentiated), a single array for one input, or a dict.
-        inputs: name -> array; checked at a float64 copy.
+        backward: ``backward(dy, cache)`` -> the gradients in the order of ``inputs``, a
+            single array for one input, or a dict.
+        inputs: name -> array; checked at a float64 copy. Every one is checked: a gradient
+            that backward leaves out or gives as None fails the check (bind an input that is
+            not differentiated into ``forward`` instead of passing it here).
     """
     inputs = {k: np.array(v, dtype=np.float64) for k, v in inputs.items()}
     y, cache = forward(**inputs)
@@ -150,13 +171,13 @@ def gradcheck_op(forward: Callable, backward: Callable, inputs: dict, eps=1e-6,
     g = np.random.default_rng([seed, 1]).standard_normal(np.shape(y))
     grads = backward(g, cache)
     if isinstance(grads, dict):
-        analytic = {k: v for k, v in grads.items() if v is not None}
+        analytic = {k: grads.get(k) for k in inputs}
     else:
         grads = (grads,) if isinstance(grads, np.ndarray) else tuple(grads)
         if len(grads) != len(inputs):
             raise ValueError(f"gradcheck_op: backward gave {len(grads)} gradients for the "
                              f"{len(inputs)} inputs {list(inputs)}")
-        analytic = {k: v for k, v in zip(inputs, grads) if v is not None}
+        analytic = dict(zip(inputs, grads))
 
     def loss(inp):
         return float(np.sum(forward(**inp)[0] * g))

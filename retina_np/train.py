@@ -3,12 +3,15 @@
 A run directory holds ``log.jsonl`` (one record per step), ``last.npz`` (the latest checkpoint,
 always replaced atomically) and ``final.npz``. Data order and flips depend only on the seed and
 the step, so ``resume=True`` continues with exactly the losses an uninterrupted run would have.
+Checkpoints also keep the training time spent so far, so that a run capped by ``max_minutes``
+keeps its clock (and its cosine schedule, which follows the clock) across a resume.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -21,6 +24,10 @@ from retina_np.checkpoint import load_checkpoint, save_checkpoint
 from retina_np.data import DataLoader
 from retina_np.optim import SGD, AdamW, LRSchedule, clip_grad_norm
 from retina_np.schedule import Scheduled
+
+# Off a terminal (CI, nohup, "> log") a progress bar's carriage-return updates pile up as one
+# line per step; a plain line this often instead keeps a 10-minute log at about 30 lines.
+PLAIN_PROGRESS_SECONDS = 20.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -137,25 +144,30 @@ def train(
     optimizer = cfg.make_optimizer(model.named_parameters())
     schedule = cfg.schedule()
     step = 0
+    spent_before = 0.0  # seconds of training in earlier calls (resume)
     log_path = out / "log.jsonl"
     if resume:
         ckpt = load_checkpoint(out / "last.npz")
         model.load_state_dict(ckpt.state_dict)
         optimizer.load_state_dict(ckpt.optimizer_state)
         step = ckpt.step
+        spent_before = float(ckpt.extra.get("train_seconds", 0.0))
         _truncate_log(log_path, step)
     elif log_path.exists():
         log_path.unlink()
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def checkpoint(path_name: str) -> None:
-        save_checkpoint(
-            out / path_name, model, optimizer, step=step, extra={"train_config": asdict(cfg)}
-        )
+        extra = {"train_config": asdict(cfg), "train_seconds": time.perf_counter() - start}
+        save_checkpoint(out / path_name, model, optimizer, step=step, extra=extra)
 
     records = []
-    start, first_step = time.perf_counter(), step
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="train", unit="step")
+    # The clock of the whole run: a resumed run goes on from the time already spent, so that
+    # max_minutes and a cosine schedule that follows it do not start over. A checkpoint from
+    # before train_seconds was kept has no time: its steps are left out of the rate estimate.
+    start = time.perf_counter() - spent_before
+    first_step = 0 if spent_before > 0 else step
+    bar = _progress_bar(cfg.steps, step, progress)
     # The next batch is drawn in a background thread while the current step computes: drawing
     # and decoding images is mostly numpy work that releases the GIL. Only that thread touches
     # the loader, and batch(epoch, i) depends on nothing but its arguments, so the data stay
@@ -226,6 +238,61 @@ def train(
     if step >= cfg.steps or out_of_time:
         checkpoint("final.npz")
     return records
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether a progress bar can redraw itself: a terminal, or a Jupyter notebook's widget."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    """tqdm's bar on a terminal or in a notebook, else plain lines every few seconds."""
+    if enabled and not _stderr_is_terminal():
+        return PlainProgress(total, initial)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step")
+
+
+class PlainProgress:
+    """Progress as plain lines on stderr, for logs that a file holds (detectron2 prints every
+    20 iterations): the first step, then one line every ``every_s`` seconds, and the last.
+
+    It has the parts of tqdm's interface that ``train`` uses: ``total``, ``update``,
+    ``set_postfix`` and ``close``.
+    """
+
+    def __init__(self, total: int, initial: int = 0, every_s: float = PLAIN_PROGRESS_SECONDS,
+                 file=None):
+        self.total, self.n, self.every_s = total, initial, every_s
+        self.file = file
+        self._first = initial
+        self._postfix = ""
+        self._start = self._last = time.monotonic()
+        self._printed_at = None  # the step of the last line printed
+
+    def set_postfix(self, **values) -> None:
+        self._postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if self.n == self._first + n or now - self._last >= self.every_s:
+            self._print(now)
+
+    def close(self) -> None:
+        if self._printed_at != self.n and self.n > self._first:
+            self._print(time.monotonic())
+
+    def _print(self, now: float) -> None:
+        self._last, self._printed_at = now, self.n
+        spent = now - self._start
+        line = f"train: step {self.n}/{self.total}"
+        if self._postfix:
+            line += f"  {self._postfix}"
+        line += f"  {spent / 60:.1f} min"
+        done = self.n - self._first
+        if 0 < done and self.n < self.total:
+            line += f", about {(self.total - self.n) * spent / done / 60:.1f} min left"
+        print(line, file=self.file or sys.stderr, flush=True)
 
 
 def _truncate_log(log_path: Path, step: int) -> None:

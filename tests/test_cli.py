@@ -112,35 +112,59 @@ def test_corrupt_image_file(coco_dir, tmp_path, run_dir, capsys):
     assert victim.name in one_error_line(capsys)
 
 
-@pytest.mark.parametrize("problem", ["degenerate", "outside", "category"])
-def test_bad_annotation(coco_dir, tmp_path, capsys, problem):
+def train_on(path, out, *extra):
+    return main(["train", "--data", str(path), "--config", "tiny", "--out", str(out),
+                 "--steps", "1", "--batch-size", "2", "--checkpoint-every", "0", *extra])
+
+
+@pytest.mark.parametrize("problem", ["degenerate", "outside", "category", "not_finite"])
+def test_bad_annotation_with_strict_data(coco_dir, tmp_path, capsys, problem):
     data = json.loads((coco_dir / "annotations.json").read_text())
     ann = data["annotations"][1]
     if problem == "degenerate":
         ann["bbox"][2] = 0
     elif problem == "outside":
         ann["bbox"][0] = 1000
-    else:
+    elif problem == "category":
         ann["category_id"] = 99
+    else:
+        ann["bbox"][1] = float("nan")
     path = tmp_path / "annotations.json"
     path.write_text(json.dumps(data))
     (tmp_path / "images").symlink_to(coco_dir / "images")
-    code = main(
-        [
-            "train",
-            "--data",
-            str(path),
-            "--config",
-            "tiny",
-            "--out",
-            str(tmp_path / "r"),
-            "--steps",
-            "1",
-        ]
-    )
-    assert code == 2
+    strict = train_on(path, tmp_path / "r", "--strict-data")
+    assert strict == 2
     line = one_error_line(capsys)
-    assert "annotations.json" in line and "1" in line
+    assert "annotations.json" in line and "annotations[1]" in line
+    if problem in ("category", "not_finite"):  # errors with or without --strict-data
+        assert train_on(path, tmp_path / "r") == 2
+        assert "annotations[1]" in one_error_line(capsys)
+
+
+def test_real_world_boxes_train_with_one_warning(coco_dir, tmp_path, capsys):
+    # A zero-width box and a box 3 px past the border, as in real COCO files; the rest is clean.
+    data = json.loads((coco_dir / "annotations.json").read_text())
+    zero_width, past_border = data["annotations"][1], data["annotations"][4]
+    zero_width["bbox"][2] = 0
+    image = next(i for i in data["images"] if i["id"] == past_border["image_id"])
+    past_border["bbox"][2] = image["width"] + 3 - past_border["bbox"][0]
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps(data))
+    (tmp_path / "images").symlink_to(coco_dir / "images")
+    assert train_on(path, tmp_path / "r") == 0
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "Traceback" not in err, err
+    assert warnings[0].startswith("retina-np train: warning: ")
+    dropped = ("dropped 1 box(es) of zero width or height or outside their image "
+               f"(annotation ids {zero_width['id']})")
+    clipped = ("clipped 1 box(es) reaching more than 1 px past their image "
+               f"(annotation ids {past_border['id']})")
+    assert dropped in warnings[0] and clipped in warnings[0]
+    assert (tmp_path / "r" / "final.npz").exists()
+    assert train_on(path, tmp_path / "s", "--strict-data") == 2
+    line = one_error_line(capsys)
+    assert f"(id {zero_width['id']}): degenerate bbox" in line
 
 
 def test_missing_files(tmp_path, capsys):

@@ -103,3 +103,27 @@ def test_float32_inputs_are_refused():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="shape"):
         gradcheck(lambda inp: 0.0, {"x": np.ones(3)}, {"x": np.zeros(4)})
+
+
+@pytest.mark.parametrize("form", ["tuple", "dict", "dict_without"])
+def test_a_missing_gradient_fails_the_check(form, rng):
+    # A backward that forgets the bias gradient must not pass by leaving the bias unchecked.
+    forward, backward = conv_pair()
+
+    def no_db(dy, cache):
+        dx, dw, _ = backward(dy, cache)
+        if form == "tuple":
+            return dx, dw, None
+        if form == "dict":
+            return {"x": dx, "w": dw, "b": None}
+        return {"x": dx, "w": dw}
+
+    report = gradcheck_op(forward, no_db, conv_inputs(rng), eps=1e-4)
+    assert report.worst == np.inf
+    assert report.results["b"].checked == 0 and report.results["x"].worst < 1e-7
+    assert "no gradient" in str(report)
+
+
+def test_checking_nothing_is_refused(rng):
+    with pytest.raises(ValueError, match="no gradient to check"):
+        gradcheck(lambda inp: 0.0, {"x": rng.standard_normal(3)}, {})

@@ -128,6 +128,42 @@ def test_time_capped_cosine_run_follows_the_clock_and_keeps_a_final_checkpoint(
     assert lrs[-1] < 0.1 * lrs[0]
 
 
+def test_resumed_time_capped_run_keeps_its_clock(tmp_path, data, monkeypatch):
+    """The demo's recipe (cosine following a max_minutes clock), interrupted and resumed: the
+    learning rate goes on down from where it was and the run ends where the clock says, as
+    if it had not been interrupted (a new process's clock starts anywhere)."""
+    import retina_np.train as train_module
+
+    now = [0.0]
+
+    def perf_counter():  # one more "second" at every call
+        now[0] += 1.0
+        return now[0]
+
+    monkeypatch.setattr(train_module.time, "perf_counter", perf_counter)
+    cfg = quick_cfg(
+        steps=1000, lr=0.01, warmup_steps=0, schedule_kind="cosine", max_minutes=0.5,
+        checkpoint_every=0,
+    )
+    straight = train(tiny(), data, tmp_path / "a", cfg, progress=False)
+
+    def stop_at_4(record):
+        if record["step"] == 4:
+            raise KeyboardInterrupt
+
+    now[0] = 0.0
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(), data, tmp_path / "b", cfg, progress=False, on_step=stop_at_4)
+    now[0] = 5000.0  # another process, another clock
+    resumed = train(tiny(), data, tmp_path / "b", cfg, resume=True, progress=False)
+    lrs = [r["lr"] for r in read_log(tmp_path / "b" / "log.jsonl")]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])), lrs  # no jump back up on resume
+    assert lrs[-1] < 0.1 * lrs[0]
+    # The checkpoint and the resume cost a few clock calls of their own, nothing more.
+    assert abs(len(lrs) - len(straight)) <= 2 and 4 + len(resumed) == len(lrs)
+    assert (tmp_path / "b" / "final.npz").exists()
+
+
 def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data, monkeypatch):
     """The progress bar's total is the step where the clock will stop the run, not the
     (much larger) step ceiling, so its percentage and time left are those of the real run."""
@@ -151,11 +187,45 @@ def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data,
             totals.append(self.total)
 
     monkeypatch.setattr(train_module, "tqdm", Bar)
+    monkeypatch.setattr(train_module, "_stderr_is_terminal", lambda: True)
     cfg = quick_cfg(steps=1000, max_minutes=0.5, checkpoint_every=0)
     records = train(tiny(), data, tmp_path, cfg)
     assert len(totals) == len(records) + 1 and len(records) < 100
     assert totals[-1] == len(records)  # the bar ends full
     assert all(t < 100 for t in totals)  # never the ceiling of 1000
+
+
+def test_off_a_terminal_progress_is_a_few_plain_lines(tmp_path, data, capsys):
+    # pytest's captured stderr is not a terminal, as in CI or "> log".
+    train(tiny(), data, tmp_path, quick_cfg(steps=8), progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    # the first step and the last; the run takes far less than PLAIN_PROGRESS_SECONDS
+    assert len(lines) == 2, err
+    assert lines[0].startswith("train: step 1/8  loss ") and "min left" in lines[0]
+    assert lines[1].startswith("train: step 8/8  loss ") and "left" not in lines[1]
+
+
+def test_plain_progress_prints_every_few_seconds(monkeypatch):
+    import io
+
+    import retina_np.train as train_module
+
+    now = [0.0]
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    bar = train_module.PlainProgress(total=1000, initial=100, every_s=20.0, file=out)
+    for _ in range(300):  # 300 steps of 0.5 s: the first, then one line per 20 s, then the end
+        now[0] += 0.5
+        bar.set_postfix(loss="0.500")
+        bar.update(1)
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1 + 7 + 1, lines
+    assert lines[0] == "train: step 101/1000  loss 0.500  0.0 min, about 7.5 min left"
+    assert lines[1].startswith("train: step 141/1000  loss 0.500  0.3 min, about ")
+    assert lines[-1].startswith("train: step 400/1000")
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ Every dataset has the same interface: ``len(ds)``, ``ds[i] -> (image, target)`` 
 ``ds.category_id_to_label``.
 """
 
-from retina_np.data.coco import CocoDataset, DatasetError, export_coco
+from retina_np.data.coco import CocoDataset, DatasetError, DatasetWarning, export_coco
 from retina_np.data.loader import Batch, DataLoader
 from retina_np.data.shapes import ShapesDataset
 from retina_np.data.transforms import (
@@ -24,6 +24,7 @@ __all__ = [
     "CocoDataset",
     "DataLoader",
     "DatasetError",
+    "DatasetWarning",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ShapesDataset",

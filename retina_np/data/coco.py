@@ -11,12 +11,20 @@ COCO category ids are arbitrary integers (COCO itself skips some: 1..90 for 80 c
 the model wants labels 0..K-1. ``CocoDataset`` maps sorted category ids to contiguous labels
 and back. Bad input fails early with one ``DatasetError`` naming the file and the index:
 annotations are checked when the dataset is built (cheap), images when they are loaded.
+
+Real annotation files hold a few boxes that no detector can learn from: COCO's own
+``instances_train2017.json`` has two boxes of height 0 (annotation ids 918 and 2206849), and
+labelling tools export boxes reaching past the image. As torchvision's reference loader and
+detectron2 do, such boxes are clipped to the image and dropped when nothing is left of them,
+with one ``DatasetWarning`` that counts them; ``strict=True`` refuses the file instead.
+Non-finite numbers and unknown ids are errors either way.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +32,19 @@ from PIL import Image
 from tqdm import tqdm
 
 # COCO's own boxes overhang the image border by a fraction of a pixel in places (rounding
-# in the original tools); boxes within this margin are accepted and clipped to the image.
+# in the original tools); boxes within this margin are accepted (even when strict) and
+# clipped to the image without a word.
 _BORDER_TOLERANCE = 1.0
+# How many annotation ids the warning about dropped or clipped boxes names.
+_IDS_SHOWN = 5
 
 
 class DatasetError(ValueError):
     """A dataset file is missing, corrupt or inconsistent; the message says where."""
+
+
+class DatasetWarning(UserWarning):
+    """Some annotations were repaired (clipped) or left out (degenerate); the message counts."""
 
 
 class CocoDataset:
@@ -38,6 +53,8 @@ class CocoDataset:
     Args:
         images_dir: folder holding the images; ``file_name`` in the json is relative to it.
         annotations_json: the COCO annotations file.
+        strict: refuse a box of zero (or negative) width or height, or one lying more than
+            a pixel outside its image, instead of dropping or clipping it with a warning.
 
     ``dataset[i]`` returns ``(image, target)``: image ``(H, W, 3)`` uint8 RGB, target
     ``{"boxes": (M, 4) float32 x1 y1 x2 y2, "labels": (M,) int64 in 0..K-1}``. Crowd
@@ -45,11 +62,18 @@ class CocoDataset:
     ``coco_annotations``); an image without annotations has ``boxes`` of shape (0, 4).
 
     Raises:
-        DatasetError: malformed json, an unknown category or image id, a degenerate or
-            out-of-image box (here); a missing or corrupt image file (when loaded).
+        DatasetError: malformed json, an unknown category or image id, a box that is not 4
+            finite numbers, with ``strict`` a degenerate or out-of-image box (here); a
+            missing or corrupt image file (when loaded).
+
+    Warns:
+        DatasetWarning: once, when boxes were dropped or clipped (not ``strict``): how many,
+            and the first few annotation ids.
     """
 
-    def __init__(self, images_dir: str | Path, annotations_json: str | Path):
+    def __init__(
+        self, images_dir: str | Path, annotations_json: str | Path, strict: bool = False
+    ):
         self.images_dir = Path(images_dir)
         self.annotations_json = Path(annotations_json)
         data = _read_json(self.annotations_json)
@@ -87,6 +111,7 @@ class CocoDataset:
             )
 
         self._annotations = [[] for _ in self._images]  # per image, valid json annotations
+        dropped, clipped = [], []  # annotation ids left out / repaired (not strict)
         # A json without "annotations" (a test split) is fine: every image has no boxes.
         annotations = _list_field(data, "annotations", where) if "annotations" in data else []
         for index, ann in enumerate(annotations):
@@ -100,8 +125,20 @@ class CocoDataset:
                     f"{at}: unknown category_id {category_id} (known: {category_ids})"
                 )
             info = self._images[position[image_id]]
-            _check_bbox(ann.get("bbox"), info["width"], info["height"], at)
+            bbox = _finite_bbox(ann.get("bbox"), at)
+            if strict:
+                _check_bbox(bbox, info["width"], info["height"], at)
+            else:
+                inside = _clip_bbox(bbox, info["width"], info["height"])
+                if inside is None:
+                    dropped.append(ann.get("id", f"at index {index}"))
+                    continue
+                if not _within_tolerance(bbox, info["width"], info["height"]):
+                    ann = {**ann, "bbox": inside}  # the json's own dict stays as it was
+                    clipped.append(ann.get("id", f"at index {index}"))
             self._annotations[position[image_id]].append(ann)
+        if dropped or clipped:
+            warnings.warn(_repair_message(where, dropped, clipped), DatasetWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ interface
 
@@ -215,8 +252,8 @@ def _int_field(obj: dict, key: str, where: str) -> int:
     return int(value)
 
 
-def _check_bbox(bbox, width: int, height: int, where: str) -> None:
-    """Raise DatasetError unless ``bbox`` is a finite [x, y, w, h] with w, h > 0 in the image."""
+def _finite_bbox(bbox, where: str) -> list:
+    """``bbox`` as a list of 4 numbers; DatasetError unless it is 4 finite numbers."""
     if (
         not isinstance(bbox, (list, tuple))
         or len(bbox) != 4
@@ -224,12 +261,54 @@ def _check_bbox(bbox, width: int, height: int, where: str) -> None:
         or not all(math.isfinite(v) for v in bbox)
     ):
         raise DatasetError(f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+    return list(bbox)
+
+
+def _within_tolerance(bbox: list, width: int, height: int) -> bool:
+    """Whether [x, y, w, h] reaches at most _BORDER_TOLERANCE past the image border."""
+    x, y, w, h = bbox
+    tol = _BORDER_TOLERANCE
+    return x >= -tol and y >= -tol and x + w <= width + tol and y + h <= height + tol
+
+
+def _check_bbox(bbox: list, width: int, height: int, where: str) -> None:
+    """Raise DatasetError unless [x, y, w, h] has w, h > 0 and lies in the image (strict)."""
     x, y, w, h = bbox
     if w <= 0 or h <= 0:
         raise DatasetError(f"{where}: degenerate bbox {bbox} (width and height must be > 0)")
-    tol = _BORDER_TOLERANCE
-    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+    if not _within_tolerance(bbox, width, height):
         raise DatasetError(f"{where}: bbox {bbox} lies outside the {width}x{height} image")
+
+
+def _clip_bbox(bbox: list, width: int, height: int) -> list | None:
+    """[x, y, w, h] clipped to the image, or None when no area is left (degenerate)."""
+    x, y, w, h = bbox
+    x1, y1 = min(max(x, 0), width), min(max(y, 0), height)
+    x2, y2 = min(max(x + w, 0), width), min(max(y + h, 0), height)
+    if x2 <= x1 or y2 <= y1:
+        return None
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def _repair_message(where: str, dropped: list, clipped: list) -> str:
+    """The one warning line: what was dropped and clipped, and the first ids of each."""
+
+    def ids(found):
+        shown = ", ".join(str(i) for i in found[:_IDS_SHOWN])
+        return shown + (f" and {len(found) - _IDS_SHOWN} more" if len(found) > _IDS_SHOWN else "")
+
+    parts = []
+    if dropped:
+        parts.append(
+            f"dropped {len(dropped)} box(es) of zero width or height or outside their image "
+            f"(annotation ids {ids(dropped)})"
+        )
+    if clipped:
+        parts.append(
+            f"clipped {len(clipped)} box(es) reaching more than {_BORDER_TOLERANCE:g} px past "
+            f"their image (annotation ids {ids(clipped)})"
+        )
+    return f"{where}: {' and '.join(parts)}; strict=True (--strict-data) refuses such files"
 
 
 # -------------------------------------------------------------------------- export

@@ -87,9 +87,14 @@ def _top_candidates(logits_level: np.ndarray, score_thresh: float, topk: int):
     passed = scores > thresh
     scores, idx = scores[passed], idx[passed]
     if scores.size > topk:
-        # argpartition finds the top k in linear time; only those are then sorted.
-        part = np.argpartition(-scores, topk - 1)[:topk]
-        scores, idx = scores[part], idx[part]
+        # The k-th best score in linear time (partition), then everything above it and, of the
+        # scores tied with it, those with the lowest flat indices (idx is ascending). An
+        # argpartition would pick among such ties arbitrarily.
+        kth = -np.partition(-scores, topk - 1)[topk - 1]
+        chosen = scores > kth
+        tied = np.flatnonzero(scores == kth)
+        chosen[tied[: topk - np.count_nonzero(chosen)]] = True
+        scores, idx = scores[chosen], idx[chosen]
     order = np.lexsort((idx, -scores))  # descending score, then ascending index
     return scores[order], idx[order]
 

@@ -161,17 +161,24 @@ class Module:
         """Copy arrays into parameters and buffers, checking names and shapes.
 
         Every mismatch is collected and reported in one ``ValueError`` (shape mismatches
-        always; missing and unexpected names when ``strict``). Returns the lists of missing
-        and unexpected keys.
+        always; missing and unexpected names when ``strict``). A ``num_batches_tracked``
+        counter of a batch norm that keeps none (torch's BatchNorm2d writes one, torchvision's
+        FrozenBatchNorm2d and this package's BatchNorm2d do not) is accepted and ignored, so a
+        torch state_dict loads as it comes. Returns the lists of missing, unexpected and
+        ignored keys.
         """
         own = dict(self.named_parameters())
         buffers = {}
+        untracked = set()  # torch's step counters of batch norms that keep none here
         for prefix, module in self.named_modules():
             for name in module._buffers:
                 buffers[f"{prefix}.{name}" if prefix else name] = (module, name)
+            if "running_mean" in module._buffers and "num_batches_tracked" not in module._buffers:
+                untracked.add(f"{prefix}.num_batches_tracked" if prefix else "num_batches_tracked")
         expected = list(own) + list(buffers)
         missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in own and k not in buffers]
+        ignored = [k for k in state if k in untracked]
+        unexpected = [k for k in state if k not in own and k not in buffers and k not in untracked]
         problems = []
         for key in expected:
             if key not in state:
@@ -196,16 +203,16 @@ class Module:
                 continue
             if key in own:
                 p = own[key]
-                value = np.asarray(state[key], dtype=backend.to_numpy(p.data).dtype)
-                p.data = backend.to_device(np.ascontiguousarray(value), backend.device_of(p.data))
+                # A copy: training updates parameters and running statistics in place, and
+                # must not write into the caller's arrays.
+                value = np.array(state[key], dtype=backend.to_numpy(p.data).dtype, order="C")
+                p.data = backend.to_device(value, backend.device_of(p.data))
             else:
                 module, name = buffers[key]
                 old = module._buffers[name]
-                value = np.asarray(state[key], dtype=backend.to_numpy(old).dtype)
-                module._buffers[name] = backend.to_device(
-                    np.ascontiguousarray(value), backend.device_of(old)
-                )
-        return {"missing": missing, "unexpected": unexpected}
+                value = np.array(state[key], dtype=backend.to_numpy(old).dtype, order="C")
+                module._buffers[name] = backend.to_device(value, backend.device_of(old))
+        return {"missing": missing, "unexpected": unexpected, "ignored": ignored}
 
     def to(self, device: str) -> Module:
         """Move every parameter and buffer to 'cpu' or 'cuda' (gradients are reset)."""

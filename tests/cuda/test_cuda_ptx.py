@@ -20,7 +20,12 @@ def test_every_kernel_compiles_to_ptx():
     done = subprocess.run([sys.executable, SCRIPT], env=env, capture_output=True, text=True,
                           timeout=600)
     if done.returncode == NVVM_MISSING:
-        pytest.skip("libNVVM not found (CUDA toolkit or the nvidia-cuda-nvcc wheel): "
-                    + done.stdout.strip()[-300:])
+        # The cuda extra brings libNVVM (cuda-toolkit[nvvm]), and CI installs it: there a
+        # missing NVVM is a broken install, not a reason to skip.
+        message = ("libNVVM not found; pip install -e '.[cuda]' brings it (cuda-toolkit[nvvm]): "
+                   + done.stdout.strip()[-300:])
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-6000:]
     assert "kernel specialisations compiled" in done.stdout

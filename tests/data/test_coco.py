@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retina_np.data import CocoDataset, DatasetError, ShapesDataset, export_coco
+from retina_np.data import CocoDataset, DatasetError, DatasetWarning, ShapesDataset, export_coco
 
 
 @pytest.fixture
@@ -101,12 +101,18 @@ def test_grayscale_image_becomes_rgb(tiny_coco):
     assert image.shape == (20, 30, 3) and (image == 7).all()
 
 
-# Each bad annotation case: (edit of the json, text the message must hold).
-BAD_ANNOTATIONS = {
+# Boxes real files hold, refused only with strict=True: (edit of the json, where).
+REPAIRABLE_BOXES = {
     "degenerate_w": (lambda d: d["annotations"][2].update(bbox=[1, 1, 0, 3]), "annotations[2]"),
     "degenerate_h": (lambda d: d["annotations"][1].update(bbox=[1, 1, 3, -2]), "annotations[1]"),
     "outside": (lambda d: d["annotations"][0].update(bbox=[25, 2, 10, 5]), "annotations[0]"),
     "negative": (lambda d: d["annotations"][2].update(bbox=[-3, 2, 10, 5]), "annotations[2]"),
+}
+
+# Each bad annotation case: (edit of the json, text the message must hold).
+BAD_ANNOTATIONS = {
+    "not_finite": (lambda d: d["annotations"][2].update(bbox=[1, float("inf"), 2, 2]),
+                   "annotations[2]"),
     "unknown_category": (lambda d: d["annotations"][1].update(category_id=99), "annotations[1]"),
     "unknown_image": (lambda d: d["annotations"][0].update(image_id=1234), "annotations[0]"),
     "bbox_text": (lambda d: d["annotations"][2].update(bbox=[1, "a", 2, 2]), "annotations[2]"),
@@ -117,16 +123,68 @@ BAD_ANNOTATIONS = {
 }
 
 
+@pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("case", sorted(BAD_ANNOTATIONS))
-def test_bad_annotations_raise_one_clear_error(tiny_coco, case):
+def test_bad_annotations_raise_one_clear_error(tiny_coco, case, strict):
     images_dir, path, data = tiny_coco
     edit, where = BAD_ANNOTATIONS[case]
     edit(data)
     write_json(path, data)
     with pytest.raises(ValueError) as info:  # DatasetError is a ValueError
-        CocoDataset(images_dir, path)
+        CocoDataset(images_dir, path, strict=strict)
     assert isinstance(info.value, DatasetError)
     assert str(path) in str(info.value) and where in str(info.value)
+
+
+@pytest.mark.parametrize("case", sorted(REPAIRABLE_BOXES))
+def test_strict_refuses_degenerate_and_outside_boxes(tiny_coco, case):
+    images_dir, path, data = tiny_coco
+    edit, where = REPAIRABLE_BOXES[case]
+    edit(data)
+    write_json(path, data)
+    with pytest.raises(DatasetError) as info:
+        CocoDataset(images_dir, path, strict=True)
+    assert str(path) in str(info.value) and where in str(info.value)
+
+
+def test_degenerate_boxes_are_dropped_and_overhangs_clipped_with_one_warning(tiny_coco):
+    images_dir, path, data = tiny_coco
+    anns = data["annotations"]
+    anns[0]["bbox"] = [1, 2, 10, 0]  # height 0, as COCO's annotation 918 (image 11)
+    anns[1]["bbox"] = [-3, 5, 36, 18]  # 3 px past the left, right and bottom (image 11)
+    anns[2]["bbox"] = [40, 3, 5, 5]  # entirely right of the 30 px wide image 5
+    anns.append({"id": 8, "image_id": 42, "category_id": 3, "bbox": [29.5, 0, 1, 5]})  # 0.5 px
+    write_json(path, data)
+    with pytest.warns(DatasetWarning) as caught:
+        ds = CocoDataset(images_dir, path)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(str(path))
+    assert "dropped 2 box(es)" in message and "annotation ids 1, 3)" in message
+    assert "clipped 1 box(es)" in message and "annotation ids 2)" in message
+    np.testing.assert_array_equal(ds.target(0)["boxes"], [[0, 5, 30, 20]])
+    np.testing.assert_array_equal(ds.target(0)["labels"], [0])
+    assert ds.target(1)["boxes"].shape == (0, 4)  # its other annotation is a crowd one
+    np.testing.assert_array_equal(ds.target(2)["boxes"], [[29.5, 0, 30, 5]])  # within 1 px
+    assert [a["bbox"] for a in ds.coco_annotations(0)] == [[0, 5, 30, 15]]  # for evaluation
+    assert data["annotations"][1]["bbox"] == [-3, 5, 36, 18]  # the caller's json is untouched
+
+
+def test_many_repairs_name_the_first_few_ids(tiny_coco):
+    images_dir, path, data = tiny_coco
+    data["annotations"] = [
+        {"id": 100 + k, "image_id": 11, "category_id": 3, "bbox": [k, k, 0, 2]} for k in range(8)
+    ]
+    write_json(path, data)
+    with pytest.warns(DatasetWarning, match=r"dropped 8 box\(es\).*ids 100, 101, 102, 103, 104 "
+                     r"and 3 more\)"):
+        CocoDataset(images_dir, path)
+
+
+def test_a_clean_file_gives_no_warning(tiny_coco, recwarn):
+    images_dir, path, _ = tiny_coco
+    CocoDataset(images_dir, path)
+    assert not [w for w in recwarn if issubclass(w.category, DatasetWarning)]
 
 
 def test_malformed_json(tiny_coco):

@@ -10,13 +10,17 @@ from retina_np.detection import batched_nms, box_iou, nms
 
 
 @st.composite
-def detections(draw, max_n=40, num_classes=3):
-    """Boxes in a 100x100 area (sizes 1..50, so overlaps are common), distinct scores,
-    labels in 0..num_classes-1, and a threshold."""
+def detections(draw, max_n=40, num_classes=3, tied=False):
+    """Boxes in a 100x100 area (sizes 1..50, so overlaps are common), distinct scores (or,
+    with ``tied``, scores from three values, so that most boxes share theirs), labels in
+    0..num_classes-1, and a threshold."""
     n = draw(st.integers(0, max_n))
     corner = draw(hnp.arrays(np.float64, (n, 2), elements=st.floats(0, 100)))
     size = draw(hnp.arrays(np.float64, (n, 2), elements=st.floats(1, 50)))
-    scores = np.array(draw(st.permutations(range(n))), dtype=np.float64) / max(n, 1)
+    if tied:
+        scores = draw(hnp.arrays(np.float64, n, elements=st.sampled_from([0.25, 0.5, 1.0])))
+    else:
+        scores = np.array(draw(st.permutations(range(n))), dtype=np.float64) / max(n, 1)
     labels = draw(hnp.arrays(np.int64, n, elements=st.integers(0, num_classes - 1)))
     threshold = draw(st.sampled_from([0.0, 0.3, 0.5, 0.7, 0.95]))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
@@ -25,7 +29,9 @@ def detections(draw, max_n=40, num_classes=3):
 
 
 def nms_reference(boxes, scores, labels, threshold):
-    """Greedy NMS as written in textbooks: best box first, drop its same-class overlaps."""
+    """Greedy NMS as written in textbooks: best box first, drop its same-class overlaps.
+
+    ``sorted`` is stable: of equal scores the lower index comes first."""
     iou = box_iou(boxes, boxes)
     remaining = sorted(range(len(scores)), key=lambda i: -scores[i])
     keep = []
@@ -40,17 +46,21 @@ def check_nms_properties(keep, boxes, scores, labels, threshold):
     assert keep.dtype == np.int64
     assert len(set(keep.tolist())) == len(keep)
     assert np.all(np.diff(scores[keep]) <= 0), "kept boxes must come by descending score"
+    tied = np.diff(scores[keep]) == 0
+    assert np.all(np.diff(keep)[tied] > 0), "kept boxes of equal score must keep input order"
     iou = box_iou(boxes, boxes)
     same_class = labels[:, None] == labels[None, :]
     kept_pairs = (iou[np.ix_(keep, keep)] > threshold) & same_class[np.ix_(keep, keep)]
     np.fill_diagonal(kept_pairs, False)
     assert not kept_pairs.any(), "two kept boxes of one class overlap above the threshold"
     for j in np.setdiff1d(np.arange(len(scores)), keep):
-        suppressors = keep[(scores[keep] > scores[j]) & (labels[keep] == labels[j])]
+        # Boxes before j in the order: a higher score, or an equal one and a lower index.
+        before = (scores[keep] > scores[j]) | ((scores[keep] == scores[j]) & (keep < j))
+        suppressors = keep[before & (labels[keep] == labels[j])]
         assert (iou[suppressors, j] > threshold).any(), f"box {j} was dropped for nothing"
 
 
-@given(detections())
+@given(st.one_of(detections(), detections(tied=True)))
 def test_nms_properties_and_reference(case):
     boxes, scores, labels, threshold = case
     single = np.zeros_like(labels)
@@ -59,7 +69,7 @@ def test_nms_properties_and_reference(case):
     np.testing.assert_array_equal(keep, nms_reference(boxes, scores, single, threshold))
 
 
-@given(detections())
+@given(st.one_of(detections(), detections(tied=True)))
 def test_batched_nms_properties_and_reference(case):
     boxes, scores, labels, threshold = case
     keep = batched_nms(boxes, scores, labels, threshold)
@@ -74,7 +84,7 @@ def test_batched_nms_properties_and_reference(case):
         )
 
 
-@given(detections(), st.integers(0, 10))
+@given(st.one_of(detections(), detections(tied=True)), st.integers(0, 10))
 def test_max_keep_is_a_prefix(case, max_keep):
     boxes, scores, labels, threshold = case
     np.testing.assert_array_equal(

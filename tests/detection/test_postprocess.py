@@ -81,6 +81,48 @@ def test_equals_reference_and_keeps_contract(seed, dtype, params):
     np.testing.assert_array_equal(boxes, ref_boxes)
 
 
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from([(0.05, 50, 0.5, 300), (0.05, 7, 0.7, 100), (0.3, 200, 0.5, 100)]),
+)
+def test_tied_scores_are_taken_by_flat_index(seed, dtype, params):
+    # Saturated sigmoids and flat backgrounds give many equal logits: the top-k cut then falls
+    # among ties, and the docstring promises the lowest flat indices win, as a stable sort.
+    score_thresh, topk, nms_thresh, detections = params
+    rng = np.random.default_rng(seed)
+    image_hw = (64, 96)
+    cls_logits, box_deltas, anchors, level_sizes = head_outputs(
+        rng, image_hw, [(8, 12), (4, 6), (2, 3)], num_classes=4, dtype=dtype
+    )
+    cls_logits = rng.choice(np.array([-5.0, 0.0, 1.5, 4.0], dtype), cls_logits.shape)
+    result = postprocess(cls_logits, box_deltas, anchors, level_sizes, image_hw, score_thresh,
+                         topk, nms_thresh, detections)
+    ref_boxes, ref_scores, ref_labels = postprocess_reference(
+        cls_logits, box_deltas, anchors, level_sizes, image_hw, score_thresh, topk, nms_thresh,
+        detections,
+    )
+    np.testing.assert_array_equal(result["labels"], ref_labels)
+    np.testing.assert_array_equal(result["boxes"], ref_boxes)
+    np.testing.assert_allclose(result["scores"], ref_scores,
+                               rtol=1e-6 if dtype == np.float32 else 1e-14)
+
+
+def test_top_k_among_equal_scores_keeps_the_lowest_flat_indices():
+    anchors = generate_anchors((64, 64), [(8, 8)], sizes=(16,))  # 576 anchors
+    cls_logits = np.zeros((len(anchors), 3), np.float32)  # 1728 pairs, all scoring 0.5
+    cls_logits[[7, 300], [2, 1]] = 1.0  # two better ones
+    deltas = np.zeros((len(anchors), 4), np.float32)
+    # No NMS (threshold 1) so that every candidate comes out: the top 10 are the two better
+    # pairs, then the eight lowest flat indices among the ties.
+    result = postprocess(cls_logits, deltas, anchors, [len(anchors)], (64, 64),
+                         topk_candidates=10, nms_thresh=1.0, detections_per_img=10)
+    flat = [7 * 3 + 2, 300 * 3 + 1] + list(range(8))
+    np.testing.assert_array_equal(result["labels"], [f % 3 for f in flat])
+    np.testing.assert_array_equal(result["boxes"], clip_boxes(anchors[[f // 3 for f in flat]],
+                                                              (64, 64)))
+
+
 def test_nothing_above_threshold_gives_empty_detections():
     anchors = generate_anchors((32, 32), [(4, 4)], sizes=(8,))
     result = postprocess(np.full((len(anchors), 3), -10, np.float32),

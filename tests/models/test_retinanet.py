@@ -221,3 +221,34 @@ def test_the_configs_matching_and_box_coding_reach_loss_and_detect(rng):
     other = detect(box_coder_weights=(10.0, 10.0, 5.0, 5.0))
     assert other["boxes"].shape != dets["boxes"].shape or not np.allclose(other["boxes"],
                                                                           dets["boxes"])
+
+
+def test_detect_clips_each_image_of_a_batch_to_its_own_size(rng):
+    """Images of different sizes padded into one batch: each one's boxes are clipped to its
+    own size (not the padded one, nor another image's), and otherwise left as postprocess
+    gives them."""
+    from retina_np.data import normalize, pad_batch
+    from retina_np.detection import postprocess
+
+    model = RetinaNet(RetinaNetConfig.tiny(2), seed=0).eval()
+    # Every pair scores 0.5 and every box is e^1.5 times its anchor: boxes reach every border.
+    model.head.classification_head.cls_logits.bias.data[...] = 0.0
+    model.head.regression_head.bbox_reg.bias.data[...] = np.tile([0, 0, 1.5, 1.5], 9)
+    sizes = [(40, 64), (64, 36), (64, 64)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    batch = pad_batch([normalize(im) for im in images], model.config.size_divisible)
+    assert batch.shape == (3, 3, 64, 64)
+    detections = model.detect(batch, sizes)
+    cls, box = model(batch)
+    anchors = model.anchors((64, 64))
+    counts = [8 * 8 * 9, 4 * 4 * 9, 2 * 2 * 9, 9, 9]  # P3..P7 of a 64x64 batch, 9 anchors each
+    c = model.config
+    for i, ((h, w), det) in enumerate(zip(sizes, detections)):
+        boxes = det["boxes"]
+        assert len(boxes) > 0
+        assert boxes[:, 0::2].min() == 0 and boxes[:, 0::2].max() == w, (i, boxes.max(0))
+        assert boxes[:, 1::2].min() == 0 and boxes[:, 1::2].max() == h, (i, boxes.max(0))
+        expected = postprocess(cls[i], box[i], anchors, counts, (h, w), c.score_thresh,
+                               c.topk_candidates, c.nms_thresh, c.detections_per_img)
+        for key in ("boxes", "scores", "labels"):
+            np.testing.assert_array_equal(det[key], expected[key])

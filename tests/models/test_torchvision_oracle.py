@@ -46,6 +46,24 @@ def test_state_dict_keys_and_shapes_equal_torchvision(pair):
     assert mine == theirs
 
 
+def test_a_weights_none_state_dict_converts_and_loads_as_it_comes(pair, tmp_path):
+    # weights=None builds torch's BatchNorm2d (not FrozenBatchNorm2d): its state_dict carries
+    # a num_batches_tracked counter per batch norm, which loading must accept.
+    from retina_np.checkpoint import load_model
+    from retina_np.cli import main
+
+    tv, _ = pair
+    state = tv.state_dict()
+    assert sum(k.endswith("num_batches_tracked") for k in state) == 53
+    torch.save(state, tmp_path / "tv.pth")
+    assert main(["convert-torchvision", str(tmp_path / "tv.pth"), str(tmp_path / "tv.npz")]) == 0
+    model, _ = load_model(tmp_path / "tv.npz")
+    loaded = model.state_dict()
+    for key, value in state.items():
+        if not key.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(loaded[key], value.numpy())
+
+
 def test_head_outputs_and_detections_equal_torchvision(pair):
     tv, ours = pair
     rng = np.random.default_rng(0)

@@ -33,6 +33,16 @@ def test_load_state_dict_round_trip_and_copies():
     state = a.state_dict()
     state["0.weight"][...] = 7.0  # editing the returned dict must not edit the model
     assert not np.all(a.state_dict()["0.weight"] == 7.0)
+    # ... and training the loaded model must not edit the dict it was loaded from
+    loaded = small_net(2).state_dict()
+    kept = {k: v.copy() for k, v in loaded.items()}
+    b.load_state_dict(loaded)
+    b.train()
+    b(np.random.default_rng(0).normal(3.0, 1.0, (2, 3, 5, 5)).astype(np.float32))
+    for p in b.parameters():
+        p.data[...] += 1.0  # as an optimizer step does, in place
+    for key, value in kept.items():
+        np.testing.assert_array_equal(loaded[key], value)
 
 
 def test_load_state_dict_reports_every_problem_at_once():
@@ -51,6 +61,24 @@ def test_load_state_dict_reports_every_problem_at_once():
         {k: v for k, v in small_net().state_dict().items() if k != "3.bias"}, strict=False
     )
     assert result["missing"] == ["3.bias"]
+
+
+def test_torch_batch_counters_load_and_other_mismatches_are_still_reported():
+    # torch.nn.BatchNorm2d writes "num_batches_tracked"; ours keeps no such counter.
+    a, b = small_net(0), small_net(1)
+    state = {**a.state_dict(), "1.num_batches_tracked": np.array(17, np.int64)}
+    result = b.load_state_dict(state)
+    assert result == {"missing": [], "unexpected": [], "ignored": ["1.num_batches_tracked"]}
+    for key, value in a.state_dict().items():
+        np.testing.assert_array_equal(b.state_dict()[key], value)
+    # ... but only under a batch norm, and every other mismatch is still reported at once.
+    state["0.num_batches_tracked"] = np.array(3, np.int64)  # module 0 is a convolution
+    state["3.bias"] = np.zeros(5, np.float32)
+    with pytest.raises(ValueError) as err:
+        b.load_state_dict(state)
+    text = str(err.value)
+    assert "(2 problem(s))" in text and "0.num_batches_tracked: not a parameter" in text
+    assert "3.bias: checkpoint has shape (5,)" in text and "1.num_batches_tracked" not in text
 
 
 def test_backward_accumulates_parameter_gradients(rng):
