@@ -41,7 +41,12 @@ from retina_np.kernels.tunables import current as _options
 # Numba's threading layers that may be entered from several threads at once.
 THREAD_SAFE_LAYERS = ("omp", "tbb")
 
-_inside = threading.local()  # .task is True in a thread that is running a task
+
+class _Inside(threading.local):
+    task = False  # True in a thread that is running a task (a class default: a fast lookup)
+
+
+_inside = _Inside()
 _pool: ThreadPoolExecutor | None = None
 _pool_workers = 0
 _blas = None  # threadpoolctl's controllers of the BLAS libraries (None: not looked up yet)
@@ -70,22 +75,46 @@ def side_by_side(*tasks, channels=0):
     return [value for value, _ in outcomes]
 
 
-@contextlib.contextmanager
-def budget(elements: int, macs: int = 0):
+class budget:
     """The threads for one kernel call whose input has ``elements`` values (and, for a
-    convolution, ``macs`` multiply-adds), set for the block; yields the count. One thread
-    (Numba's and BLAS's) below ``options.serial_max_elements`` and ``serial_max_macs``, called
-    outside a task; else the thread count in force (a task's share inside a task). The
+    convolution, ``macs`` multiply-adds), set for a ``with`` block, which gets the count. One
+    thread (Numba's and BLAS's) below ``options.serial_max_elements`` and ``serial_max_macs``,
+    called outside a task; else the thread count in force (a task's share inside a task). The
     numbers are the same either way, but for the GEMMs' rounding, which OpenBLAS splits by
-    its thread count (docs/performance.md, "Kernel options")."""
-    opts = _options()
-    cores = numba.get_num_threads()
-    if (cores < 2 or elements >= opts.serial_max_elements or macs >= opts.serial_max_macs
-            or getattr(_inside, "task", False)):
-        yield cores
-        return
-    with _blas_threads(1), _numba_threads(1):
-        yield 1
+    its thread count (docs/performance.md, "Kernel options").
+
+    (A class rather than a generator: it is entered around every kernel call.)"""
+
+    __slots__ = ("threads", "_serial", "_blas", "_blas_before", "_numba_before")
+
+    def __init__(self, elements: int, macs: int = 0):
+        opts = _options()
+        inside = _inside.task
+        self._serial = not (elements >= opts.serial_max_elements or macs >= opts.serial_max_macs
+                            or inside)
+        self.threads = numba.get_num_threads()
+        if self.threads < 2:
+            self._serial = False
+        elif self._serial:
+            self.threads = 1
+
+    def __enter__(self) -> int:
+        if self._serial:
+            self._blas = _blas_libraries()
+            self._blas_before = [lib.num_threads for lib in self._blas]
+            for lib in self._blas:
+                lib.set_num_threads(1)
+            self._numba_before = numba.get_num_threads()
+            numba.set_num_threads(1)
+            _inside.task = True
+        return self.threads
+
+    def __exit__(self, *exc) -> None:
+        if self._serial:
+            _inside.task = False
+            numba.set_num_threads(self._numba_before)
+            for lib, n in zip(self._blas, self._blas_before):
+                lib.set_num_threads(n)
 
 
 @contextlib.contextmanager
@@ -135,7 +164,7 @@ def _threads_per_task(n_tasks: int, channels: int = 0) -> int | None:
     """Each task's share of the cores, or None where the tasks should run one by one."""
     cores, opts = numba.get_num_threads(), _options()
     if (not opts.side_by_side or n_tasks < 2 or cores < 2
-            or channels > opts.side_by_side_max_channels or getattr(_inside, "task", False)):
+            or channels > opts.side_by_side_max_channels or _inside.task):
         return None
     try:
         layer = numba.threading_layer()

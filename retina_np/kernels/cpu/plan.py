@@ -27,6 +27,7 @@ whether it runs inside a task) and sets it; nothing here reads a thread count.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 from retina_np.kernels import tunables as _options
@@ -78,7 +79,12 @@ def choose_conv(n: int, C: int, F: int, hws: tuple, kh: int, kw: int, stride: in
         joint: a Joint of levels (the heads; only "same" convolutions).
         opts: the kernel options (default ``kernels.options.current()``).
     """
-    opts = opts if opts is not None else _options.current()
+    return _choose_conv(n, C, F, tuple(hws), kh, kw, stride, padding, threads, joint,
+                        opts if opts is not None else _options.current())
+
+
+@functools.lru_cache(maxsize=1024)  # a pure function of hashable arguments, called per layer
+def _choose_conv(n, C, F, hws, kh, kw, stride, padding, threads, joint, opts) -> ConvPlan:
     same = is_same(kh, kw, stride, padding)
     if kh == kw == 3 and same and (joint or (opts.winograd_images and threads == 1)):
         m = winograd_block(n, C, F, tuple(hws), opts)
