@@ -44,6 +44,7 @@ from numba import cuda
 from test_cuda_training import STEP_IMAGE_HW, STEP_LAUNCHES, _targets
 
 from retina_np import backend
+from retina_np.kernels import options
 from retina_np.models import RetinaNet, RetinaNetConfig
 from retina_np.optim import SGD, AdamW
 from retina_np.train import train_step
@@ -177,8 +178,11 @@ def _table(log) -> str:
 
 def test_training_step_copies_only_matching_and_logged_scalars(small_launches, monkeypatch,
                                                                 rng):
-    for name, value in STEP_LAUNCHES.items():
-        monkeypatch.setattr(small_launches, name, value)
+    with options(**STEP_LAUNCHES):
+        _check_training_step_copies(monkeypatch, rng)
+
+
+def _check_training_step_copies(monkeypatch, rng):
     config = RetinaNetConfig.tiny(2)
     images = rng.standard_normal((2, 3, *STEP_IMAGE_HW)).astype(np.float32)  # numpy, as loaded
     targets = _targets(rng, [1, 2], STEP_IMAGE_HW, config.num_classes)
