@@ -126,7 +126,9 @@ def load_checkpoint(path) -> Checkpoint:
 
 def load_model(path):
     """A RetinaNet built from the checkpoint's config, with its weights loaded."""
-    from retina_np.models import RetinaNet
+    # the module, not the package retina_np.models: that imports models.pretrained, which
+    # loads its weights through this function
+    from retina_np.models.retinanet import RetinaNet
 
     ckpt = load_checkpoint(path)
     if ckpt.config is None:

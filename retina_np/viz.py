@@ -66,6 +66,33 @@ def _box_patch(box, color, linestyle="-", linewidth=1.5) -> Rectangle:
     )
 
 
+_LABEL_FONTSIZE = 7  # points
+
+
+def _label_position(ax, box, text, fontsize, width, height, placed):
+    """Where a box's label goes, in image pixels: ``(x, y_top, w, h)``.
+
+    Above the box's top-left corner, or just inside it where the image's top would cut it;
+    moved left where the image's right edge would cut it; and moved down, one label height at
+    a time, while it would cover a label already drawn (two classes on one object, say). The
+    label's size comes from the font size and the axes' size on the figure (about 0.6 em per
+    character, 1.5 em with the padding).
+    """
+    pixels_per_unit = max(ax.bbox.width / width, 1e-6)  # display pixels per image pixel
+    em = fontsize * ax.figure.dpi / 72 / pixels_per_unit
+    w, h = 0.6 * em * len(text), 1.5 * em
+    x = float(min(max(box[0], 0.0), max(width - w, 0.0)))
+    y = float(box[1]) - h if box[1] - h >= 0 else float(max(box[1], 0.0))
+
+    def overlaps(y_top):
+        return any(x < px2 and px1 < x + w and y_top < py2 and py1 < y_top + h
+                   for px1, py1, px2, py2 in placed)
+
+    while overlaps(y) and y + 2 * h <= height:
+        y += h
+    return x, y, w, h
+
+
 def draw_detections(
     ax,
     image: np.ndarray,
@@ -94,21 +121,24 @@ def draw_detections(
     boxes = np.asarray(detections["boxes"]).reshape(-1, 4)
     scores = np.asarray(detections["scores"]).reshape(-1)
     labels = np.asarray(detections["labels"]).reshape(-1)
-    height = _as_hwc_uint8(image).shape[0]
-    for box, score, label in zip(boxes, scores, labels):
+    height, width = _as_hwc_uint8(image).shape[:2]
+    placed = []  # (x1, y1, x2, y2) of the labels drawn so far, in image pixels
+    for i in np.argsort(-scores, kind="stable"):
+        box, score, label = boxes[i], float(scores[i]), int(labels[i])
         if score < score_thresh:
             continue
         color = class_color(label)
         ax.add_patch(_box_patch(box, color))
-        # The label sits above the box, or just inside it where the image's top would cut it.
-        inside = box[1] < 0.06 * height
+        text = f"{class_names[label]} {score:.2f}"
+        x, y, w, h = _label_position(ax, box, text, _LABEL_FONTSIZE, width, height, placed)
+        placed.append((x, y, x + w, y + h))
         ax.text(
-            float(box[0]),
-            float(box[1]),
-            f"{class_names[int(label)]} {score:.2f}",
-            fontsize=7,
+            x,
+            y,
+            text,
+            fontsize=_LABEL_FONTSIZE,
             color="white",
-            va="top" if inside else "bottom",
+            va="top",
             ha="left",
             clip_on=True,
             bbox={"facecolor": color, "edgecolor": "none", "pad": 1.0, "alpha": 0.8},

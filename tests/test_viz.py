@@ -50,6 +50,31 @@ def test_draw_detections_draws_boxes_above_threshold(samples):
     assert len(dashed) == len(gts[0]["labels"])
 
 
+
+def test_detection_labels_neither_overlap_nor_leave_the_image():
+    """Two classes on one object get two labels, one under the other; a box at the image's
+    right edge gets its label moved left, inside the image."""
+    image = np.zeros((128, 128, 3), np.uint8)
+    detections = {
+        "boxes": np.array([[20, 30, 60, 70], [21, 31, 61, 71], [110, 60, 128, 80]], np.float32),
+        "scores": np.array([0.9, 0.6, 0.8], np.float32),
+        "labels": np.array([0, 1, 2]),
+    }
+    fig = Figure(figsize=(3, 3))
+    ax = fig.subplots()
+    draw_detections(ax, image, detections, ["square", "circle", "triangle"], score_thresh=0.1)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    extents = [t.get_window_extent(renderer) for t in ax.texts]
+    assert len(extents) == 3
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not extents[i].overlaps(extents[j]), (ax.texts[i], ax.texts[j])
+    inside = ax.get_window_extent(renderer)
+    for e in extents:
+        assert inside.x0 - 1 <= e.x0 and e.x1 <= inside.x1 + 1 and e.y0 >= inside.y0 - 1
+
 def test_detection_grid_file(samples, tmp_path):
     ds, images, detections, gts = samples
     images[1] = normalize(images[1])  # normalised CHW images are shown as well
