@@ -39,7 +39,8 @@ times = []
 for _ in range(15):
     t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
 flops = 3 * 2 * 8 * 128 * 128 * 9 * 32 * 32  # forward, input and weight gradients
-print(json.dumps({{"gflops": flops / min(times) / 1e9, "median_gflops": flops / sorted(times)[7] / 1e9,
+print(json.dumps({{"gflops": flops / min(times) / 1e9,
+                   "median_gflops": flops / sorted(times)[7] / 1e9,
                    "layer": numba.threading_layer()}}))
 """
 
