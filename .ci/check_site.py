@@ -38,6 +38,9 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_MS = 30000  # virtual time for a page's scripts: MathJax typesets a chapter in ~2 s
 RAW_TEX = re.compile(r"\$|\\\(|\\\[|\\[a-zA-Z]+")  # what is left where typesetting failed
+# The hidden MathML that MathJax adds for screen readers (AssistiveMML) names MathJax's TeX
+# fonts, which jupyter-server-mathjax does not ship; the visible maths is set in STIX-Web.
+UNSHIPPED_FONTS = "/assets/mathjax/fonts/HTML-CSS/TeX/otf/"
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
         "track", "wbr"}
 
@@ -69,7 +72,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
     def send_error(self, code, message=None, explain=None):
-        if code == 404:
+        if code == 404 and not self.path.startswith(UNSHIPPED_FONTS):
             QuietHandler.missing.append(self.path)
         super().send_error(code, message, explain)
 
