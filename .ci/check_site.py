@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--screenshot", type=Path, default=None,
                         help="a PNG of the first chapter page, as Chromium shows it")
     parser.add_argument("--screenshot-page", default="05_anchors")
+    parser.add_argument("--pages", nargs="*", default=None,
+                        help="check only these chapters (notebook names without .ipynb)")
     args = parser.parse_args(argv)
 
     handler = functools.partial(QuietHandler, directory=str(args.site.resolve()))
@@ -175,7 +177,8 @@ def main(argv=None) -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
 
-    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    notebooks = [nb for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))
+                 if args.pages is None or nb.stem in args.pages]
     failed = []
     for nb in notebooks:
         executed = args.executed / nb.name
@@ -194,7 +197,7 @@ def main(argv=None) -> int:
             failed.append(nb.stem)
     if args.screenshot:
         args.screenshot.parent.mkdir(parents=True, exist_ok=True)
-        chromium(f"{base}/notebooks/{args.screenshot_page}/", "--window-size=1280,2000",
+        chromium(f"{base}/notebooks/{args.screenshot_page}/", "--window-size=1280,5000",
                  "--hide-scrollbars", f"--screenshot={args.screenshot.resolve()}")
         print(f"screenshot of {args.screenshot_page}: {args.screenshot}")
     server.shutdown()

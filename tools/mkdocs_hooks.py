@@ -26,7 +26,8 @@ MATHJAX_DIR = "assets/mathjax"  # custom_mathjax_url in mkdocs.yml points here
 # its TeX fonts (a 404, then the reader's local fonts); the fast preview also wants TeX fonts.
 # (The hidden MathML for screen readers still names them: .ci/check_site.py lets that pass.)
 MATHJAX_CONFIG = """MathJax.Hub.Config({
-  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null},
+  "HTML-CSS": {availableFonts: [], preferredFont: null, webFont: "STIX-Web", imageFont: null,
+               linebreaks: {automatic: true}},
   "fast-preview": {disabled: true},
   menuSettings: {CHTMLpreview: false}
 });
