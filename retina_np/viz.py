@@ -291,14 +291,19 @@ def draw_anchors(
     color="yellow",
     linewidth: float = 0.8,
     title: str | None = None,
+    linestyle: str = "-",
+    label: str | None = None,
 ) -> Figure:
     """Draw an image with a set of boxes (anchors, matched anchors, ...) on it.
 
     Args:
         image: (H, W, 3) uint8 or normalised (3, H, W).
         boxes: (R, 4) x1 y1 x2 y2.
-        ax: draw into this Axes instead of a new Figure.
+        ax: draw into this Axes instead of a new Figure (called again with the same Axes, it
+            draws more boxes on the same image).
         color: one matplotlib colour, or one per box.
+        linestyle: matplotlib's ("-", "--", ":").
+        label: the boxes' entry in ``ax.legend()`` (given to the first box).
     """
     if ax is None:
         fig = Figure(figsize=(5, 5))
@@ -306,8 +311,11 @@ def draw_anchors(
     _show_image(ax, image)
     boxes = np.asarray(boxes).reshape(-1, 4)
     colors = [color] * len(boxes) if is_color_like(color) else list(color)
-    for box, c in zip(boxes, colors):
-        ax.add_patch(_box_patch(box, c, linewidth=linewidth))
+    for i, (box, c) in enumerate(zip(boxes, colors)):
+        patch = _box_patch(box, c, linestyle=linestyle, linewidth=linewidth)
+        if i == 0 and label:
+            patch.set_label(label)
+        ax.add_patch(patch)
     if title:
         ax.set_title(title)
     return save_figure(ax.figure, path)

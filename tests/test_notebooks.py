@@ -3,7 +3,8 @@
 Each notebook must import from ``retina_np``, never define (``def name``, ``class name`` or
 ``name = lambda``) something the package already defines under the same public name, draw at
 least one figure, end with a "Summary" and an "Exercises" section, and be stored without
-outputs. Running them is ``pytest --nbmake notebooks``.
+outputs. Running them is ``python tools/execute_notebooks.py`` (the last step of the test
+command), which keeps the executed copies for the site.
 """
 
 from __future__ import annotations

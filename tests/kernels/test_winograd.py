@@ -271,7 +271,7 @@ def _assert_equal_the_reference(got, x, w, b, dy, tol):
 @outs
 @settings(max_examples=20, deadline=None)
 def test_image_convolution_equals_the_reference(out, dtype, tol, n, c, f, h, w_, keep):
-    """The same kernels on (N, C, H, W) images (one level; chapter 1 times them on one):
+    """The same kernels on (N, C, H, W) images (one level; chapter 14 times them on one):
     forward, input and weight gradients equal the reference's, with or without the kept V."""
     x, w, b, dy = _images_case(np.random.default_rng(6), n, c, f, h, w_, dtype)
     hws = ((h, w_),)
