@@ -18,6 +18,9 @@ docs/performance.md ("Threads and memory").
   about 9x slower on 2 cores). Then Numba's own ``workqueue`` threading layer is chosen
   instead (``openmp_started_early``); the heads' subnets then run one after the other, since
   that layer must not be entered from two threads at once (``kernels/threads.py``).
+* Under mpiexec, the ranks on one machine share its cores: each rank's Numba, OpenMP and
+  BLAS pools get ``threads_per_rank()`` threads (2 ranks on 2 cores: one each), so that the
+  ranks' thread pools do not fight over the cores (``retina_np/distributed.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ def configure() -> None:
         return
     _configured = True
     early = openmp_started_early()
+    per_rank = threads_per_rank()
+    if per_rank is not None:
+        for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                     "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(per_rank))
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if early and "NUMBA_THREADING_LAYER" not in os.environ:
@@ -68,3 +76,17 @@ def keep_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def threads_per_rank() -> int | None:
+    """The cores of this machine divided among the MPI ranks that run on it (at least 1), or
+    None outside a job of several ranks on this machine. MPICH's hydra tells each rank how
+    many share its machine in MPI_LOCALNRANKS, Open MPI in OMPI_COMM_WORLD_LOCAL_SIZE."""
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if not local or int(local) < 2:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // int(local))
