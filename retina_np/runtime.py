@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 _configured = False
 
@@ -43,6 +44,7 @@ def configure() -> None:
         for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                      "MKL_NUM_THREADS"):
             os.environ.setdefault(name, str(per_rank))
+        _limit_loaded_pools(per_rank)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if early and "NUMBA_THREADING_LAYER" not in os.environ:
@@ -76,6 +78,21 @@ def keep_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def _limit_loaded_pools(threads: int) -> None:
+    """The thread count for pools that started before ``configure``: a script that imported
+    numpy before retina_np has a BLAS that read its thread count already (every core: 2 ranks
+    on 2 cores then ran 7x slower, each BLAS call fighting the other rank for the cores), and
+    Numba reads NUMBA_NUM_THREADS when it is imported."""
+    if "numpy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")  # process-wide, from now on
+    if "numba" in sys.modules:
+        import numba
+
+        numba.config.NUMBA_NUM_THREADS = min(numba.config.NUMBA_NUM_THREADS, threads)
 
 
 def threads_per_rank() -> int | None:
