@@ -351,7 +351,7 @@ def _whole_batch_stats(mean, var, count, allreduce):
     One allreduce of the per-channel sums and sums of squares, in float64:
     sum x = count * mean, sum x^2 = count * (var + mean^2), then var = E[x^2] - E[x]^2. The
     subtraction loses about log10(mean^2 / var) of float64's 16 digits: nothing that shows in
-    float32 activations (docs/performance.md, "Data parallelism").
+    float32 activations (docs/architecture.md, "Data parallelism").
     """
     m, v = backend.to_numpy(mean).astype(np.float64), backend.to_numpy(var).astype(np.float64)
     sums = allreduce(np.concatenate([count * m, count * (v + m * m), [float(count)]]))
