@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -71,13 +72,19 @@ def worker(steps: int) -> None:
         train_step(model, opt, images, targets, lr=0.01, comm=comm if comm.size > 1 else None)
         rows.append((time.perf_counter() - start, spent["grad"], spent["bn"]))
     rows = np.array(rows[2:])
-    alone = []
+    alone, small = [], []
     flat = np.zeros(grad_bytes // 4, np.float32)
+    sums = np.zeros(2 * 64 + 1)  # a batch norm's count, sums and sums of squares at 64 channels
     for _ in range(10):
         comm.barrier()
         start = time.perf_counter()
         comm.allreduce_sum(flat)
         alone.append(time.perf_counter() - start)
+        comm.barrier()
+        start = time.perf_counter()
+        for _ in range(2 * norms):
+            comm.allreduce_sum(sums)
+        small.append(time.perf_counter() - start)
     if comm.rank == 0:
         print(json.dumps({
             "ranks": comm.size,
@@ -86,6 +93,7 @@ def worker(steps: int) -> None:
             "grad_allreduce_s": float(np.median(rows[:, 1])),
             "bn_allreduce_s": float(np.median(rows[:, 2])),
             "grad_allreduce_alone_s": float(np.median(alone)),
+            "bn_allreduce_alone_s": float(np.median(small)),
             "grad_bytes": grad_bytes,
             "batch_norms": norms,
         }))
@@ -101,14 +109,17 @@ def run(ranks: int, steps: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def ring_allreduce_s(nbytes: float, machines: int, gbit_s: float, latency_s: float,
-                     messages: int = 1) -> float:
-    """A ring allreduce of nbytes over N machines: each sends and receives 2 (N-1)/N of the
-    buffer, in 2 (N-1) rounds that each pay the link's latency (per message)."""
+def allreduce_s(nbytes: float, machines: int, gbit_s: float, latency_s: float) -> float:
+    """An allreduce of nbytes over N machines, the faster of the two textbook algorithms:
+    a ring (each machine sends and receives 2 (N-1)/N of the buffer, in 2 (N-1) rounds that
+    each pay the latency: large buffers) and recursive doubling (log2 N rounds of the whole
+    buffer: small ones). MPI libraries choose between them by size in the same way."""
     if machines == 1:
         return 0.0
-    return (2 * (machines - 1) / machines * nbytes * 8 / (gbit_s * 1e9)
-            + 2 * (machines - 1) * latency_s * messages)
+    seconds_per_byte = 8 / (gbit_s * 1e9)
+    ring = 2 * (machines - 1) * (latency_s + nbytes / machines * seconds_per_byte)
+    doubling = math.ceil(math.log2(machines)) * (latency_s + nbytes * seconds_per_byte)
+    return min(ring, doubling)
 
 
 def main() -> None:
@@ -135,13 +146,15 @@ def main() -> None:
                   f"{1e3 * res['step_s']:.0f} ms ({GLOBAL_BATCH / res['step_s']:.1f} images/s)"
                   + (f", gradient allreduce {1e3 * res['grad_allreduce_s']:.1f} ms "
                      f"(alone {1e3 * res['grad_allreduce_alone_s']:.1f}), batch-norm "
-                     f"allreduces {1e3 * res['bn_allreduce_s']:.1f} ms"
+                     f"allreduces {1e3 * res['bn_allreduce_s']:.1f} ms (alone "
+                     f"{1e3 * res['bn_allreduce_alone_s']:.2f})"
                      if ranks > 1 else ""), flush=True)
     one = np.median([r["step_s"] for r in results[1]])
     two = np.median([r["step_s"] for r in results[2]])
     grad = np.median([r["grad_allreduce_s"] for r in results[2]])
     alone = np.median([r["grad_allreduce_alone_s"] for r in results[2]])
     bn = np.median([r["bn_allreduce_s"] for r in results[2]])
+    bn_alone = np.median([r["bn_allreduce_alone_s"] for r in results[2]])
     faster = np.mean([b["step_s"] < a["step_s"] for a, b in zip(results[1], results[2])])
     info = results[2][0]
     print(f"\nmedians: 1 process x 2 threads {1e3 * one:.0f} ms ({GLOBAL_BATCH / one:.1f} images/s)"
@@ -149,25 +162,29 @@ def main() -> None:
           f"ratio {one / two:.2f} (2 ranks faster in {100 * faster:.0f}% of the pairs)")
     print(f"2 ranks: gradient allreduce ({info['grad_bytes'] / 1e6:.1f} MB) {1e3 * grad:.1f} ms "
           f"= {100 * grad / two:.1f}% of the step (alone, after a barrier: {1e3 * alone:.2f} ms)"
-          f"; {info['batch_norms']} batch norms' allreduces {1e3 * bn:.1f} ms = "
-          f"{100 * bn / two:.1f}%")
+          f"; {info['batch_norms']} batch norms' {2 * info['batch_norms']} allreduces "
+          f"{1e3 * bn:.1f} ms = {100 * bn / two:.1f}% (alone, after a barrier: "
+          f"{1e3 * bn_alone:.2f} ms; the rest is waiting for the other rank)")
 
     # On paper: N machines, each on its own batch of 8 (the global batch grows with N),
     # compute = this machine's 1-process step less nothing (it has no allreduce).
     print("\nscaling on paper, each machine a batch of 8 as here (compute: the 1-process step "
-          f"{1e3 * one:.0f} ms); a ring allreduce, latency 20 us per message; "
-          "the shapes preset also pays 2 small allreduces per batch norm:")
+          f"{1e3 * one:.0f} ms); latency 20 us per message; the shapes preset also pays 2 small "
+          "allreduces per batch norm (images/s, and the share of the step spent computing):")
     print("| model | link | N = 2 | N = 8 | N = 32 | N = 128 |")
     print("|---|---|---|---|---|---|")
-    for name, nbytes, compute, messages in (
-            ("shapes preset", info["grad_bytes"], one, 1 + 2 * info["batch_norms"]),
+    for name, nbytes, compute, norms in (
+            ("shapes preset", info["grad_bytes"], one, info["batch_norms"]),
             (f"ResNet-50-FPN ({resnet50_bytes / 1e6:.0f} MB, frozen BN), compute "
-             f"{RESNET50_FPN_STEP_S:.0f} s on paper", resnet50_bytes, RESNET50_FPN_STEP_S, 1)):
+             f"{RESNET50_FPN_STEP_S:.0f} s on paper", resnet50_bytes, RESNET50_FPN_STEP_S, 0)):
         for gbit in (10, 100):
             cells = []
             for n in (2, 8, 32, 128):
-                t = compute + ring_allreduce_s(nbytes, n, gbit, 20e-6, messages)
-                cells.append(f"{n * GLOBAL_BATCH / t:.0f} img/s ({100 * compute / t:.0f}%)")
+                t = (compute + allreduce_s(nbytes, n, gbit, 20e-6)
+                     + 2 * norms * allreduce_s(8 * (2 * 64 + 1), n, gbit, 20e-6))
+                rate = n * GLOBAL_BATCH / t
+                cells.append(f"{rate:,.0f} img/s" if rate >= 10 else f"{rate:.2f} img/s")
+                cells[-1] += f" ({100 * compute / t:.0f}%)"
             print(f"| {name} | {gbit} Gbit/s | " + " | ".join(cells) + " |")
 
 
