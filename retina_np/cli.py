@@ -294,10 +294,12 @@ def _launch_workers(workers: int, argv: list[str]) -> int:
         print(f"retina-np: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print("+ " + " ".join(cmd), file=sys.stderr)
-    try:
-        return subprocess.run(cmd).returncode
-    except KeyboardInterrupt:  # mpiexec passes Ctrl-C on to every rank
-        return EXIT_INTERRUPTED
+    job = subprocess.Popen(cmd)
+    while True:
+        try:
+            return job.wait()
+        except KeyboardInterrupt:  # mpiexec passes Ctrl-C on to every rank: let them finish
+            continue
 
 
 COMMANDS = {

@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
+import threading
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +37,9 @@ from retina_np import backend
 # Set in every process an MPI launcher starts: MPICH's hydra (PMI_*), Open MPI (OMPI_*),
 # PMIx launchers (PMIX_RANK) and Slurm's srun with PMI.
 _LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+# After Ctrl-C a rank other than 0 waits this long for rank 0 to write its checkpoint (and
+# end the job) before it ends the job itself.
+INTERRUPT_GRACE_SECONDS = 30.0
 # Losses that count over the batch instead of averaging over its images.
 _SUMMED_LOSSES = ("num_foreground",)
 
@@ -166,6 +172,41 @@ def sync_batch_norm(model, comm: Communicator) -> int:
     return len(norms) if comm.size > 1 else 0
 
 
+class CtrlC:
+    """Ctrl-C in a job of several ranks, acted on by every rank at once between two steps.
+
+    mpiexec passes Ctrl-C on to every rank, but a rank waiting inside an allreduce cannot see
+    it until the allreduce returns, which it never does if the other ranks have stopped: so
+    the first Ctrl-C is only noted, and ``requested()`` (called by every rank after each step:
+    one small allreduce) says whether any rank got one. A second Ctrl-C interrupts at once.
+    A lone process, or a thread other than the main one, keeps Python's own Ctrl-C.
+    """
+
+    def __init__(self, comm: Communicator):
+        self.comm, self.pressed, self._before = comm, False, None
+
+    def __enter__(self):
+        if self.comm.size > 1 and threading.current_thread() is threading.main_thread():
+            self._before = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        if self._before is not None:
+            signal.signal(signal.SIGINT, self._before)
+        return False
+
+    def _note(self, signum, frame):
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def requested(self) -> bool:
+        """True on every rank if any rank got Ctrl-C (a collective call)."""
+        if self.comm.size == 1:
+            return False
+        return bool(self.comm.allreduce_max([int(self.pressed)])[0])
+
+
 @contextmanager
 def abort_on_error(comm: Communicator):
     """Any exception in a rank of a job of several ends the whole job at once, with the
@@ -176,11 +217,17 @@ def abort_on_error(comm: Communicator):
     except BaseException as exc:
         if comm.size == 1 or isinstance(exc, SystemExit) and not exc.code:
             raise
-        traceback.print_exc()
-        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        if not interrupted:
+            traceback.print_exc()
+        what = "interrupted" if interrupted else "failed"
         print(f"retina-np: rank {comm.rank} of {comm.size} {what}: "
               f"{type(exc).__name__}: {exc}; ending every rank", file=sys.stderr, flush=True)
-        comm.abort(130 if isinstance(exc, KeyboardInterrupt) else 1)
+        if interrupted and comm.rank != 0:
+            # after Ctrl-C (CtrlC) every rank stops at the same step: rank 0 writes last.npz
+            # and then ends the job itself; this wait only ends a job where it cannot
+            time.sleep(INTERRUPT_GRACE_SECONDS)
+        comm.abort(130 if interrupted else 1)
 
 
 def mpiexec() -> str:

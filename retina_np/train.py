@@ -215,7 +215,7 @@ def _train(model, dataset, out_dir, config, resume, progress, on_step, comm) -> 
     prefetch = ThreadPoolExecutor(max_workers=1)
     pending = prefetch.submit(draw, *divmod(step, len(loader)))
     try:
-        with open(log_path, "a") if lead else _NoLog() as log:
+        with open(log_path, "a") if lead else _NoLog() as log, distributed.CtrlC(comm) as ctrl_c:
             while step < cfg.steps:
                 epoch = step // len(loader)
                 images, targets, _, _ = pending.result()
@@ -260,6 +260,8 @@ def _train(model, dataset, out_dir, config, resume, progress, on_step, comm) -> 
                     on_step(record)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     checkpoint("last.npz")
+                if ctrl_c.requested():  # under mpiexec: every rank stops after this step
+                    raise KeyboardInterrupt
                 if cfg.max_minutes > 0 and clock() > 60 * cfg.max_minutes:
                     out_of_time = True
                     bar.total = step  # it ends full

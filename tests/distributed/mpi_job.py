@@ -3,6 +3,7 @@ lone process, as the reference). Not a test file itself: pytest collects only te
 
     python mpi_job.py grads OUT                  # each rank's gradient, and their average
     python mpi_job.py train OUT STEPS BATCH [--dtype float64] [--crash-at STEP] [--resume]
+                                            [--checkpoint-every N]
 """
 
 import argparse
@@ -48,7 +49,7 @@ def grads(out):
              **{n: p.grad for n, p in zip(names, net.parameters())})
 
 
-def run_train(out, steps, batch, dtype, crash_at, resume):
+def run_train(out, steps, batch, dtype, crash_at, resume, checkpoint_every=2):
     """train() as the command line runs it; --crash-at raises in the last rank after that
     step (after the checkpoint of the step before)."""
     comm = distributed.world()
@@ -58,7 +59,7 @@ def run_train(out, steps, batch, dtype, crash_at, resume):
             raise RuntimeError(f"a failure planted at step {crash_at}, at {time.time()}")
 
     cfg = TrainConfig(steps=steps, batch_size=batch, lr=0.01, warmup_steps=2,
-                      checkpoint_every=2, flip=True, seed=0)
+                      checkpoint_every=checkpoint_every, flip=True, seed=0)
     train(model(dtype), dataset(), out, cfg, resume=resume, progress=False, on_step=on_step)
 
 
@@ -71,9 +72,11 @@ if __name__ == "__main__":
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--crash-at", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--checkpoint-every", type=int, default=2)
     args = parser.parse_args()
     if args.job == "grads":
         grads(args.out)
     else:
-        run_train(args.out, args.steps, args.batch, args.dtype, args.crash_at, args.resume)
+        run_train(args.out, args.steps, args.batch, args.dtype, args.crash_at, args.resume,
+                  args.checkpoint_every)
     sys.exit(0)

@@ -131,3 +131,30 @@ def test_a_lone_process_imports_no_mpi():
             "assert 'mpi4py' not in sys.modules")
     env = {k: v for k, v in os.environ.items() if k not in distributed._LAUNCHER_VARIABLES}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=TIMEOUT_S)
+
+
+def test_ctrl_c_ends_every_rank_and_rank_0_keeps_a_checkpoint(tmp_path):
+    """SIGINT to mpiexec (what Ctrl-C in a terminal sends) reaches every rank: rank 0 writes
+    last.npz at the step it reached (no checkpoint before: checkpoint_every 0), and the whole
+    job ends within seconds."""
+    import signal
+
+    try:
+        launcher = distributed.mpiexec()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    job = subprocess.Popen([launcher, "-n", "2", sys.executable, str(JOB), "train", tmp_path,
+                            "5000", str(BATCH), "--checkpoint-every", "0"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "log.jsonl"
+    deadline = time.time() + TIMEOUT_S
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3):
+        assert job.poll() is None and time.time() < deadline, "the job did not start"
+        time.sleep(0.2)
+    job.send_signal(signal.SIGINT)
+    sent = time.time()
+    _, stderr = job.communicate(timeout=TIMEOUT_S)
+    assert time.time() - sent < 15.0
+    assert job.returncode != 0
+    assert "rank 0 of 2 interrupted" in stderr, stderr
+    assert load_checkpoint(tmp_path / "last.npz").step == len(read_log(log)) >= 3
