@@ -190,9 +190,12 @@ class CtrlC:
             self._before = signal.signal(signal.SIGINT, self._note)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         if self._before is not None:
-            signal.signal(signal.SIGINT, self._before)
+            # Stopping after Ctrl-C: a late one (mpiexec reaches the ranks one by one) must
+            # not cut rank 0's checkpoint or the others' wait short; the job ends anyway.
+            stopping = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+            signal.signal(signal.SIGINT, signal.SIG_IGN if stopping else self._before)
         return False
 
     def _note(self, signum, frame):
