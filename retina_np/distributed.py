@@ -40,6 +40,8 @@ _LAUNCHER_VARIABLES = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RAN
 # After Ctrl-C a rank other than 0 waits this long for rank 0 to write its checkpoint (and
 # end the job) before it ends the job itself.
 INTERRUPT_GRACE_SECONDS = 30.0
+# How long a rank that ends the job waits for mpiexec to pass on what it printed.
+ABORT_OUTPUT_SECONDS = 0.5
 # Losses that count over the batch instead of averaging over its images.
 _SUMMED_LOSSES = ("num_foreground",)
 
@@ -92,6 +94,11 @@ class Communicator:
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (a rank that waits in a collective would hang)."""
         if self.size > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # mpiexec passes each rank's output on through a pipe; the abort ends the ranks
+            # and that pipe at once, and the last lines were sometimes lost (1 job in 10)
+            time.sleep(ABORT_OUTPUT_SECONDS)
             self.comm.Abort(code)
         sys.exit(code)
 

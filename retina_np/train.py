@@ -271,7 +271,7 @@ def _train(model, dataset, out_dir, config, resume, progress, on_step, comm) -> 
         checkpoint("last.npz")
         if lead:
             print(f"\ninterrupted at step {step}; checkpoint saved to {out / 'last.npz'} "
-                  "(continue with --resume)")
+                  "(continue with --resume)", flush=True)
         raise
     finally:
         prefetch.shutdown(wait=True, cancel_futures=True)
