@@ -32,6 +32,17 @@ def _add_common_data(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="train on this many MPI ranks of this machine, each with its share of every "
+        "batch and of the cores: starts mpiexec itself (needs the mpi extra); on several "
+        "machines run `mpiexec -n N -hosts a,b retina-np ...` instead",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retina-np",
@@ -48,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.004, help="AdamW learning rate (default 0.004)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _add_workers(p)
 
     p = sub.add_parser("train", help="train a RetinaNet")
     _add_common_data(p)
@@ -68,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.npz")
     p.add_argument("--val-data", help="evaluate on this dataset at the end")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _add_workers(p)
 
     p = sub.add_parser("evaluate", help="COCO metrics of a checkpoint on a dataset")
     p.add_argument("--checkpoint", required=True)
@@ -129,6 +142,7 @@ def _config_for(name: str, num_classes: int, class_names):
 
 
 def cmd_train(args) -> int:
+    from retina_np import distributed
     from retina_np.evaluate import evaluate
     from retina_np.models import RetinaNet
     from retina_np.train import TrainConfig, train
@@ -150,6 +164,8 @@ def cmd_train(args) -> int:
         checkpoint_every=args.checkpoint_every,
     )
     train(model, dataset, args.out, cfg, resume=args.resume)
+    if distributed.world().rank != 0:  # rank 0 reports and evaluates
+        return 0
     print(f"checkpoint: {Path(args.out) / 'final.npz'}")
     if val is not None:
         metrics = evaluate(model, val, out_dir=Path(args.out) / "eval")
@@ -256,6 +272,36 @@ def _one_line_dataset_warning(command: str, show):
     return showwarning
 
 
+def _launch_workers(workers: int, argv: list[str]) -> int:
+    """Run this command again under ``mpiexec -n workers`` (without --workers); its exit code."""
+    import subprocess
+
+    from retina_np import distributed
+
+    if distributed.launched_by_mpi():
+        raise SystemExit("retina-np: --workers starts mpiexec itself; under mpiexec leave it out")
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            rest.append(a)
+    try:
+        cmd = distributed.launch_command(workers, rest)
+    except RuntimeError as exc:
+        print(f"retina-np: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("+ " + " ".join(cmd), file=sys.stderr)
+    job = subprocess.Popen(cmd)
+    while True:
+        try:
+            return job.wait()
+        except KeyboardInterrupt:  # mpiexec passes Ctrl-C on to every rank: let them finish
+            continue
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
@@ -271,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if getattr(args, "workers", 1) > 1:
+        return _launch_workers(args.workers, sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -286,8 +334,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"retina-np {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     finally:
-        if args.command == "demo":
+        if args.command == "demo" and _rank() == 0:
             print(f"(total {time.perf_counter() - start:.0f} s)")
+
+
+def _rank() -> int:
+    from retina_np import distributed
+
+    return distributed.world().rank
 
 
 if __name__ == "__main__":

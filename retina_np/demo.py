@@ -1,4 +1,9 @@
-"""``retina-np demo``: shapes data -> train within a time budget -> COCO metrics -> pictures."""
+"""``retina-np demo``: shapes data -> train within a time budget -> COCO metrics -> pictures.
+
+Under mpiexec (``retina-np demo --workers 2``) every rank trains on its share of each batch;
+rank 0 plans the run (the other ranks take its step count and time budget), evaluates, draws
+and prints.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import time
 from pathlib import Path
 
+from retina_np import distributed
 from retina_np.data import DataLoader, ShapesDataset, normalize, pad_batch
 from retina_np.evaluate import evaluate
 from retina_np.models import RetinaNet, RetinaNetConfig
@@ -18,23 +24,25 @@ _EVAL_SECONDS_PER_IMAGE = 0.02
 _FIXED_OVERHEAD_SECONDS = 20.0
 
 
-def _seconds_per_step(config, dataset, batch_size, device, seed) -> float:
-    """Time a few training steps of a throw-away model (after one step to compile)."""
+def _seconds_per_step(config, dataset, batch_size, device, seed, comm) -> float:
+    """Time a few training steps of a throw-away model (after one step to compile); rank 0's
+    time under mpiexec, where each rank steps on its share of the batch."""
     model = RetinaNet(config, seed=seed)
     if device == "cuda":
         model.to("cuda")
+    distributed.sync_batch_norm(model, comm)
+    step_comm = comm if comm.size > 1 else None
     loader = DataLoader(dataset, batch_size, seed=seed, size_divisible=config.size_divisible,
                         image_mean=config.image_mean, image_std=config.image_std)
     optimizer = AdamW(model.named_parameters(), lr=0.0)
-    images, targets, _, _ = loader.batch(0, 0)
-    train_step(model, optimizer, images, targets, lr=0.0)
     times = []
-    for i in range(5):  # the median: one step slowed by another process must not set the plan
-        images, targets, _, _ = loader.batch(0, i + 1)
+    for i in range(6):  # the median: one step slowed by another process must not set the plan
+        images, targets, _, _ = loader.batch(0, i, rank=comm.rank, ranks=comm.size)
         start = time.perf_counter()
-        train_step(model, optimizer, images, targets, lr=0.0)
+        train_step(model, optimizer, images, targets, lr=0.0, comm=step_comm)
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    times = times[1:]  # the first step compiles
+    return comm.broadcast(sorted(times)[len(times) // 2])
 
 
 def run_demo(
@@ -47,21 +55,32 @@ def run_demo(
     seed=0,
     device="cpu",
 ) -> dict:
-    """Run the whole demo; returns the metrics dict and writes everything into ``out_dir``."""
+    """Run the whole demo; returns the metrics dict and writes everything into ``out_dir``
+    (under mpiexec: rank 0 does; the other ranks return None after training)."""
+    comm = distributed.world()
+    with distributed.abort_on_error(comm):
+        return _run_demo(minutes, out_dir, train_images, val_images, batch_size, lr, seed,
+                         device, comm)
+
+
+def _run_demo(minutes, out_dir, train_images, val_images, batch_size, lr, seed, device, comm):
+    """``run_demo`` on this rank of ``comm``."""
+    print = _print if comm.rank == 0 else _quiet
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_set = ShapesDataset(train_images, seed=seed)
     val_set = ShapesDataset(val_images, seed=seed + 10_000)
     config = RetinaNetConfig.shapes(len(train_set.class_names))
+    ranks = f" on {comm.size} ranks of {batch_size // comm.size} images" if comm.size > 1 else ""
     print(
         f"data: {train_images} training and {val_images} validation shapes images "
         f"({'x'.join(map(str, train_set.image_size(0)))} px, classes {train_set.class_names})"
     )
 
     print("compiling kernels and timing a training step ...")
-    per_step = _seconds_per_step(config, train_set, batch_size, device, seed)
-    elapsed = time.perf_counter() - t_start
+    per_step = _seconds_per_step(config, train_set, batch_size, device, seed, comm)
+    elapsed = comm.broadcast(time.perf_counter() - t_start)
     budget = 60 * minutes - elapsed - _FIXED_OVERHEAD_SECONDS - _EVAL_SECONDS_PER_IMAGE * val_images
     # The clock ends the run (max_minutes below) and the cosine learning rate follows the
     # clock down to 0, so the step count is only a ceiling, three times the estimate: the timed
@@ -69,7 +88,7 @@ def run_demo(
     expected = max(10, int(budget / per_step))
     steps = 3 * expected
     print(
-        f"{per_step:.3f} s per step of {batch_size} images: about {expected} steps "
+        f"{per_step:.3f} s per step of {batch_size} images{ranks}: about {expected} steps "
         f"({expected * batch_size / train_images:.1f} epochs) in {budget / 60:.1f} min; the "
         "learning rate follows the clock down to 0"
     )
@@ -92,6 +111,8 @@ def run_demo(
     )
     run_dir = out / "run"
     records = train(model, train_set, run_dir, cfg)
+    if comm.rank != 0:
+        return None
 
     print("evaluating on the validation images ...")
     metrics = evaluate(model, val_set, out_dir=out)
@@ -136,3 +157,10 @@ def run_demo(
         "training_curves.png, pr_curves.png, detections.png, detections.json, run/final.npz"
     )
     return metrics
+
+
+_print = print
+
+
+def _quiet(*args, **kwargs) -> None:
+    """``print`` on the ranks other than 0."""

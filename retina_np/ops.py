@@ -285,6 +285,10 @@ class BatchNorm2dCache(NamedTuple):
     # and write the same memory, which kept LLVM from vectorising them: 0.59 -> 0.90 ms for
     # the heads' group norm backward)
     y: object = None
+    # synchronised batch norm (distributed.sync_batch_norm): the function that sums an array
+    # over every rank, and the number of values per channel in the whole batch
+    allreduce: object = None
+    count: int = 0
 
 
 def _like(values: np.ndarray, ref):
@@ -294,7 +298,7 @@ def _like(values: np.ndarray, ref):
 
 
 def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, momentum=0.1,
-                        eps=1e-5, name="batchnorm2d", relu=False):
+                        eps=1e-5, name="batchnorm2d", relu=False, allreduce=None):
     """Batch normalisation per channel over (N, H, W), as torch's batch_norm.
 
     training: normalise with the batch mean and biased variance, and update the running
@@ -303,6 +307,10 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, mom
     Args:
         x (N, C, H, W); gamma, beta, running_mean, running_var (C,); one float dtype.
         relu: apply the ReLU that follows the norm in the same pass: y = max(y, 0).
+        allreduce: None, or a function that sums a float64 host array over every rank of a
+            data-parallel job (``distributed.Communicator.allreduce_sum``): in training mode
+            the statistics are then those of the whole batch, every rank's x together
+            (synchronised batch norm), and the backward's two per-channel sums as well.
     Returns:
         y (N, C, H, W) = (x - mean) / sqrt(var + eps) * gamma + beta, and the cache.
     """
@@ -324,12 +332,34 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, training, mom
                              f"got x {tuple(x.shape)}")
         # the (C,) statistics stay where x is: no copy to the host in a GPU training step
         mean, var = k.batchnorm2d_stats(x)
+        if allreduce is not None:
+            mean, var, M = _whole_batch_stats(mean, var, M, allreduce)
         invstd = k.batchnorm2d_update_stats(mean, var, M, running_mean, running_var,
                                             float(momentum), float(eps))
     else:
         mean, invstd = k.batchnorm2d_eval_stats(running_mean, running_var, float(eps))
+        allreduce = None  # constant statistics: nothing to share
     y = k.batchnorm2d_forward(x, mean, invstd, gamma, beta, bool(relu))
-    return y, BatchNorm2dCache(x, mean, invstd, gamma, bool(training), name, y if relu else None)
+    return y, BatchNorm2dCache(x, mean, invstd, gamma, bool(training), name,
+                               y if relu else None, allreduce, M if training else 0)
+
+
+def _whole_batch_stats(mean, var, count, allreduce):
+    """This rank's mean and biased var (C,) of ``count`` values per channel -> the mean, var
+    and count of every rank's values together.
+
+    One allreduce of the per-channel sums and sums of squares, in float64:
+    sum x = count * mean, sum x^2 = count * (var + mean^2), then var = E[x^2] - E[x]^2. The
+    subtraction loses about log10(mean^2 / var) of float64's 16 digits: nothing that shows in
+    float32 activations (docs/architecture.md, "Data parallelism").
+    """
+    m, v = backend.to_numpy(mean).astype(np.float64), backend.to_numpy(var).astype(np.float64)
+    sums = allreduce(np.concatenate([count * m, count * (v + m * m), [float(count)]]))
+    C = m.shape[0]
+    total = sums[-1]
+    whole_mean = sums[:C] / total
+    whole_var = np.maximum(sums[C:2 * C] / total - whole_mean * whole_mean, 0.0)
+    return _like(whole_mean, mean), _like(whole_var, var), int(round(total))
 
 
 def batchnorm2d_backward(dy, cache: BatchNorm2dCache):
@@ -351,7 +381,31 @@ def batchnorm2d_backward(dy, cache: BatchNorm2dCache):
         # forward kernel with a zero mean and a zero shift.
         zeros = _like(np.zeros(x.shape[1]), x)
         dx = k.batchnorm2d_forward(dy, zeros, cache.invstd, cache.gamma, zeros)
+    elif cache.allreduce is not None:
+        dx = k.add_forward(dx, _whole_batch_correction(k, x, cache, dgamma, dbeta))
+    # dgamma and dbeta stay this rank's: the gradient average adds the ranks' shares
     return dx, dgamma, dbeta
+
+
+def _whole_batch_correction(k, x, cache: BatchNorm2dCache, dgamma, dbeta):
+    """What to add to this rank's dx when the statistics were the whole batch's.
+
+    dx = gamma*invstd * (dy - mean(dy) - xhat * mean(dy*xhat)), the means over the whole
+    batch: the mean and the variance depend on every rank's x. The kernel took the means over
+    this rank's values (sum dy = dbeta, sum dy*xhat = dgamma, over its count m); with M the
+    count of the whole batch, the difference is an affine map of x per channel:
+    gamma*invstd * ((dbeta/m - S0/M) + xhat * (dgamma/m - S1/M)), S0 and S1 the allreduced
+    sums. The kernel that applies it is the forward's (x - mean) * invstd * a + b.
+    """
+    d_beta, d_gamma = (backend.to_numpy(a).astype(np.float64) for a in (dbeta, dgamma))
+    C = d_beta.shape[0]
+    m = x.shape[0] * x.shape[2] * x.shape[3]
+    sums = cache.allreduce(np.concatenate([d_beta, d_gamma]))
+    scale = backend.to_numpy(cache.gamma).astype(np.float64) * backend.to_numpy(
+        cache.invstd).astype(np.float64)
+    a = scale * (d_gamma / m - sums[C:] / cache.count)
+    b = scale * (d_beta / m - sums[:C] / cache.count)
+    return k.batchnorm2d_forward(x, cache.mean, cache.invstd, _like(a, x), _like(b, x))
 
 
 # ----------------------------------------------------------------------------- groupnorm
@@ -390,6 +444,10 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm", relu=F
     Args:
         x (N, C, H, W); gamma, beta (C,); one float dtype; C divisible by groups.
         relu: apply the ReLU that follows the norm in the same pass: y = max(y, 0).
+        allreduce: None, or a function that sums a float64 host array over every rank of a
+            data-parallel job (``distributed.Communicator.allreduce_sum``): in training mode
+            the statistics are then those of the whole batch, every rank's x together
+            (synchronised batch norm), and the backward's two per-channel sums as well.
     Returns:
         y (N, C, H, W) = (x - mean[n, g]) / sqrt(var[n, g] + eps) * gamma + beta, and the cache.
     """

@@ -18,12 +18,16 @@ docs/performance.md ("Threads and memory").
   about 9x slower on 2 cores). Then Numba's own ``workqueue`` threading layer is chosen
   instead (``openmp_started_early``); the heads' subnets then run one after the other, since
   that layer must not be entered from two threads at once (``kernels/threads.py``).
+* Under mpiexec, the ranks on one machine share its cores: each rank's Numba, OpenMP and
+  BLAS pools get ``threads_per_rank()`` threads (2 ranks on 2 cores: one each), so that the
+  ranks' thread pools do not fight over the cores (``retina_np/distributed.py``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import sys
 
 _configured = False
 
@@ -35,6 +39,12 @@ def configure() -> None:
         return
     _configured = True
     early = openmp_started_early()
+    per_rank = threads_per_rank()
+    if per_rank is not None:
+        for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                     "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, str(per_rank))
+        _limit_loaded_pools(per_rank)
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if early and "NUMBA_THREADING_LAYER" not in os.environ:
@@ -68,3 +78,32 @@ def keep_freed_memory() -> bool:
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
     return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+def _limit_loaded_pools(threads: int) -> None:
+    """The thread count for pools that started before ``configure``: a script that imported
+    numpy before retina_np has a BLAS that read its thread count already (every core: 2 ranks
+    on 2 cores then ran 7x slower, each BLAS call fighting the other rank for the cores), and
+    Numba reads NUMBA_NUM_THREADS when it is imported."""
+    if "numpy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")  # process-wide, from now on
+    if "numba" in sys.modules:
+        import numba
+
+        numba.config.NUMBA_NUM_THREADS = min(numba.config.NUMBA_NUM_THREADS, threads)
+
+
+def threads_per_rank() -> int | None:
+    """The cores of this machine divided among the MPI ranks that run on it (at least 1), or
+    None outside a job of several ranks on this machine. MPICH's hydra tells each rank how
+    many share its machine in MPI_LOCALNRANKS, Open MPI in OMPI_COMM_WORLD_LOCAL_SIZE."""
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE")
+    if not local or int(local) < 2:
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // int(local))

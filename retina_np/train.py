@@ -5,6 +5,10 @@ always replaced atomically) and ``final.npz``. Data order and flips depend only 
 the step, so ``resume=True`` continues with exactly the losses an uninterrupted run would have.
 Checkpoints also keep the training time spent so far, so that a run capped by ``max_minutes``
 keeps its clock (and its cosine schedule, which follows the clock) across a resume.
+
+Under mpiexec each rank trains on its share of every batch (``retina_np/distributed.py``):
+the gradients are averaged and batch norm is synchronised, so the run is that of one process
+on the whole batch; rank 0 alone writes the log, the progress and the checkpoints.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from retina_np import backend
+from retina_np import backend, distributed
 from retina_np.checkpoint import load_checkpoint, save_checkpoint
 from retina_np.data import DataLoader
 from retina_np.optim import SGD, AdamW, LRSchedule, clip_grad_norm
@@ -37,7 +43,7 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainConfig:
     steps: int = 1000  # optimisation steps (one batch each)
-    batch_size: int = 8
+    batch_size: int = 8  # the global batch: under mpiexec each rank takes batch_size / ranks
     lr: float = 0.01  # the paper's 0.01 at batch 16; linear scaling is up to you
     optimizer: str = "sgd"  # "sgd" (paper) or "adamw" (optim.AdamW: faster from scratch)
     momentum: float = 0.9  # paper (SGD only)
@@ -93,23 +99,34 @@ def _check_finite(losses: dict, step: int) -> None:
         )
 
 
-def train_step(model, optimizer, images, targets, lr, clip=0.0, scheduled=True):
+def train_step(model, optimizer, images, targets, lr, clip=0.0, scheduled=True, comm=None):
     """Forward, loss, backward, update. Returns the losses dict (python floats).
 
     scheduled: run the step's independent parts side by side on the CPU's cores
     (retina_np/schedule.py); False runs the model's own calls. The numbers are the same.
+    comm: a ``distributed.Communicator`` whose ranks each pass their share of one batch: the
+    losses and the gradients are then averaged over the ranks (batch norm is synchronised
+    by ``distributed.sync_batch_norm``), and every rank makes the same update.
     """
     model.train()
     model.zero_grad()
-    # The loader yields numpy images; a model on the GPU gets them copied there, once per batch.
-    images = backend.to_device(images, backend.device_of(model.parameters()[0].data))
+    # The loader yields numpy float32 images; a model on the GPU gets them copied there, once
+    # per batch, and a float64 model (exactness checks) gets them in float64.
+    weight = model.parameters()[0].data
+    if isinstance(images, np.ndarray) and images.dtype != weight.dtype:
+        images = images.astype(weight.dtype)
+    images = backend.to_device(images, backend.device_of(weight))
     net = Scheduled(model) if scheduled else model
     cls_logits, box_deltas = net(images)
     losses, d_cls, d_box = net.loss(cls_logits, box_deltas, targets, images.shape[-2:])
+    if comm is not None:
+        losses = distributed.average_losses(losses, comm)
     if not all(math.isfinite(v) for v in losses.values() if isinstance(v, float)):
         model.clear_caches()
         return losses
     net.backward(d_cls, d_box)
+    if comm is not None:
+        distributed.average_gradients(model.parameters(), comm)
     losses["grad_norm"] = clip_grad_norm(model.parameters(), clip)
     optimizer.step(lr=lr)
     return losses
@@ -131,9 +148,19 @@ def train(
         dataset: anything with ``len`` and ``ds[i] -> (image uint8 HWC, target)``.
         out_dir: run directory for ``log.jsonl``, ``last.npz``, ``final.npz``.
         resume: continue from ``out_dir/last.npz`` (same data order, same losses).
-        on_step: optional callback(record) after each step (live plots in notebooks).
+        on_step: optional callback(record) after each step (live plots in notebooks); under
+            mpiexec it is called on every rank.
     """
+    comm = distributed.world()
+    with distributed.abort_on_error(comm):
+        return _train(model, dataset, out_dir, config, resume, progress, on_step, comm)
+
+
+def _train(model, dataset, out_dir, config, resume, progress, on_step, comm) -> list[dict]:
+    """``train`` on this rank of ``comm``."""
     cfg = config or TrainConfig()
+    lead = comm.rank == 0  # writes the log, the progress and the checkpoints
+    distributed.sync_batch_norm(model, comm)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     c = model.config  # the images are made as the model expects them
@@ -152,12 +179,16 @@ def train(
         optimizer.load_state_dict(ckpt.optimizer_state)
         step = ckpt.step
         spent_before = float(ckpt.extra.get("train_seconds", 0.0))
-        _truncate_log(log_path, step)
-    elif log_path.exists():
+        if lead:
+            _truncate_log(log_path, step)
+    elif log_path.exists() and lead:
         log_path.unlink()
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    if lead:
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     def checkpoint(path_name: str) -> None:
+        if not lead:
+            return
         extra = {"train_config": asdict(cfg), "train_seconds": time.perf_counter() - start}
         save_checkpoint(out / path_name, model, optimizer, step=step, extra=extra)
 
@@ -167,28 +198,38 @@ def train(
     # before train_seconds was kept has no time: its steps are left out of the rate estimate.
     start = time.perf_counter() - spent_before
     first_step = 0 if spent_before > 0 else step
-    bar = _progress_bar(cfg.steps, step, progress)
+    bar = _progress_bar(cfg.steps, step, progress and lead)
+
+    def clock() -> float:
+        """Seconds since the run began; rank 0's, so that every rank takes the same learning
+        rate and stops at the same step."""
+        return comm.broadcast(time.perf_counter() - start)
+
+    # this rank's share of batch i of an epoch
+    draw = partial(loader.batch, rank=comm.rank, ranks=comm.size)
     # The next batch is drawn in a background thread while the current step computes: drawing
     # and decoding images is mostly numpy work that releases the GIL. Only that thread touches
     # the loader, and batch(epoch, i) depends on nothing but its arguments, so the data stay
     # exactly those of a run without it.
     out_of_time = False  # stopped by max_minutes: finished as planned, not interrupted
     prefetch = ThreadPoolExecutor(max_workers=1)
-    pending = prefetch.submit(loader.batch, *divmod(step, len(loader)))
+    pending = prefetch.submit(draw, *divmod(step, len(loader)))
     try:
-        with open(log_path, "a") as log:
+        with open(log_path, "a") if lead else _NoLog() as log, distributed.CtrlC(comm) as ctrl_c:
             while step < cfg.steps:
                 epoch = step // len(loader)
                 images, targets, _, _ = pending.result()
                 if step + 1 < cfg.steps:  # no batch is drawn for a step that never comes
-                    pending = prefetch.submit(loader.batch, *divmod(step + 1, len(loader)))
+                    pending = prefetch.submit(draw, *divmod(step + 1, len(loader)))
+                images = distributed.pad_to_common_size(images, comm)
                 t0 = time.perf_counter()
                 progress = None
                 if cfg.max_minutes > 0 and cfg.schedule_kind == "cosine":
-                    elapsed = (time.perf_counter() - start) / (60 * cfg.max_minutes)
+                    elapsed = clock() / (60 * cfg.max_minutes)
                     progress = max(step / cfg.steps, elapsed)
                 lr = schedule(step, progress)
-                losses = train_step(model, optimizer, images, targets, lr, cfg.clip_grad_norm)
+                losses = train_step(model, optimizer, images, targets, lr, cfg.clip_grad_norm,
+                                    comm=comm if comm.size > 1 else None)
                 _check_finite(losses, step + 1)
                 dt = time.perf_counter() - t0
                 step += 1
@@ -197,7 +238,7 @@ def train(
                     "lr": lr,
                     "epoch": epoch,
                     "time": dt,
-                    "images_per_s": len(targets) / dt,
+                    "images_per_s": len(targets) * comm.size / dt,
                     **losses,
                 }
                 records.append(record)
@@ -219,17 +260,18 @@ def train(
                     on_step(record)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     checkpoint("last.npz")
-                if cfg.max_minutes > 0 and time.perf_counter() - start > 60 * cfg.max_minutes:
+                if ctrl_c.requested():  # under mpiexec: every rank stops after this step
+                    raise KeyboardInterrupt
+                if cfg.max_minutes > 0 and clock() > 60 * cfg.max_minutes:
                     out_of_time = True
                     bar.total = step  # it ends full
                     break
     except KeyboardInterrupt:
         bar.close()
         checkpoint("last.npz")
-        print(
-            f"\ninterrupted at step {step}; checkpoint saved to {out / 'last.npz'} "
-            "(continue with --resume)"
-        )
+        if lead:
+            print(f"\ninterrupted at step {step}; checkpoint saved to {out / 'last.npz'} "
+                  "(continue with --resume)", flush=True)
         raise
     finally:
         prefetch.shutdown(wait=True, cancel_futures=True)
@@ -237,7 +279,24 @@ def train(
     checkpoint("last.npz")
     if step >= cfg.steps or out_of_time:
         checkpoint("final.npz")
+    comm.barrier()  # every rank returns once the checkpoints are written
     return records
+
+
+class _NoLog:
+    """The log of a rank other than 0: writes nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
 
 
 def _stderr_is_terminal() -> bool:

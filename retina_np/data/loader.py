@@ -83,12 +83,20 @@ class DataLoader:
             self._plan_epoch, self._plan = epoch, (order.astype(np.int64), flips)
         return self._plan
 
-    def batch(self, epoch: int, i: int) -> Batch:
-        """Batch ``i`` of epoch ``epoch``: the same as the i-th that ``epoch(epoch)`` yields."""
+    def batch(self, epoch: int, i: int, rank: int = 0, ranks: int = 1) -> Batch:
+        """Batch ``i`` of epoch ``epoch``: the same as the i-th that ``epoch(epoch)`` yields.
+
+        rank, ranks: only the rank-th of ``ranks`` equal shares of the batch (data-parallel
+        training, ``retina_np/distributed.py``): images ``rank * n / ranks`` to
+        ``(rank + 1) * n / ranks`` of its ``n``, padded to their own largest size.
+        """
         if not 0 <= i < len(self):
             raise IndexError(f"batch {i} out of range for {len(self)} batches per epoch")
         order, flips = self.epoch_plan(epoch)
-        positions = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        first, n = i * self.batch_size, min(self.batch_size, len(order) - i * self.batch_size)
+        if n % ranks:
+            raise ValueError(f"batch {i} of {n} images does not split evenly over {ranks} ranks")
+        positions = slice(first + rank * n // ranks, first + (rank + 1) * n // ranks)
         images, targets, sizes = [], [], []
         for index, flipped in zip(order[positions], flips[positions]):
             image, target = self._load(int(index))

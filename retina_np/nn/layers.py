@@ -150,6 +150,10 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(num_features, dtype))
         self.register_buffer("running_var", np.ones(num_features, dtype))
         self.name = "BatchNorm2d"
+        # None: the statistics of this process's batch. A data-parallel job sets here the
+        # function that sums an array over every rank (distributed.sync_batch_norm): training
+        # then normalises with the statistics of the whole batch, every rank's images.
+        self.allreduce = None
 
     def forward(self, x):
         y, cache = ops.batchnorm2d_forward(
@@ -163,6 +167,7 @@ class BatchNorm2d(Module):
             eps=self.eps,
             name=self.name,
             relu=self.relu,
+            allreduce=self.allreduce,
         )
         self._push(cache)
         return y
