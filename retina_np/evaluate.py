@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from tqdm import tqdm
 
 from retina_np.data.transforms import normalize, pad_batch
 from retina_np.detection.boxes import box_iou
 from retina_np.models.config import RetinaNetConfig
+from retina_np.progress import progress_bar
 
 # The order of COCOeval.stats after summarize(): AP at IoU .50:.95, .50, .75, AP for small,
 # medium, large objects, then recall with at most 1, 10, 100 detections and by size.
@@ -261,7 +261,8 @@ def detect_dataset(
     detections = []
     try:
         starts = range(0, len(indices), batch_size)
-        for start in tqdm(starts, desc="evaluate", disable=not progress):
+        bar = progress_bar(len(starts), 0, progress, desc="evaluate", unit="batch")
+        for start in starts:
             chunk = indices[start : start + batch_size]
             images = [dataset[i][0] for i in chunk]  # (H, W, 3) uint8 each
             sizes = [im.shape[:2] for im in images]
@@ -275,6 +276,8 @@ def detect_dataset(
                         "labels": np.asarray(det["labels"], dtype=np.int64).reshape(-1),
                     }
                 )
+            bar.update(1)
+        bar.close()
     finally:
         if was_training and hasattr(model, "train"):
             model.train()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -23,17 +22,16 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from retina_np import backend, distributed
 from retina_np.checkpoint import load_checkpoint, save_checkpoint
 from retina_np.data import DataLoader
 from retina_np.optim import SGD, AdamW, LRSchedule, clip_grad_norm
+from retina_np.progress import PLAIN_PROGRESS_SECONDS, PlainProgress, progress_bar  # noqa: F401
 from retina_np.schedule import Scheduled
 
 # Off a terminal (CI, nohup, "> log") a progress bar's carriage-return updates pile up as one
 # line per step; a plain line this often instead keeps a 10-minute log at about 30 lines.
-PLAIN_PROGRESS_SECONDS = 20.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -198,7 +196,7 @@ def _train(model, dataset, out_dir, config, resume, progress, on_step, comm) -> 
     # before train_seconds was kept has no time: its steps are left out of the rate estimate.
     start = time.perf_counter() - spent_before
     first_step = 0 if spent_before > 0 else step
-    bar = _progress_bar(cfg.steps, step, progress and lead)
+    bar = progress_bar(cfg.steps, step, progress and lead, desc="train", unit="step")
 
     def clock() -> float:
         """Seconds since the run began; rank 0's, so that every rank takes the same learning
@@ -297,61 +295,6 @@ class _NoLog:
 
     def flush(self) -> None:
         pass
-
-
-def _stderr_is_terminal() -> bool:
-    """Whether a progress bar can redraw itself: a terminal, or a Jupyter notebook's widget."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
-
-
-def _progress_bar(total: int, initial: int, enabled: bool):
-    """tqdm's bar on a terminal or in a notebook, else plain lines every few seconds."""
-    if enabled and not _stderr_is_terminal():
-        return PlainProgress(total, initial)
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step")
-
-
-class PlainProgress:
-    """Progress as plain lines on stderr, for logs that a file holds (detectron2 prints every
-    20 iterations): the first step, then one line every ``every_s`` seconds, and the last.
-
-    It has the parts of tqdm's interface that ``train`` uses: ``total``, ``update``,
-    ``set_postfix`` and ``close``.
-    """
-
-    def __init__(self, total: int, initial: int = 0, every_s: float = PLAIN_PROGRESS_SECONDS,
-                 file=None):
-        self.total, self.n, self.every_s = total, initial, every_s
-        self.file = file
-        self._first = initial
-        self._postfix = ""
-        self._start = self._last = time.monotonic()
-        self._printed_at = None  # the step of the last line printed
-
-    def set_postfix(self, **values) -> None:
-        self._postfix = ", ".join(f"{k} {v}" for k, v in values.items())
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if self.n == self._first + n or now - self._last >= self.every_s:
-            self._print(now)
-
-    def close(self) -> None:
-        if self._printed_at != self.n and self.n > self._first:
-            self._print(time.monotonic())
-
-    def _print(self, now: float) -> None:
-        self._last, self._printed_at = now, self.n
-        spent = now - self._start
-        line = f"train: step {self.n}/{self.total}"
-        if self._postfix:
-            line += f"  {self._postfix}"
-        line += f"  {spent / 60:.1f} min"
-        done = self.n - self._first
-        if 0 < done and self.n < self.total:
-            line += f", about {(self.total - self.n) * spent / done / 60:.1f} min left"
-        print(line, file=self.file or sys.stderr, flush=True)
 
 
 def _truncate_log(log_path: Path, step: int) -> None:

@@ -167,6 +167,7 @@ def test_resumed_time_capped_run_keeps_its_clock(tmp_path, data, monkeypatch):
 def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data, monkeypatch):
     """The progress bar's total is the step where the clock will stop the run, not the
     (much larger) step ceiling, so its percentage and time left are those of the real run."""
+    import retina_np.progress as progress_module
     import retina_np.train as train_module
 
     clock = iter(range(0, 10_000))
@@ -186,8 +187,8 @@ def test_time_capped_run_shows_the_step_the_clock_will_end_it_at(tmp_path, data,
         def close(self):
             totals.append(self.total)
 
-    monkeypatch.setattr(train_module, "tqdm", Bar)
-    monkeypatch.setattr(train_module, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(progress_module, "tqdm", Bar)
+    monkeypatch.setattr(progress_module, "stderr_is_terminal", lambda: True)
     cfg = quick_cfg(steps=1000, max_minutes=0.5, checkpoint_every=0)
     records = train(tiny(), data, tmp_path, cfg)
     assert len(totals) == len(records) + 1 and len(records) < 100
@@ -235,3 +236,12 @@ def test_plain_progress_prints_every_few_seconds(monkeypatch):
 def test_weight_decay_defaults_to_the_optimizers_own(optimizer, weight_decay, expected):
     cfg = TrainConfig(optimizer=optimizer, weight_decay=weight_decay)
     assert cfg.make_optimizer(tiny().named_parameters()).weight_decay == expected
+
+
+def test_off_a_terminal_evaluation_progress_is_plain_lines(data, capsys):
+    """evaluate's progress, like train's, prints no carriage-return updates into a log."""
+    evaluate(tiny().eval(), data, batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("evaluate:")]
+    assert lines and lines[-1].startswith("evaluate: batch ")
