@@ -444,10 +444,6 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5, name="groupnorm", relu=F
     Args:
         x (N, C, H, W); gamma, beta (C,); one float dtype; C divisible by groups.
         relu: apply the ReLU that follows the norm in the same pass: y = max(y, 0).
-        allreduce: None, or a function that sums a float64 host array over every rank of a
-            data-parallel job (``distributed.Communicator.allreduce_sum``): in training mode
-            the statistics are then those of the whole batch, every rank's x together
-            (synchronised batch norm), and the backward's two per-channel sums as well.
     Returns:
         y (N, C, H, W) = (x - mean[n, g]) / sqrt(var[n, g] + eps) * gamma + beta, and the cache.
     """
