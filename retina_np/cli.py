@@ -201,7 +201,7 @@ def cmd_detect(args) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from retina_np.checkpoint import load_model
-    from retina_np.data import normalize, pad_batch
+    from retina_np.data import model_batch
     from retina_np.viz import detection_grid
 
     model, _ = load_model(args.checkpoint)
@@ -214,8 +214,7 @@ def cmd_detect(args) -> int:
             image = np.asarray(Image.open(path).convert("RGB"))
         except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"{path}: cannot read image ({exc})") from None
-        c = model.config
-        batch = pad_batch([normalize(image, c.image_mean, c.image_std)], c.size_divisible)
+        batch = model_batch([image], model.config)
         det = model.detect(batch, [image.shape[:2]])[0]
         stem = Path(path).stem
         detection_grid([image], [det], names, path=out / f"{stem}_detections.png", ncols=1)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from retina_np import distributed
-from retina_np.data import DataLoader, ShapesDataset, normalize, pad_batch
+from retina_np.data import DataLoader, ShapesDataset, model_batch
 from retina_np.evaluate import evaluate
 from retina_np.models import RetinaNet, RetinaNetConfig
 from retina_np.optim import AdamW
@@ -119,8 +119,7 @@ def _run_demo(minutes, out_dir, train_images, val_images, batch_size, lr, seed, 
     plot_loss_curves(read_log(run_dir / "log.jsonl"), path=out / "training_curves.png")
     show = list(range(min(16, len(val_set))))
     images = [val_set[i][0] for i in show]
-    batch = pad_batch([normalize(im, config.image_mean, config.image_std) for im in images],
-                      config.size_divisible)
+    batch = model_batch(images, config)
     dets = model.detect(batch, [im.shape[:2] for im in images])
     detection_grid(
         images,

@@ -28,7 +28,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from retina_np.data.transforms import normalize, pad_batch
+from retina_np.data.transforms import model_batch
 from retina_np.detection.boxes import box_iou
 from retina_np.models.config import RetinaNetConfig
 from retina_np.progress import progress_bar
@@ -266,8 +266,7 @@ def detect_dataset(
             chunk = indices[start : start + batch_size]
             images = [dataset[i][0] for i in chunk]  # (H, W, 3) uint8 each
             sizes = [im.shape[:2] for im in images]
-            batch = pad_batch([normalize(im, config.image_mean, config.image_std)
-                               for im in images], config.size_divisible)  # (N, 3, Hp, Wp)
+            batch = model_batch(images, config)  # (N, 3, Hp, Wp)
             for det in model.detect(batch, sizes):
                 detections.append(
                     {

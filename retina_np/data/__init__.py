@@ -15,6 +15,7 @@ from retina_np.data.transforms import (
     IMAGENET_STD,
     denormalize,
     hflip,
+    model_batch,
     normalize,
     pad_batch,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "denormalize",
     "export_coco",
     "hflip",
+    "model_batch",
     "normalize",
     "pad_batch",
 ]

@@ -73,3 +73,11 @@ def pad_batch(images: list[np.ndarray], size_divisible: int = 32) -> np.ndarray:
     for n, im in enumerate(images):
         batch[n, :, : im.shape[1], : im.shape[2]] = im
     return batch
+
+
+def model_batch(images: list[np.ndarray], config) -> np.ndarray:
+    """uint8 (H_i, W_i, 3) RGB images -> the (N, 3, Hp, Wp) float32 batch that a model with
+    ``config`` (a RetinaNetConfig) takes: each normalised with its ``image_mean`` and
+    ``image_std``, then padded to a multiple of its ``size_divisible`` (``pad_batch``)."""
+    return pad_batch([normalize(im, config.image_mean, config.image_std) for im in images],
+                     config.size_divisible)
