@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -27,11 +28,8 @@ from retina_np import backend, distributed
 from retina_np.checkpoint import load_checkpoint, save_checkpoint
 from retina_np.data import DataLoader
 from retina_np.optim import SGD, AdamW, LRSchedule, clip_grad_norm
-from retina_np.progress import PLAIN_PROGRESS_SECONDS, PlainProgress, progress_bar  # noqa: F401
+from retina_np.progress import progress_bar
 from retina_np.schedule import Scheduled
-
-# Off a terminal (CI, nohup, "> log") a progress bar's carriage-return updates pile up as one
-# line per step; a plain line this often instead keeps a 10-minute log at about 30 lines.
 
 
 class TrainingDiverged(RuntimeError):
@@ -213,7 +211,9 @@ def _train(model, dataset, out_dir, config, resume, progress, on_step, comm) -> 
     prefetch = ThreadPoolExecutor(max_workers=1)
     pending = prefetch.submit(draw, *divmod(step, len(loader)))
     try:
-        with open(log_path, "a") if lead else _NoLog() as log, distributed.CtrlC(comm) as ctrl_c:
+        # only rank 0 writes the log; the other ranks write theirs nowhere
+        with open(log_path if lead else os.devnull, "a") as log, \
+                distributed.CtrlC(comm) as ctrl_c:
             while step < cfg.steps:
                 epoch = step // len(loader)
                 images, targets, _, _ = pending.result()
@@ -279,22 +279,6 @@ def _train(model, dataset, out_dir, config, resume, progress, on_step, comm) -> 
         checkpoint("final.npz")
     comm.barrier()  # every rank returns once the checkpoints are written
     return records
-
-
-class _NoLog:
-    """The log of a rank other than 0: writes nothing."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def write(self, text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
 
 
 def _truncate_log(log_path: Path, step: int) -> None:

@@ -211,12 +211,12 @@ def test_off_a_terminal_progress_is_a_few_plain_lines(tmp_path, data, capsys):
 def test_plain_progress_prints_every_few_seconds(monkeypatch):
     import io
 
-    import retina_np.train as train_module
+    import retina_np.progress as progress_module
 
     now = [0.0]
-    monkeypatch.setattr(train_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
     out = io.StringIO()
-    bar = train_module.PlainProgress(total=1000, initial=100, every_s=20.0, file=out)
+    bar = progress_module.PlainProgress(total=1000, initial=100, every_s=20.0, file=out)
     for _ in range(300):  # 300 steps of 0.5 s: the first, then one line per 20 s, then the end
         now[0] += 0.5
         bar.set_postfix(loss="0.500")
