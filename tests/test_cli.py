@@ -189,3 +189,13 @@ def test_checkpoint_from_a_different_config(run_dir, capsys):
     code = main(["evaluate", "--checkpoint", str(bad), "--data", "shapes:4"])
     assert code == 2
     assert "mismatch.npz" in one_error_line(capsys)
+
+
+def test_demo_with_fewer_training_images_than_its_timing_steps(tmp_path, capsys):
+    """The demo times six steps before it plans the run; a training set of two batches
+    takes them from the next epochs instead of asking for batches that do not exist."""
+    code = main(["demo", "--minutes", "0.1", "--train-images", "16", "--val-images", "4",
+                 "--out", str(tmp_path / "demo")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert 0.0 <= metrics["AP50"] <= 1.0
