@@ -373,9 +373,10 @@ def batchnorm2d_backward(dy, cache: BatchNorm2dCache):
     _check_grad(cache.name, dy, x.shape, np.dtype(x.dtype))
     dy = _contiguous(dy)
     k = backend.kernels_for(dy, x)
-    if cache.y is not None:  # the ReLU the forward ended in: its backward first
-        dy = k.relu_backward(dy, cache.y)
-    dx, dgamma, dbeta = k.batchnorm2d_backward(dy, x, cache.mean, cache.invstd, cache.gamma)
+    y = cache.y  # the ReLU the forward ended in: the kernel counts dy only where y > 0
+    if y is not None and not cache.training:  # the affine map's dx below needs dy masked
+        dy, y = k.relu_backward(dy, y), None
+    dx, dgamma, dbeta = k.batchnorm2d_backward(dy, x, cache.mean, cache.invstd, cache.gamma, y)
     if not cache.training:
         # dgamma and dbeta are the same in both modes; dx is the affine map's, which is the
         # forward kernel with a zero mean and a zero shift.

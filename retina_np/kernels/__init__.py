@@ -40,7 +40,8 @@ height/width, kh/kw kernel size, Ho/Wo output size. The contract (shapes on the 
     batchnorm2d_eval_stats(running_mean, running_var, eps)  # -> mean copy (C,), invstd (C,)
     batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False)
                                                           # -> y = (x-mean)*invstd*gamma+beta
-    batchnorm2d_backward(dy, x, mean, invstd, gamma)      # training mode -> dx, dgamma, dbeta
+    batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None)  # training mode -> dx, dgamma,
+                                                          #   dbeta; y: a relu forward's output
     groupnorm_forward(x, gamma, beta, groups, eps, relu=False)  # G = groups of C/G channels -> y,
                                                           #   mean (N,G), invstd (N,G)
     groupnorm_backward(dy, x, mean, invstd, gamma, groups)  # -> dx, dgamma (C,), dbeta (C,)

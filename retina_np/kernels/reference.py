@@ -142,13 +142,17 @@ def batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=False):
     return relu_forward(y.astype(x.dtype)) if relu else y.astype(x.dtype)
 
 
-def batchnorm2d_backward(dy, x, mean, invstd, gamma):
+def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
     """Training mode, by the chain rule through xhat, var and mean (which depend on all of x).
+    y: the output of a forward with relu=True, or None: then dy counts only where y > 0 (the
+    ReLU's backward first).
 
     With M = N*H*W, xc = x - mean, xhat = xc * invstd, var = sum(xc**2)/M, invstd = (var+eps)**-0.5:
     dxhat = dy*gamma; dvar = sum(dxhat*xc) * -invstd**3/2; dmean = -sum(dxhat)*invstd
     (its term through var vanishes, sum(xc) = 0); dx = dxhat*invstd + dvar*2*xc/M + dmean/M.
     """
+    if y is not None:
+        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     M = N * H * W
     dx, dgamma, dbeta = np.zeros((N, C, H, W)), np.zeros(C), np.zeros(C)

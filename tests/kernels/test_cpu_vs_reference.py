@@ -155,7 +155,8 @@ def test_same_unfolding_is_the_padded_unfolding():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 4, 5), (3, 2, 1, 1), (1, 4, 3, 3)])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 2), (2, 3, 4, 5), (3, 2, 1, 1), (1, 4, 3, 3),
+                                   (2, 2, 17, 19)])  # rows longer than norm.LANES, and a rest
 def test_batchnorm2d(shape, dtype):
     if shape == (1, 1, 1, 2) and dtype == np.float32:
         # Two values per channel normalise to -1 and +1 whatever x is, so dx is ~1e-4 of its
@@ -176,6 +177,15 @@ def test_batchnorm2d(shape, dtype):
     for fast, slow in zip(cpu.batchnorm2d_backward(dy, x, mean, invstd, gamma),
                           ref.batchnorm2d_backward(dy, x, mean, invstd, gamma)):
         assert_close(fast, slow, dtype)
+    # after a forward with the ReLU: dy counts where y > 0, the same bits as masking it first
+    y = cpu.batchnorm2d_forward(x, mean, invstd, gamma, beta, relu=True)
+    fused = cpu.batchnorm2d_backward(dy, x, mean, invstd, gamma, y)
+    for a, b, slow in zip(fused,
+                          cpu.batchnorm2d_backward(cpu.relu_backward(dy, y), x, mean, invstd,
+                                                   gamma),
+                          ref.batchnorm2d_backward(dy, x, mean, invstd, gamma, y)):
+        np.testing.assert_array_equal(a, b)
+        assert_close(a, slow, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,5 +1,6 @@
-"""The norms with the ReLU after them (``relu=True``: in the CPU forward kernels, and the
-ReLU's backward run by the ops before the norm's): the ops give exactly the bits of the norm
+"""The norms with the ReLU after them (``relu=True``: in the CPU forward kernels; the ReLU's
+backward inside batch norm's backward kernel, run by the ops before group norm's): the ops give
+exactly the bits of the norm
 and the ReLU one after the other, the reference kernels agree with them, and the fused ops
 pass finite-difference checks (float64) away from the ReLU's kink."""
 

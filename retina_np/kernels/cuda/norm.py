@@ -31,7 +31,7 @@ import numpy as np
 from numba import cuda, float64
 
 from retina_np.kernels.cuda import launch as cl
-from retina_np.kernels.cuda.elementwise import cast, relu_forward
+from retina_np.kernels.cuda.elementwise import cast, relu_backward, relu_forward
 from retina_np.kernels.cuda.reduce import (
     SUM,
     SUM_AND_DOT_XHAT,
@@ -117,12 +117,16 @@ def _batchnorm_backward_dx_kernel(dy, x, mean, invstd, gamma, sum_dy, sum_dy_xha
         dx[i] = k * (dy[i] - sum_dy[c] / M - xhat * (sum_dy_xhat[c] / M))
 
 
-def batchnorm2d_backward(dy, x, mean, invstd, gamma):
+def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
     """Training-mode backward (batch statistics) -> dx (N, C, H, W), dgamma (C,), dbeta (C,).
 
     dx = gamma*invstd * (dy - mean(dy) - xhat * mean(dy * xhat)): the mean and the variance
-    both depend on every x, which removes dy's mean and its component along xhat.
+    both depend on every x, which removes dy's mean and its component along xhat. y: the
+    output of a forward with relu=True, or None: then dy counts only where y > 0 (the ReLU's
+    backward, as a first launch).
     """
+    if y is not None:
+        dy = relu_backward(dy, y)
     N, C, H, W = x.shape
     M = N * H * W
     sum_dy, sum_dy_xhat = channel_sums(dy, x, mean, invstd, SUM_AND_DOT_XHAT)
