@@ -250,6 +250,26 @@ def test_maxpool2d(case, dtype):
                  ref.maxpool2d_backward(dy, argmax, H, W), dtype)
 
 
+@given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       k=st.integers(1, 5), s=st.integers(1, 3), data=st.data(), dtype=st.sampled_from(DTYPES))
+def test_maxpool2d_drawn(n, c, h, w, k, s, data, dtype):
+    """Any window, stride and padding (<= k // 2), with many ties (values of a few levels)
+    and some -inf pixels: the fast kernel's taps over phases pick the reference's pixels."""
+    p = data.draw(st.integers(0, k // 2))
+    if h + 2 * p < k or w + 2 * p < k:
+        return
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31 - 1)))
+    x = rng.integers(-2, 3, (n, c, h, w)).astype(dtype)
+    x[rng.random(x.shape) < 0.1] = -np.inf
+    y, argmax = cpu.maxpool2d_forward(x, k, s, p)
+    y_ref, argmax_ref = ref.maxpool2d_forward(x, k, s, p)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(cpu.maxpool2d_backward(dy, argmax, h, w),
+                 ref.maxpool2d_backward(dy, argmax, h, w), dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hw_in, hw_out", [((2, 3), (4, 6)), ((5, 4), (9, 7)), ((3, 3), (3, 3)),
                                            ((6, 5), (4, 2)), ((1, 1), (3, 2)), ((4, 4), (1, 1))])

@@ -42,6 +42,15 @@ def add_forward(a, b):
 
 
 # ----------------------------------------------------------------------------- max pooling
+# Each window compares its pixels in row-major order with ">", so that the first maximum wins
+# (as the reference's loops). Written window by window those are short scalar loops (1.4 ms on
+# the stem's output, one thread). Instead each tap (i, j) is one long, vectorised pass over all
+# of a plane's windows: the plane is cut into its stride x stride phases with -inf outside it
+# (as the strided convolutions' input, cpu/im2col.py), in which tap (i, j) of window (oh, ow)
+# is entry (oh + i // s, ow + j // s) of phase (i % s, j % s); the windows are laid out in rows
+# as long as a phase's, so that a tap reads one unit-step run, and the few extra windows per
+# row are dropped at the end (0.5 ms; docs/performance.md "Kernel notes"). -inf is never
+# larger than the running maximum, so only real pixels are taken.
 def maxpool2d_forward(x, k, stride, padding):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int64 as h*W + w (first max).
 
@@ -55,41 +64,90 @@ def maxpool2d_forward(x, k, stride, padding):
 def _maxpool2d_forward(x, k, stride, padding):
     """``maxpool2d_forward`` on the threads in force."""
     N, C, H, W = x.shape
-    Ho = (H + 2 * padding - k) // stride + 1
-    Wo = (W + 2 * padding - k) // stride + 1
+    s = stride
+    Ho = (H + 2 * padding - k) // s + 1
+    Wo = (W + 2 * padding - k) // s + 1
+    Hs, Ws = Ho + (k - 1) // s, Wo + (k - 1) // s  # the rows and columns of a phase the taps read
     y = np.empty((N * C, Ho * Wo), x.dtype)
     argmax = np.empty((N * C, Ho * Wo), np.int64)
     xf = x.reshape(N * C, H * W)
     for nc in prange(N * C):
-        plane, y_row, a_row = xf[nc], y[nc], argmax[nc]
-        for oh in range(Ho):
-            h_lo, h_hi = max(0, oh * stride - padding), min(H, oh * stride - padding + k)
-            for ow in range(Wo):
-                w_lo, w_hi = max(0, ow * stride - padding), min(W, ow * stride - padding + k)
-                # the padding is -inf, never a maximum: only real pixels are compared
-                best_at = h_lo * W + w_lo
-                best = plane[best_at]
-                for h in range(h_lo, h_hi):
-                    for w in range(w_lo, w_hi):
-                        v = plane[h * W + w]
-                        # selects, not a branch: which pixel is largest is unpredictable
-                        take = v > best
-                        best = v if take else best
-                        best_at = h * W + w if take else best_at
-                y_row[oh * Wo + ow] = best
-                a_row[oh * Wo + ow] = best_at
+        # one spare row in each phase: the run of the last tap overhangs the last row
+        ph = np.empty((s, s, (Hs + 1) * Ws), x.dtype)
+        best = np.empty(Ho * Ws, x.dtype)
+        at = np.empty(Ho * Ws, np.int32)  # the maximum's offset i*W + j in its window
+        _plane_phases(xf[nc], H, W, s, padding, Ws, ph)
+        _pool_plane(xf[nc], H, W, k, s, padding, Ho, Wo, ph, best, at, y[nc], argmax[nc])
     return y.reshape(N, C, Ho, Wo), argmax.reshape(N, C, Ho, Wo)
+
+
+@njit(cache=True, nogil=True)
+def _plane_phases(plane, H, W, s, p, Ws, ph):
+    """ph[a, b, hs*Ws + ws] = pixel (hs*s + a - p, ws*s + b - p) of plane (H*W,), -inf where
+    that lies outside it."""
+    Hs = ph.shape[2] // Ws
+    ph[:] = -np.inf
+    for a in range(s):
+        hs0, hs1 = max(0, (p - a + s - 1) // s), min(Hs, (H - 1 + p - a) // s + 1)
+        for b in range(s):
+            ws0, ws1 = max(0, (p - b + s - 1) // s), min(Ws, (W - 1 + p - b) // s + 1)
+            for hs in range(hs0, hs1):
+                # views indexed from 0: a copy with no index arithmetic (2x faster)
+                start = (hs * s + a - p) * W + ws0 * s + b - p
+                src = plane[start:start + (ws1 - ws0) * s:s]
+                dst = ph[a, b, hs * Ws + ws0:hs * Ws + ws1]
+                for t in range(dst.shape[0]):
+                    dst[t] = src[t]
+
+
+@njit(cache=True, nogil=True)
+def _pool_plane(plane, H, W, k, s, p, Ho, Wo, ph, best, at, y, argmax):
+    """The maxima y (Ho*Wo,) and argmax of one plane (H*W,) from its phases ph; best and at
+    (Ho*Ws,) are scratch."""
+    Ws = best.shape[0] // Ho
+    # every window starts from its top-left pixel ...
+    first = ph[0, 0]
+    for e in range(best.shape[0]):
+        best[e] = first[e]
+        at[e] = 0
+    # ... or, on the top and left borders, from its first real pixel
+    for oh in range(Ho):
+        for ow in range(Wo):
+            if oh * s - p >= 0 and ow * s - p >= 0:
+                break  # the rest of this row's windows start inside the plane
+            i, j = max(0, p - oh * s), max(0, p - ow * s)
+            best[oh * Ws + ow] = plane[(oh * s - p + i) * W + ow * s - p + j]
+            at[oh * Ws + ow] = i * W + j
+    for i in range(k):
+        for j in range(k):
+            start = (i // s) * Ws + j // s
+            src, offset = ph[i % s, j % s, start:start + best.shape[0]], i * W + j
+            for e in range(best.shape[0]):
+                # selects, not a branch: which pixel is largest is unpredictable
+                take = src[e] > best[e]
+                best[e] = src[e] if take else best[e]
+                at[e] = offset if take else at[e]
+    for oh in range(Ho):
+        corner = (oh * s - p) * W - p  # where window (oh, 0)'s offsets count from
+        b, a = best[oh * Ws:oh * Ws + Wo], at[oh * Ws:oh * Ws + Wo]
+        y_row, a_row = y[oh * Wo:(oh + 1) * Wo], argmax[oh * Wo:(oh + 1) * Wo]
+        for ow in range(Wo):
+            y_row[ow] = b[ow]
+            a_row[ow] = corner + ow * s + a[ow]
 
 
 @njit(cache=True, nogil=True)
 def maxpool2d_backward(dy, argmax, H, W):
     """dy, argmax (N, C, Ho, Wo) -> dx (N, C, H, W): each dy goes to its window's maximum."""
     N, C, Ho, Wo = dy.shape
-    dx = np.zeros((N * C, H * W), dy.dtype)
+    dx = np.empty((N * C, H * W), dy.dtype)
     dyf, af = dy.reshape(N * C, Ho * Wo), argmax.reshape(N * C, Ho * Wo)
     for nc in range(N * C):
+        plane, d, a = dx[nc], dyf[nc], af[nc]
+        for i in range(H * W):  # zeroed plane by plane, which then stays in L1 while added to
+            plane[i] = 0
         for o in range(Ho * Wo):
-            dx[nc, af[nc, o]] += dyf[nc, o]
+            plane[a[o]] += d[o]
     return dx.reshape(N, C, H, W)
 
 
