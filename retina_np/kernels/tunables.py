@@ -26,9 +26,20 @@ class Options:
     # Largest im2col matrix of one tile (elements, 4 MB in float32): large images are cut into
     # bands of output rows; 2^18 to 2^22 ran equally fast.
     cols_max_elements: int = 1 << 20
+    # ... and of at most this many output positions (columns): a thin unfolding (the stem's
+    # 147 rows) then stays in the L2 cache between its unfolding and its GEMM (the stem in the
+    # training step: forward 5.4 -> 4.4 ms, weight gradient 6.1 -> 5.2 ms); from 512 rows on
+    # (a 3x3 of 57 channels or more) the bound in elements comes first.
+    cols_max_columns: int = 2048
     # Largest unfolded (or Winograd-transformed) input a forward keeps for the weight gradient
     # (elements, 32 MB in float32): every layer of the shapes preset fits, ResNet-50 does not.
     keep_max_elements: int = 1 << 23
+    # ... and for a strided or padded im2col (the phases path) at most this many (16 MB in
+    # float32); above it the forward keeps the input's phases and the weight gradient unfolds
+    # them again, tile by tile: the stem's 19 MB of columns cost more to write out and read
+    # back than unfolding again (forward 6.5 -> 4.7 ms, weight gradient 3.9 -> 4.4 ms, one
+    # thread, cold caches).
+    keep_columns_max_elements: int = 1 << 22
     # Weight gradients with at most this many elements run as the transposed GEMM, which
     # OpenBLAS runs faster when F is small (the copy back costs more for large ones).
     wgrad_transposed_max: int = 1 << 18

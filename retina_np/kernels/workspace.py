@@ -19,6 +19,9 @@ class ConvWorkspace:
     # im2col: the unfolded input, one (C*kh*kw, L) matrix per tile of the output; empty when
     # the input was too large to keep (options.keep_max_elements) or the plan needs none.
     columns: list = field(default_factory=list)
+    # im2col of a strided or padded input whose columns were not kept: the padded input cut
+    # into its stride phases (cpu/im2col.py ``phases``), unfolded again by the weight gradient.
+    phases: object = None
     # Winograd: V ((m + 2)^2, C, P), the transformed input, for the weight gradient.
     transformed: object = None
     # Winograd, queued weight gradients: (dy, dM), the transformed output gradient that the

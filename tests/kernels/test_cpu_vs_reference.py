@@ -97,7 +97,8 @@ def test_conv2d_weight_gradient_both_orientations(case, transposed_max):
 @pytest.mark.parametrize("tile_limit", [40, 200, 1 << 20])
 def test_conv2d_weight_gradient_from_the_forwards_columns(case, tile_limit):
     """The forward's kept unfolding (every tile its own matrix) gives the weight gradient that
-    unfolding x again gives, bit for bit; above options.keep_max_elements nothing is kept."""
+    unfolding x again gives, bit for bit; above options.keep_max_elements (a strided one's
+    above keep_columns_max_elements) no columns are kept, and the kept phases give it too."""
     N, C, F, H, W, k, s, p = case
     rng = np.random.default_rng(0)
     x = rng.standard_normal((N, C, H, W))
@@ -107,17 +108,45 @@ def test_conv2d_weight_gradient_from_the_forwards_columns(case, tile_limit):
         y = cpu.conv2d_forward(x, w, None, s, p, workspace)
         assert np.array_equal(y, cpu.conv2d_forward(x, w, None, s, p))
         assert workspace.plan.keep and workspace.transformed is None
-        assert len(workspace.columns) == len(im2col.output_tiles(N, y.shape[2],
-                                                                 C * k * k * y.shape[3]))
+        assert len(workspace.columns) == len(im2col.output_tiles(N, y.shape[2], C * k * k,
+                                                                 y.shape[3]))
         dy = rng.standard_normal(y.shape)
         again = cpu.conv2d_backward_weight(dy, x, k, k, s, p)
         assert np.array_equal(cpu.conv2d_backward_weight(dy, x, k, k, s, p, workspace), again)
         assert_close(again, ref.conv2d_backward_weight(dy, x, k, k, s, p), np.float64)
 
-        with kernels.options(keep_max_elements=C * k * k * y[:, 0].size - 1):
-            too_big = ConvWorkspace()
-            cpu.conv2d_forward(x, w, None, s, p, too_big)
-            assert not too_big.plan.keep and too_big.columns == []
+        same = is_same(k, k, s, p)  # (keep_columns_max_elements bounds the strided ones)
+        for limit in ("keep_max_elements",) + (() if same else ("keep_columns_max_elements",)):
+            with kernels.options(**{limit: C * k * k * y[:, 0].size - 1}):
+                too_big = ConvWorkspace()
+                cpu.conv2d_forward(x, w, None, s, p, too_big)
+                assert not too_big.plan.keep and too_big.columns == []
+                # a strided or padded input keeps its phases instead, unfolded again from them
+                assert (too_big.phases is None) == same
+                assert np.array_equal(
+                    cpu.conv2d_backward_weight(dy, x, k, k, s, p, too_big), again)
+
+
+@given(n=st.integers(1, 9), ho=st.integers(1, 40), K=st.integers(1, 600),
+       wo=st.integers(1, 40), max_elements=st.integers(1, 5000), max_columns=st.integers(1, 300))
+def test_output_tiles_cover_the_output_within_both_bounds(n, ho, K, wo, max_elements,
+                                                          max_columns):
+    """Every (image, output row) in exactly one tile, whole images or bands of rows of one;
+    a tile unfolds to at most one image (or one row, for bands) more than the smaller of
+    cols_max_elements and K x cols_max_columns."""
+    opts = kernels.Options(cols_max_elements=max_elements, cols_max_columns=max_columns)
+    tiles = im2col.output_tiles(n, ho, K, wo, opts)
+    covered = [(m, oh) for n0, n1, oh0, oh1 in tiles for m in range(n0, n1)
+               for oh in range(oh0, oh1)]
+    assert sorted(covered) == [(m, oh) for m in range(n) for oh in range(ho)]
+    limit = min(max_elements, K * max_columns)
+    for n0, n1, oh0, oh1 in tiles:
+        whole = (oh0, oh1) == (0, ho)
+        assert n1 - n0 == 1 or whole
+        unit = K * wo * (ho if whole else 1)
+        assert K * (n1 - n0) * (oh1 - oh0) * wo < limit + unit
+    stem = im2col.output_tiles(8, 64, 3 * 7 * 7, 64)  # the defaults: 2048 columns
+    assert stem == [(m, m + 1, oh0, oh0 + 32) for m in range(8) for oh0 in (0, 32)]
 
 
 @given(n=st.integers(1, 2), c=st.integers(1, 3), f=st.integers(1, 3), h=st.integers(1, 6),

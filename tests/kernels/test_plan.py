@@ -82,7 +82,7 @@ def test_images_take_winograd_on_a_one_thread_budget_only():
     x = (8, 64, 64, ((32, 32),))  # 2048 2x2 blocks
     assert same3x3(*x, 1) == ConvPlan(WINOGRAD, 4, True)
     for threads in (2, 16):
-        assert same3x3(*x, threads) == ConvPlan(IM2COL_SAME, 0, True)
+        assert same3x3(*x, threads)[:3] == (IM2COL_SAME, 0, True)
     assert same3x3(1, 64, 64, ((32, 32),), 1).algorithm == IM2COL_SAME  # 256 blocks
 
 
@@ -131,6 +131,50 @@ def test_im2col_keeps_the_unfolded_input_up_to_keep_max_elements(kh, stride, pad
         opts = Options(winograd=False, keep_max_elements=limit)
         plan = choose_conv(n, C, 4, ((H, W),), kh, kh, stride, padding, 1, opts=opts)
         assert plan == ConvPlan(algorithm, 0, keep)
+
+
+@pytest.mark.parametrize("kh, stride, padding, algorithm", [(3, 2, 1, IM2COL),
+                                                            (3, 1, 1, IM2COL_SAME),
+                                                            (7, 2, 3, IM2COL)])
+def test_strided_im2col_keeps_its_columns_up_to_keep_columns_max_elements(kh, stride, padding,
+                                                                          algorithm):
+    """An im2col through the phases (strided or padded) keeps its unfolded input only up to
+    keep_columns_max_elements too, inclusive (above it the forward keeps the phases); a "same"
+    convolution's unfolding is not bound by it."""
+    n, C, H, W = 2, 3, 9, 7
+    Ho, Wo = out_size(H, kh, stride, padding), out_size(W, kh, stride, padding)
+    unfolded = C * kh * kh * n * Ho * Wo
+    for limit, keep in ((unfolded, True), (unfolded - 1, algorithm == IM2COL_SAME)):
+        opts = Options(winograd=False, keep_columns_max_elements=limit)
+        plan = choose_conv(n, C, 4, ((H, W),), kh, kh, stride, padding, 1, opts=opts)
+        assert plan == ConvPlan(algorithm, 0, keep)
+
+
+def test_the_stem_keeps_its_phases_not_its_columns():
+    """The shapes preset's stem (7x7, stride 2, 3 -> 16 channels, 8 images of 128x128):
+    4.8M unfolded elements, above keep_columns_max_elements; its 3x3 stride-2 convolutions
+    keep theirs."""
+    assert choose_conv(8, 3, 16, ((128, 128),), 7, 7, 2, 3, 1) == ConvPlan(IM2COL, 0, False)
+    assert choose_conv(8, 16, 32, ((32, 32),), 3, 3, 2, 1, 1) == ConvPlan(IM2COL, 0, True)
+
+
+def test_im2col_tiles_run_side_by_side_where_there_are_enough():
+    """On several threads an im2col forward with at least one tile per thread runs its tiles
+    in one task per thread; not on one thread, not with fewer tiles than threads, not wider
+    than side_by_side_max_channels, not with side_by_side off, and never for a Joint."""
+    stem = (8, 3, 16, ((128, 128),), 7, 7, 2, 3)  # 16 tiles of 32 rows of 64 outputs
+    assert choose_conv(*stem, 2) == ConvPlan(IM2COL, 0, False, 2)
+    assert choose_conv(*stem, 16).tasks == 16
+    assert choose_conv(*stem, 1).tasks == 1
+    assert choose_conv(*stem, 32).tasks == 1
+    assert choose_conv(*stem, 32, opts=Options(cols_max_columns=1024)).tasks == 32
+    assert choose_conv(*stem, 2, opts=Options(side_by_side=False)).tasks == 1
+    assert choose_conv(*stem, 2, opts=Options(side_by_side_max_channels=15)).tasks == 1
+    x = (8, 64, 64, ((16, 16),))  # 576 x 2048 unfolded: 2 tiles
+    assert same3x3(*x, 2, opts=Options(winograd=False)) == ConvPlan(IM2COL_SAME, 0, True, 2)
+    assert same3x3(*x, 3, opts=Options(winograd=False)).tasks == 1
+    joint = same3x3(8, 64, 64, ((14, 16),), 2, joint=True, opts=Options(cols_max_elements=1))
+    assert joint == ConvPlan(IM2COL_SAME, 0, True, 1)
 
 
 def test_without_opts_the_options_in_force_decide():

@@ -1,6 +1,7 @@
 """kernels/threads.py: independent CPU work side by side (the model's use of it:
 tests/test_schedule.py)."""
 
+import functools
 import json
 import subprocess
 import sys
@@ -15,7 +16,9 @@ from threadpoolctl import ThreadpoolController
 
 from retina_np import kernels
 from retina_np.kernels import cpu, threads
+from retina_np.kernels import reference as ref
 from retina_np.kernels.tunables import current
+from retina_np.kernels.workspace import ConvWorkspace
 
 
 def _start_thread_pool():
@@ -177,6 +180,31 @@ def test_the_parallel_kernels_of_the_backbone_go_serial_when_small(side_by_side_
         assert _thread_counts_seen(call) == {cores, 1}, name  # its work on one thread
         with kernels.options(serial_max_elements=0):  # the gate open: every core throughout
             assert _thread_counts_seen(call) == {cores}, name
+
+
+def test_an_im2col_forward_on_every_core_runs_its_tiles_side_by_side(side_by_side_possible):
+    """With a tile or more per core (kernels/cpu/plan.py) the forward's tiles run in one task
+    per core, each on its share of the threads: y is the reference's, and the columns it keeps
+    come in the order of the tiles (the weight gradient from them is unfolding's again)."""
+    rng = np.random.default_rng(0)
+    cores = numba.get_num_threads()
+    for k, stride, padding in ((3, 2, 1), (3, 1, 1)):  # through the phases, and "same"
+        x = rng.standard_normal((3, 2, 9, 7))
+        w = rng.standard_normal((4, 2, k, k))
+        with kernels.options(serial_max_elements=0, cols_max_elements=60, winograd=False):
+            workspace = ConvWorkspace()
+            y = cpu.conv2d_forward(x, w, None, stride, padding, workspace)
+            assert workspace.plan.tasks == cores and workspace.plan.keep
+            assert len(workspace.columns) >= cores
+            seen = _thread_counts_seen(
+                functools.partial(cpu.conv2d_forward, x, w, None, stride, padding))
+            assert cores // 2 in seen  # this thread ran the first task on its share
+            dy = rng.standard_normal(y.shape)
+            np.testing.assert_array_equal(
+                cpu.conv2d_backward_weight(dy, x, k, k, stride, padding, workspace),
+                cpu.conv2d_backward_weight(dy, x, k, k, stride, padding))
+        want = ref.conv2d_forward(x, w, None, stride, padding)
+        np.testing.assert_allclose(y, want, rtol=0, atol=1e-10 * np.abs(want).max())
 
 
 def test_one_by_one_inside_a_task_when_wide_disabled_or_on_workqueue(side_by_side_possible,

@@ -6,11 +6,16 @@ Same names, signatures and results as ``kernels/reference.py``'s loops. Each cal
 with what it kept, into the caller's ``ConvWorkspace``, and the weight gradient follows it.
 
 im2col + GEMM (``im2col.py``): the convolution is (F, C*kh*kw) @ (C*kh*kw, L) for every tile
-of the output; the input gradient is the transposed product followed by col2im; the weight
-gradient is the sum over tiles of dy's columns times the unfolded input, transposed.
+of the output (on several threads the tiles may run side by side, ``plan.tasks``, each task
+unfolding and multiplying on one thread); the input gradient is the transposed product
+followed by col2im; the weight gradient is the sum over tiles of dy's columns times the
+unfolded input, transposed: the forward's kept tiles, or tiles unfolded again (from the
+forward's kept phases, for a strided or padded input).
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 from numba import njit
@@ -60,13 +65,13 @@ def conv2d_forward(x, w, b, stride, padding, workspace=None):
             if kept:
                 workspace.transformed = V
             return y
-        return _forward_gemm(x, w, b, stride, padding, plan,
-                             workspace.columns if workspace is not None and plan.keep else None)
+        return _forward_gemm(x, w, b, stride, padding, plan, workspace)
 
 
-def _forward_gemm(x, w, b, stride, padding, plan, kept):
-    """The pointwise and im2col forwards; kept: None, or a list that receives the unfolded
-    input, tile by tile."""
+def _forward_gemm(x, w, b, stride, padding, plan, workspace):
+    """The pointwise and im2col forwards; workspace: None, or the ``ConvWorkspace`` that
+    receives the unfolded input tile by tile where the plan keeps it, else a strided or padded
+    input's phases."""
     N, C, H, W = x.shape
     F, _, kh, kw = w.shape
     Ho, Wo = out_size(H, kh, stride, padding), out_size(W, kw, stride, padding)
@@ -76,35 +81,53 @@ def _forward_gemm(x, w, b, stride, padding, plan, kept):
     if plan.algorithm == POINTWISE:
         np.matmul(w2, x.reshape(N, C, H * W), out=y3)  # (F, C) @ (N, C, L) -> (N, F, L)
     else:
-        unfold = _unfolder(x, kh, kw, stride, padding, Wo, plan)
-        keep = kept is not None
-        for n0, n1, oh0, oh1, cols in tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype, keep):
-            unfold(n0, n1, oh0, oh1, cols)
+        unfold, ph = _unfolder(x, kh, kw, stride, padding, Wo, plan)
+        keep = workspace is not None and plan.keep
+        if workspace is not None and not keep:
+            workspace.phases = ph  # None for a "same" convolution: x itself is unfolded
+
+        def unfold_and_multiply(tiles):
+            """These tiles of y, one after another; -> the unfolded tiles where kept."""
+            kept = []
+            for n0, n1, oh0, oh1, cols in tile_matrices(N, Ho, C * kh * kw, Wo, x.dtype, keep,
+                                                        tiles):
+                unfold(n0, n1, oh0, oh1, cols)
+                if keep:
+                    kept.append(cols)
+                if n1 - n0 == 1:
+                    np.matmul(w2, cols, out=y3[n0, :, oh0 * Wo:oh1 * Wo])
+                else:  # (F, n*L) -> (n, F, L)
+                    y3[n0:n1] = (w2 @ cols).reshape(F, n1 - n0, Ho * Wo).transpose(1, 0, 2)
+            return kept
+
+        tiles = output_tiles(N, Ho, C * kh * kw, Wo)
+        runs = [tiles[len(tiles) * t // plan.tasks:len(tiles) * (t + 1) // plan.tasks]
+                for t in range(plan.tasks)]  # the plan's tasks, each a run of tiles
+        for kept in threads.side_by_side(*(functools.partial(unfold_and_multiply, run)
+                                           for run in runs)):
             if keep:
-                kept.append(cols)
-            if n1 - n0 == 1:
-                np.matmul(w2, cols, out=y3[n0, :, oh0 * Wo:oh1 * Wo])
-            else:  # (F, n*L) -> (n, F, L)
-                y3[n0:n1] = (w2 @ cols).reshape(F, n1 - n0, Ho * Wo).transpose(1, 0, 2)
+                workspace.columns.extend(kept)  # in the order of the tiles
     if b is not None:
         y3 += b.reshape(1, F, 1)
     return y
 
 
-def _unfolder(x, kh, kw, stride, padding, Wo, plan):
-    """A function (n0, n1, oh0, oh1, cols) that unfolds that tile of x (N, C, H, W) into cols
-    (C*kh*kw, (n1-n0)*(oh1-oh0)*Wo)."""
+def _unfolder(x, kh, kw, stride, padding, Wo, plan, ph=None):
+    """(a function (n0, n1, oh0, oh1, cols) that unfolds that tile of x (N, C, H, W) into cols
+    (C*kh*kw, (n1-n0)*(oh1-oh0)*Wo), the phases it reads or None for a "same" convolution);
+    ph: the phases, if a forward kept them."""
     H, W = x.shape[2], x.shape[3]
     if plan.algorithm == IM2COL_SAME:
         def unfold(n0, n1, oh0, oh1, cols):
             geometry, keep = same_tables(((n1 - n0, H, W, oh0, oh1, 0, 0),), kh)
             im2col_same(channel_major(x[n0:n1]), kh, geometry, keep, cols)
-        return unfold
-    ph = phases(pad(x, padding), stride)  # (N, s, s, C, Hs, Ws)
+        return unfold, None
+    if ph is None:
+        ph = phases(pad(x, padding), stride)  # (N, s, s, C, Hs, Ws)
 
     def unfold(n0, n1, oh0, oh1, cols):
         im2col(ph[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)
-    return unfold
+    return unfold, ph
 
 
 def conv2d_backward_input(dy, w, H, W, stride, padding):
@@ -153,7 +176,8 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None):
     C, H, W = x.shape[1:]
     with threads.budget(dy.size, macs=dy.size * C * kh * kw) as budget:
         kept = workspace is not None and (workspace.transformed is not None
-                                          or bool(workspace.columns))
+                                          or bool(workspace.columns)
+                                          or workspace.phases is not None)
         plan = (workspace.plan if kept
                 else choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget))
         if plan.algorithm == WINOGRAD:
@@ -164,20 +188,21 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None):
             x3 = x.reshape(N, C, Ho * Wo)
             pairs = ((tile_columns(dy3, n0, n1, l0 * Wo, l1 * Wo),
                       tile_columns(x3, n0, n1, l0 * Wo, l1 * Wo))
-                     for n0, n1, l0, l1 in output_tiles(N, Ho, C * Wo))
-        elif kept:  # the same tiles as the forward's, already unfolded
+                     for n0, n1, l0, l1 in output_tiles(N, Ho, C, Wo))
+        elif kept and workspace.columns:  # the same tiles as the forward's, already unfolded
             pairs = ((tile_columns(dy3, n0, n1, oh0 * Wo, oh1 * Wo), cols)
-                     for (n0, n1, oh0, oh1), cols in zip(output_tiles(N, Ho, C * kh * kw * Wo),
+                     for (n0, n1, oh0, oh1), cols in zip(output_tiles(N, Ho, C * kh * kw, Wo),
                                                          workspace.columns))
         else:
-            pairs = _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo, plan)
+            pairs = _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo, plan,
+                                    workspace.phases if kept else None)
         return weight_gradient(pairs, F, C * kh * kw, dy.dtype).reshape(F, C, kh, kw)
 
 
-def _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo, plan):
+def _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo, plan, ph=None):
     """Yield (dy's columns (F, L), x unfolded (K, L)) tile by tile, each tile unfolded into
-    the same buffer once the previous one has been used."""
-    unfold = _unfolder(x, kh, kw, stride, padding, Wo, plan)
+    the same buffer once the previous one has been used; ph: the forward's phases, or None."""
+    unfold, _ = _unfolder(x, kh, kw, stride, padding, Wo, plan, ph)
     for n0, n1, oh0, oh1, cols in tile_matrices(x.shape[0], Ho, x.shape[1] * kh * kw, Wo,
                                                 x.dtype):
         unfold(n0, n1, oh0, oh1, cols)

@@ -23,13 +23,18 @@ from numba import njit, prange
 from retina_np.kernels.tunables import current
 
 
-def output_tiles(N: int, Ho: int, row_elements: int):
-    """(n0, n1, oh0, oh1) tiles of the output of even sizes, each unfolding to about
-    ``options.cols_max_elements`` or less (more only when one output row is larger).
+def output_tiles(N: int, Ho: int, K: int, Wo: int, opts=None):
+    """(n0, n1, oh0, oh1) tiles of the output of even sizes, each unfolding to a (K, L) matrix
+    of about ``options.cols_max_elements`` elements and ``options.cols_max_columns`` columns or
+    less (up to an image or a row more, and more when one output row is larger): whole
+    images, or bands of rows of one.
 
-    row_elements is the im2col size of one output row of one image (C*kh*kw*Wo).
+    K is the unfolded matrix's rows (C*kh*kw), Wo the output's width; opts: the kernel options
+    (default ``options.current()``).
     """
-    limit = current().cols_max_elements
+    opts = opts if opts is not None else current()
+    limit = min(opts.cols_max_elements, K * opts.cols_max_columns)
+    row_elements = K * Wo
     image_elements = row_elements * Ho
     if image_elements <= limit:  # whole images, as evenly split as possible
         pieces = -(-N * image_elements // limit)
@@ -40,12 +45,13 @@ def output_tiles(N: int, Ho: int, row_elements: int):
     return [(n, n + 1, oh0, min(oh0 + rows, Ho)) for n in range(N) for oh0 in range(0, Ho, rows)]
 
 
-def tile_matrices(N: int, Ho: int, K: int, Wo: int, dtype, keep: bool = False):
+def tile_matrices(N: int, Ho: int, K: int, Wo: int, dtype, keep: bool = False, tiles=None):
     """Yield (n0, n1, oh0, oh1, cols): the tiles, each with a (K, n*(oh1-oh0)*Wo) matrix to
     fill, all views of one buffer (allocating, and page-faulting, one per tile costs time).
 
-    keep: every tile gets its own part of the buffer, so all of them outlive the loop."""
-    tiles = output_tiles(N, Ho, K * Wo)
+    keep: every tile gets its own part of the buffer, so all of them outlive the loop.
+    tiles: some of ``output_tiles``' tiles (default: all of them)."""
+    tiles = output_tiles(N, Ho, K, Wo) if tiles is None else tiles
     sizes = [K * (n1 - n0) * (oh1 - oh0) * Wo for n0, n1, oh0, oh1 in tiles]
     buffer = np.empty(sum(sizes) if keep else max(sizes), dtype)
     offset = 0

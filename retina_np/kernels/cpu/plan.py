@@ -21,6 +21,20 @@ Why each choice (the measurements are in docs/performance.md, "How the convoluti
 * The backbone's and the FPN's take it only on a one-thread budget: its transforms are serial
   loops, and on every core im2col + GEMM, whose unfolding and GEMM use every core, was as fast.
 
+On a budget of several threads an im2col forward with at least as many tiles of output as
+threads (``im2col.output_tiles``) runs them side by side in that many tasks (``tasks``), each
+unfolding and multiplying its run of tiles on one thread (``threads.side_by_side``): one
+hand-over for the convolution instead of a wake-up of the other threads for each tile's
+unfolding and GEMM (alone on 2 cores: the stem's forward 3.0 -> 2.7 ms, a 64-channel 3x3 of 8
+16x16 images 1.9 -> 1.2 ms; wide products keep every core busy on their own, as the heads'
+``options.side_by_side_max_channels`` says).
+
+What the forward keeps for the weight gradient (``keep``): the unfolded input up to
+``options.keep_max_elements``; for ``im2col`` only up to ``options.keep_columns_max_elements``,
+above which it keeps the input's stride phases and the weight gradient unfolds them again
+(the stem: a 7x7 kernel at stride 2 unfolds its input into 12 times as much, which cost more
+to write out and read back than to unfold again).
+
 The thread budget is an argument: ``threads.budget`` decides it from the kernel's size (and
 whether it runs inside a task) and sets it; nothing here reads a thread count.
 """
@@ -31,6 +45,7 @@ import functools
 from typing import NamedTuple
 
 from retina_np.kernels import tunables as _options
+from retina_np.kernels.cpu.im2col import output_tiles
 from retina_np.kernels.cpu.winograd_f2 import tiles
 
 POINTWISE, IM2COL, IM2COL_SAME, WINOGRAD = "pointwise", "im2col", "im2col_same", "winograd"
@@ -39,7 +54,8 @@ POINTWISE, IM2COL, IM2COL_SAME, WINOGRAD = "pointwise", "im2col", "im2col_same",
 class ConvPlan(NamedTuple):
     algorithm: str  # POINTWISE, IM2COL, IM2COL_SAME or WINOGRAD
     block: int = 0  # WINOGRAD: the side m of the blocks of outputs (2 or 4); else 0
-    keep: bool = False  # whether the forward may keep what the weight gradient needs
+    keep: bool = False  # whether the forward may keep its unfolded or transformed input
+    tasks: int = 1  # IM2COL, IM2COL_SAME: the forward's tiles run side by side in this many tasks
 
 
 def out_size(n_in: int, k: int, stride: int, padding: int) -> int:
@@ -94,4 +110,12 @@ def _choose_conv(n, C, F, hws, kh, kw, stride, padding, threads, joint, opts) ->
         return ConvPlan(POINTWISE)
     unfolded = C * kh * kw * n * sum(out_size(h, kh, stride, padding)
                                      * out_size(w, kw, stride, padding) for h, w in hws)
-    return ConvPlan(IM2COL_SAME if same else IM2COL, 0, unfolded <= opts.keep_max_elements)
+    keep = unfolded <= opts.keep_max_elements
+    tasks = 1
+    if threads > 1 and not joint and opts.side_by_side and F <= opts.side_by_side_max_channels:
+        Wo = out_size(hws[0][1], kw, stride, padding)
+        rows = out_size(hws[0][0], kh, stride, padding)
+        tasks = threads if len(output_tiles(n, rows, C * kh * kw, Wo, opts)) >= threads else 1
+    if same:
+        return ConvPlan(IM2COL_SAME, 0, keep, tasks)
+    return ConvPlan(IM2COL, 0, keep and unfolded <= opts.keep_columns_max_elements, tasks)
