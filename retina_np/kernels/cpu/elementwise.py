@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
-
-from retina_np.kernels import threads
+from numba import njit
 
 
 # ----------------------------------------------------------------------------- elementwise
@@ -49,35 +47,58 @@ def add_forward(a, b):
 # (as the strided convolutions' input, cpu/im2col.py), in which tap (i, j) of window (oh, ow)
 # is entry (oh + i // s, ow + j // s) of phase (i % s, j % s); the windows are laid out in rows
 # as long as a phase's, so that a tap reads one unit-step run, and the few extra windows per
-# row are dropped at the end (0.5 ms; docs/performance.md "Kernel notes"). -inf is never
-# larger than the running maximum, so only real pixels are taken.
+# row are dropped at the end (0.45 ms; docs/performance.md "Kernel notes"). -inf is never
+# larger than the running maximum, so only real pixels are taken. One thread, as the
+# elementwise kernels: as a parallel loop it took twice as long to compile.
+@njit(cache=True, nogil=True)
 def maxpool2d_forward(x, k, stride, padding):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int64 as h*W + w (first max).
 
     Needs padding <= k // 2, so that every window holds at least one real input pixel.
     """
-    with threads.budget(x.size):
-        return _maxpool2d_forward(x, k, stride, padding)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _maxpool2d_forward(x, k, stride, padding):
-    """``maxpool2d_forward`` on the threads in force."""
     N, C, H, W = x.shape
-    s = stride
-    Ho = (H + 2 * padding - k) // s + 1
-    Wo = (W + 2 * padding - k) // s + 1
+    s, p = stride, padding
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
     Hs, Ws = Ho + (k - 1) // s, Wo + (k - 1) // s  # the rows and columns of a phase the taps read
     y = np.empty((N * C, Ho * Wo), x.dtype)
     argmax = np.empty((N * C, Ho * Wo), np.int64)
+    # one spare row in each phase: the run of the last tap overhangs the last row
+    ph = np.empty((s, s, (Hs + 1) * Ws), x.dtype)
+    best = np.empty(Ho * Ws, x.dtype)
+    at = np.empty(Ho * Ws, np.int32)  # the maximum's offset i*W + j in its window
     xf = x.reshape(N * C, H * W)
-    for nc in prange(N * C):
-        # one spare row in each phase: the run of the last tap overhangs the last row
-        ph = np.empty((s, s, (Hs + 1) * Ws), x.dtype)
-        best = np.empty(Ho * Ws, x.dtype)
-        at = np.empty(Ho * Ws, np.int32)  # the maximum's offset i*W + j in its window
-        _plane_phases(xf[nc], H, W, s, padding, Ws, ph)
-        _pool_plane(xf[nc], H, W, k, s, padding, Ho, Wo, ph, best, at, y[nc], argmax[nc])
+    for nc in range(N * C):
+        plane = xf[nc]
+        _plane_phases(plane, H, W, s, p, Ws, ph)
+        # every window starts from its top-left pixel ...
+        first = ph[0, 0]
+        for e in range(best.shape[0]):
+            best[e] = first[e]
+            at[e] = 0
+        # ... or, on the top and left borders, from its first real pixel
+        for oh in range(Ho):
+            for ow in range(Wo):
+                if oh * s - p >= 0 and ow * s - p >= 0:
+                    break  # the rest of this row's windows start inside the plane
+                i, j = max(0, p - oh * s), max(0, p - ow * s)
+                best[oh * Ws + ow] = plane[(oh * s - p + i) * W + ow * s - p + j]
+                at[oh * Ws + ow] = i * W + j
+        for i in range(k):
+            for j in range(k):
+                start = (i // s) * Ws + j // s
+                src, offset = ph[i % s, j % s, start:start + best.shape[0]], i * W + j
+                for e in range(best.shape[0]):
+                    # selects, not a branch: which pixel is largest is unpredictable
+                    take = src[e] > best[e]
+                    best[e] = src[e] if take else best[e]
+                    at[e] = offset if take else at[e]
+        for oh in range(Ho):
+            corner = (oh * s - p) * W - p  # where window (oh, 0)'s offsets count from
+            b, a = best[oh * Ws:oh * Ws + Wo], at[oh * Ws:oh * Ws + Wo]
+            y_row, a_row = y[nc, oh * Wo:(oh + 1) * Wo], argmax[nc, oh * Wo:(oh + 1) * Wo]
+            for ow in range(Wo):
+                y_row[ow] = b[ow]
+                a_row[ow] = corner + ow * s + a[ow]
     return y.reshape(N, C, Ho, Wo), argmax.reshape(N, C, Ho, Wo)
 
 
@@ -98,42 +119,6 @@ def _plane_phases(plane, H, W, s, p, Ws, ph):
                 dst = ph[a, b, hs * Ws + ws0:hs * Ws + ws1]
                 for t in range(dst.shape[0]):
                     dst[t] = src[t]
-
-
-@njit(cache=True, nogil=True)
-def _pool_plane(plane, H, W, k, s, p, Ho, Wo, ph, best, at, y, argmax):
-    """The maxima y (Ho*Wo,) and argmax of one plane (H*W,) from its phases ph; best and at
-    (Ho*Ws,) are scratch."""
-    Ws = best.shape[0] // Ho
-    # every window starts from its top-left pixel ...
-    first = ph[0, 0]
-    for e in range(best.shape[0]):
-        best[e] = first[e]
-        at[e] = 0
-    # ... or, on the top and left borders, from its first real pixel
-    for oh in range(Ho):
-        for ow in range(Wo):
-            if oh * s - p >= 0 and ow * s - p >= 0:
-                break  # the rest of this row's windows start inside the plane
-            i, j = max(0, p - oh * s), max(0, p - ow * s)
-            best[oh * Ws + ow] = plane[(oh * s - p + i) * W + ow * s - p + j]
-            at[oh * Ws + ow] = i * W + j
-    for i in range(k):
-        for j in range(k):
-            start = (i // s) * Ws + j // s
-            src, offset = ph[i % s, j % s, start:start + best.shape[0]], i * W + j
-            for e in range(best.shape[0]):
-                # selects, not a branch: which pixel is largest is unpredictable
-                take = src[e] > best[e]
-                best[e] = src[e] if take else best[e]
-                at[e] = offset if take else at[e]
-    for oh in range(Ho):
-        corner = (oh * s - p) * W - p  # where window (oh, 0)'s offsets count from
-        b, a = best[oh * Ws:oh * Ws + Wo], at[oh * Ws:oh * Ws + Wo]
-        y_row, a_row = y[oh * Wo:(oh + 1) * Wo], argmax[oh * Wo:(oh + 1) * Wo]
-        for ow in range(Wo):
-            y_row[ow] = b[ow]
-            a_row[ow] = corner + ow * s + a[ow]
 
 
 @njit(cache=True, nogil=True)

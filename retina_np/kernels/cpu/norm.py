@@ -75,9 +75,8 @@ def _sum_dot_xhat(dy, x, lo, hi, mu, istd):
 # Batch norm sums whole channels (N*H*W values), so it adds into lanes instead: lane k takes
 # every LANES-th value of a row, which makes the float64 additions elementwise over the lanes,
 # a loop LLVM vectorises (a chain of partial sums it does not reorder without fastmath); the
-# lanes are added at the end. On the stem's output the statistics ran 2.5-3x faster
-# (docs/performance.md "Kernel notes"). The order is fixed, so the bits do not depend on the
-# number of threads either.
+# lanes are added at the end, in a fixed order. On the stem's output the statistics ran 3x
+# faster (docs/performance.md "Kernel notes").
 LANES = 256
 
 
@@ -132,23 +131,18 @@ def _affine(src, m, a, b, relu, dst):
             dst[i] = (src[i] - m) * a + b
 
 
+# The statistics and the backward run on one thread: vectorised, the stem's took 0.15 and 0.3
+# ms, and as parallel loops they took 2-3x as long to compile (docs/performance.md).
+@njit(cache=True, nogil=True)
 def batchnorm2d_stats(x):
     """x (N, C, H, W) -> mean (C,), biased var (C,), accumulated in float64 (two passes)."""
-    with threads.budget(x.size):
-        return _batchnorm2d_stats(x)
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _batchnorm2d_stats(x):
-    """``batchnorm2d_stats`` on the threads in force."""
     N, C, H, W = x.shape
     M = N * H * W
     mean = np.empty(C, x.dtype)
     var = np.empty(C, x.dtype)
     xf = x.reshape(N, C, H * W)
-    lanes = np.empty((C, min(LANES, H * W)))
-    for c in prange(C):
-        lane = lanes[c, :]
+    lane = np.empty(min(LANES, H * W))
+    for c in range(C):
         lane[:] = 0.0
         _add_lanes(xf, c, lane)
         mu = _sum(lane, 0, lane.shape[0]) / M
@@ -216,14 +210,13 @@ def batchnorm2d_backward(dy, x, mean, invstd, gamma, y=None):
 
     y: the output of a forward with relu=True, or None: dy then counts only where y > 0 (the
     ReLU's backward, read in the same passes instead of written out first)."""
-    with threads.budget(dy.size):
-        relu = y is not None
-        return _batchnorm2d_backward(dy, x, y if relu else dy, relu, mean, invstd, gamma)
+    relu = y is not None
+    return _batchnorm2d_backward(dy, x, y if relu else dy, relu, mean, invstd, gamma)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _batchnorm2d_backward(dy, x, y, relu, mean, invstd, gamma):
-    """``batchnorm2d_backward`` on the threads in force; y is read only with relu."""
+    """``batchnorm2d_backward``; y is read only with relu."""
     N, C, H, W = x.shape
     M = N * H * W
     dx = np.empty_like(x)
@@ -232,11 +225,10 @@ def _batchnorm2d_backward(dy, x, y, relu, mean, invstd, gamma):
     xf, dyf, dxf = x.reshape(N, C, H * W), dy.reshape(N, C, H * W), dx.reshape(N, C, H * W)
     yf = y.reshape(N, C, H * W)
     to = x.dtype.type
-    lanes = np.empty((C, 2, min(LANES, H * W)))
-    for c in prange(C):
+    lane_dy, lane_dy_xc = np.empty(min(LANES, H * W)), np.empty(min(LANES, H * W))
+    for c in range(C):
         # float64 sums and products, as the statistics
         mu, istd = np.float64(mean[c]), np.float64(invstd[c])
-        lane_dy, lane_dy_xc = lanes[c, 0, :], lanes[c, 1, :]
         lane_dy[:] = 0.0
         lane_dy_xc[:] = 0.0
         _add_lanes_dy_xc(dyf, xf, yf, relu, c, mu, lane_dy, lane_dy_xc)
