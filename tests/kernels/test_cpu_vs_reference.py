@@ -127,6 +127,23 @@ def test_conv2d_weight_gradient_from_the_forwards_columns(case, tile_limit):
                     cpu.conv2d_backward_weight(dy, x, k, k, s, p, too_big), again)
 
 
+@given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+       p=st.integers(0, 3), s=st.integers(1, 3))
+def test_phases_are_the_padded_input_cut_by_stride(n, c, h, w, p, s):
+    """Phase (a, b) holds the zero-padded input's pixels (hs*s + a, ws*s + b), zeros past it."""
+    x = np.random.default_rng(0).standard_normal((n, c, h, w))
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    ph = im2col.phases(x, p, s)
+    Hs, Ws = -(-(h + 2 * p) // s), -(-(w + 2 * p) // s)
+    assert ph.shape == (n, s, s, c, Hs, Ws)
+    for a in range(s):
+        for b in range(s):
+            want = np.zeros((n, c, Hs, Ws))
+            part = xp[:, :, a::s, b::s]
+            want[:, :, :part.shape[2], :part.shape[3]] = part
+            np.testing.assert_array_equal(ph[:, a, b], want)
+
+
 @given(n=st.integers(1, 9), ho=st.integers(1, 40), K=st.integers(1, 600),
        wo=st.integers(1, 40), max_elements=st.integers(1, 5000), max_columns=st.integers(1, 300))
 def test_output_tiles_cover_the_output_within_both_bounds(n, ho, K, wo, max_elements,
@@ -176,7 +193,7 @@ def test_same_unfolding_is_the_padded_unfolding():
         x = rng.standard_normal((n, c, h, w))
         p = k // 2
         want = np.empty((c * k * k, n * h * w))
-        im2col.im2col(im2col.phases(im2col.pad(x, p), 1), k, k, 1, 0, h, w, want)
+        im2col.im2col(im2col.phases(x, p, 1), k, k, 1, 0, h, w, want)
         got = np.full_like(want, np.nan)  # every entry must be written
         im2col.im2col_same(im2col.channel_major(x), k,
                            *im2col.same_tables(((n, h, w, 0, h, 0, 0),), k), got)

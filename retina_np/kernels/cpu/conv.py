@@ -30,7 +30,6 @@ from retina_np.kernels.cpu.im2col import (
     im2col,
     im2col_same,
     output_tiles,
-    pad,
     phases,
     same_tables,
     tile_columns,
@@ -123,7 +122,7 @@ def _unfolder(x, kh, kw, stride, padding, Wo, plan, ph=None):
             im2col_same(channel_major(x[n0:n1]), kh, geometry, keep, cols)
         return unfold, None
     if ph is None:
-        ph = phases(pad(x, padding), stride)  # (N, s, s, C, Hs, Ws)
+        ph = phases(x, padding, stride)  # (N, s, s, C, Hs, Ws)
 
     def unfold(n0, n1, oh0, oh1, cols):
         im2col(ph[n0:n1], kh, kw, stride, oh0, oh1, Wo, cols)

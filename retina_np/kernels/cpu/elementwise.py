@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from retina_np.kernels.cpu.im2col import plane_phases
+
 
 # ----------------------------------------------------------------------------- elementwise
 # One thread: these stream memory, a second core gave them nothing measurable, and a
@@ -44,12 +46,12 @@ def add_forward(a, b):
 # (as the reference's loops). Written window by window those are short scalar loops (1.4 ms on
 # the stem's output, one thread). Instead each tap (i, j) is one long, vectorised pass over all
 # of a plane's windows: the plane is cut into its stride x stride phases with -inf outside it
-# (as the strided convolutions' input, cpu/im2col.py), in which tap (i, j) of window (oh, ow)
-# is entry (oh + i // s, ow + j // s) of phase (i % s, j % s); the windows are laid out in rows
-# as long as a phase's, so that a tap reads one unit-step run, and the few extra windows per
-# row are dropped at the end (0.45 ms; docs/performance.md "Kernel notes"). -inf is never
-# larger than the running maximum, so only real pixels are taken. One thread, as the
-# elementwise kernels: as a parallel loop it took twice as long to compile.
+# (``im2col.plane_phases``, as a strided convolution's input), in which tap (i, j) of window
+# (oh, ow) is entry (oh + i // s, ow + j // s) of phase (i % s, j % s); the windows are laid
+# out in rows as long as a phase's, so that a tap reads one unit-step run, and the few extra
+# windows per row are dropped at the end (0.45 ms; docs/performance.md "Kernel notes"). -inf
+# is never larger than the running maximum, so only real pixels are taken. One thread, as
+# the elementwise kernels: as a parallel loop it took twice as long to compile.
 @njit(cache=True, nogil=True)
 def maxpool2d_forward(x, k, stride, padding):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int64 as h*W + w (first max).
@@ -63,15 +65,15 @@ def maxpool2d_forward(x, k, stride, padding):
     y = np.empty((N * C, Ho * Wo), x.dtype)
     argmax = np.empty((N * C, Ho * Wo), np.int64)
     # one spare row in each phase: the run of the last tap overhangs the last row
-    ph = np.empty((s, s, (Hs + 1) * Ws), x.dtype)
+    ph = np.empty((s, s, Hs + 1, Ws), x.dtype)
     best = np.empty(Ho * Ws, x.dtype)
     at = np.empty(Ho * Ws, np.int32)  # the maximum's offset i*W + j in its window
     xf = x.reshape(N * C, H * W)
     for nc in range(N * C):
         plane = xf[nc]
-        _plane_phases(plane, H, W, s, p, Ws, ph)
+        plane_phases(plane, H, W, s, p, -np.inf, ph)
         # every window starts from its top-left pixel ...
-        first = ph[0, 0]
+        first = ph[0, 0].reshape(-1)
         for e in range(best.shape[0]):
             best[e] = first[e]
             at[e] = 0
@@ -86,7 +88,8 @@ def maxpool2d_forward(x, k, stride, padding):
         for i in range(k):
             for j in range(k):
                 start = (i // s) * Ws + j // s
-                src, offset = ph[i % s, j % s, start:start + best.shape[0]], i * W + j
+                src = ph[i % s, j % s].reshape(-1)[start:start + best.shape[0]]
+                offset = i * W + j
                 for e in range(best.shape[0]):
                     # selects, not a branch: which pixel is largest is unpredictable
                     take = src[e] > best[e]
@@ -100,25 +103,6 @@ def maxpool2d_forward(x, k, stride, padding):
                 y_row[ow] = b[ow]
                 a_row[ow] = corner + ow * s + a[ow]
     return y.reshape(N, C, Ho, Wo), argmax.reshape(N, C, Ho, Wo)
-
-
-@njit(cache=True, nogil=True)
-def _plane_phases(plane, H, W, s, p, Ws, ph):
-    """ph[a, b, hs*Ws + ws] = pixel (hs*s + a - p, ws*s + b - p) of plane (H*W,), -inf where
-    that lies outside it."""
-    Hs = ph.shape[2] // Ws
-    ph[:] = -np.inf
-    for a in range(s):
-        hs0, hs1 = max(0, (p - a + s - 1) // s), min(Hs, (H - 1 + p - a) // s + 1)
-        for b in range(s):
-            ws0, ws1 = max(0, (p - b + s - 1) // s), min(Ws, (W - 1 + p - b) // s + 1)
-            for hs in range(hs0, hs1):
-                # views indexed from 0: a copy with no index arithmetic (2x faster)
-                start = (hs * s + a - p) * W + ws0 * s + b - p
-                src = plane[start:start + (ws1 - ws0) * s:s]
-                dst = ph[a, b, hs * Ws + ws0:hs * Ws + ws1]
-                for t in range(dst.shape[0]):
-                    dst[t] = src[t]
 
 
 @njit(cache=True, nogil=True)
