@@ -1,7 +1,9 @@
 """Process-wide settings that make the kernels fast, in one place, applied once when
 ``retina_np`` is imported (``retina_np/__init__.py`` calls ``configure``). A setting the user
-made in the environment always wins. The measurements behind each are in
-docs/performance.md ("Threads and memory").
+made in the environment always wins. docs/performance.md ("Threads") says what they are for;
+the measurements behind each are in docs/performance-history.md ("Threads take turns" under
+"How the convolution is done", "torch imported before retina_np", "Keep freed memory" under
+"Model", and "Data parallelism").
 
 * ``OPENBLAS_THREAD_TIMEOUT=4``: OpenBLAS's idle threads spin for about 0.1 s after every GEMM
   and take a core from the Numba loop that follows; OpenBLAS reads this only when numpy loads

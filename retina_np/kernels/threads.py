@@ -7,7 +7,7 @@ at the end of each call. The classification and box subnets share no data, so th
 run at the same time instead, each on its own core with one-thread GEMMs and loops:
 ``side_by_side(lambda: cls(levels), lambda: box(levels))``; and the backbone's backward runs
 beside the queue of weight gradients (RetinaNet.backward). In the shapes preset's training
-step on 2 cores that made the step clearly faster (docs/performance.md, "Kernel notes").
+step on 2 cores that made the step clearly faster (docs/performance-history.md, "Kernel notes").
 
 The BLAS thread count is process-wide, so it is lowered while the tasks run and set back
 afterwards (through threadpoolctl); Numba's is per thread (``numba.set_num_threads``). The
@@ -81,7 +81,7 @@ class budget:
     thread (Numba's and BLAS's) below ``options.serial_max_elements`` and ``serial_max_macs``,
     called outside a task; else the thread count in force (a task's share inside a task). The
     numbers are the same either way, but for the GEMMs' rounding, which OpenBLAS splits by
-    its thread count (docs/performance.md, "Kernel options").
+    its thread count (docs/performance-history.md, "Kernel options").
 
     (A class rather than a generator: it is entered around every kernel call.)"""
 

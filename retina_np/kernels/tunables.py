@@ -9,7 +9,7 @@ tiny input takes a path that only large ones take otherwise, with
         ...
 
 The defaults are what the package runs; why each value was chosen is said in one line here,
-and what was measured for it is in docs/performance.md ("Kernel options").
+and what was measured for it is in docs/performance-history.md ("Kernel options").
 """
 
 from __future__ import annotations

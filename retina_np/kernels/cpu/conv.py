@@ -187,7 +187,7 @@ def _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo, plan):
 def weight_gradient(pairs, F, K, dtype):
     """The sum of dy_cols @ cols.T over (dy_cols (F, L), cols (K, L)) pairs -> dw (F, K).
     Small gradients as the transposed product, which OpenBLAS runs faster when F is small
-    (``options.wgrad_transposed_max``; docs/performance.md)."""
+    (``options.wgrad_transposed_max``; docs/performance-history.md, "Kernel options")."""
     if F * K <= current().wgrad_transposed_max:
         dwt = np.zeros((K, F), dtype)
         for dy_cols, cols in pairs:

@@ -75,8 +75,8 @@ def pad(x, padding):
 # A strided convolution reads every s-th pixel of a row: a gather that does not vectorise. So
 # the padded input is first cut into its s*s phases, phase (a, b) holding the pixels (s*h + a,
 # s*w + b); tap (i, j) then reads phase (i % s, j % s) at offset (i // s, j // s), one unit-step
-# copy per output row (the stem's unfolding 2.3x faster, docs/performance.md "Kernel notes").
-# With stride 1 the one phase is the padded input itself, a view.
+# copy per output row (the stem's unfolding 2.3x faster, docs/performance-history.md "Kernel
+# notes"). With stride 1 the one phase is the padded input itself, a view.
 def phases(xp, stride):
     """Padded images xp (n, C, Hp, Wp) -> their phases (n, s, s, C, ceil(Hp/s), ceil(Wp/s)),
     images first, so that a tile of images is a contiguous slice."""
@@ -100,7 +100,8 @@ def _unfold_row(ph, c, i, j, stride, oh0, oh1, Wo, row, col0):
 
     Each (image, output row) is a copy between two views indexed from 0, the source a
     unit-step slice, which numba knows to be contiguous, so the loop vectorises (indexing
-    element by element, or slice assignment, was slower: docs/performance.md "Kernel notes").
+    element by element, or slice assignment, was slower: docs/performance-history.md "Kernel
+    notes").
     """
     rows = oh1 - oh0
     a, b, di, dj = i % stride, j % stride, i // stride, j // stride
@@ -159,7 +160,8 @@ def col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp):
 # of the row above or below (or of the next image, or nothing), and a table of those entries
 # (``same_tables``) makes them zero in the same pass. The input is first rearranged
 # channel-major, (C, n*H*W), so that one copy covers all n images of a tile (on the 1x1..4x4
-# top pyramid levels a copy per image is mostly overhead; docs/performance.md "Kernel notes").
+# top pyramid levels a copy per image is mostly overhead; docs/performance-history.md "Kernel
+# notes").
 
 
 def channel_major(x):
@@ -215,7 +217,7 @@ def _fold_row_same(row, n, H, W, oh0, oh1, di, dj, keep, plane):
 # tile is one piece, the heads' pyramid one piece per level: one kernel serves both. With it
 # comes a table keep (k*k, columns): which entries of each tap's row hold a pixel rather than
 # padding: a select in the copy's one pass, where zeroing them after the copy would be a
-# scattered store for every image row of every tap (2.3x slower, docs/performance.md).
+# scattered store for every image row of every tap (2.3x slower, docs/performance-history.md).
 GEOMETRY_COLUMNS = 7
 
 

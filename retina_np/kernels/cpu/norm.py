@@ -20,8 +20,8 @@ from retina_np.kernels.tunables import current
 # Per-channel values are read with np.float64(...): numba's float() keeps a float32 a float32.
 # Sums in float64 are one long chain of dependent additions (each waits ~4 cycles for the
 # last); four partial sums, added at the end, run four chains side by side (about twice as
-# fast, docs/performance.md "Kernel notes"). The order is fixed, so the bits do not depend on
-# the number of threads.
+# fast, docs/performance-history.md "Kernel notes"). The order is fixed, so the bits do not
+# depend on the number of threads.
 @njit(cache=True, nogil=True)
 def _sum(a, lo, hi):
     """a[lo:hi].sum() in float64, as four interleaved partial sums."""
@@ -211,7 +211,7 @@ def _batchnorm2d_backward(dy, x, mean, invstd, gamma):
 # group), so no two tasks write the same element. As for batch norm, the sums are float64 and
 # the per-channel coefficients are computed from them in float64 and rounded once to x's
 # dtype; the per-element arithmetic runs in x's dtype, since a float32 vector holds twice as
-# many lanes as a float64 one (twice as fast, docs/performance.md "Kernel notes").
+# many lanes as a float64 one (twice as fast, docs/performance-history.md "Kernel notes").
 #
 # Waking the sleeping worker threads for a parallel loop costs ~45 us (OMP_WAIT_POLICY=
 # PASSIVE, see retina_np/runtime.py), more than a whole group norm of a small pyramid level

@@ -11,7 +11,8 @@ Four ways, each tested equal to ``kernels/reference.py``'s loops:
 * ``winograd``    Winograd's F(m x m, 3x3) (``winograd.py``): fewer multiplications, in
                   (m + 2)^2 smaller GEMMs.
 
-Why each choice (the measurements are in docs/performance.md, "How the convolution is done"):
+Why each choice (the measurements are in docs/performance-history.md, "How the convolution is
+done"):
 
 * Winograd pays where its GEMMs are large enough: at least ``options.winograd_min_tiles``
   2x2 blocks of outputs (on the small pyramid levels it was 1.4-2.3x slower), and where its

@@ -34,7 +34,7 @@ the Joint convolution in tests/kernels/test_joint_levels.py).
 Why here: the heads' im2col GEMM (K = 9*64) runs well below the GEMM's peak on one core,
 since OpenBLAS packs the 9x larger unfolded matrix and uses each packed value for only 64
 rows; the (m + 2)^2 GEMMs with K = 64 run faster and do 2.25-4x fewer multiplications
-(docs/performance.md, "How the convolution is done").
+(docs/performance-history.md, "How the convolution is done").
 
 """
 

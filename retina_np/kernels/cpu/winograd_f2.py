@@ -101,7 +101,7 @@ def _sizes(table, n, out):
 
 # The helpers below are inlined into the transforms by Numba (inline="always"): called as
 # functions, with array views as arguments, they made a head layer a third slower
-# (docs/performance.md "Kernel notes").
+# (docs/performance-history.md "Kernel notes").
 @njit(cache=True, nogil=True, inline="always")
 def _bt(a, b, shift, L, t0, t1, t2, t3):
     """B^T's step along one direction, for L windows at once: each window's four values
