@@ -22,6 +22,9 @@ cache. The twin's process loads no Numba: ``config.py`` is read as a lone file (
 the standard library), and the batch, our initial weights and the anchor matches come from a
 file that a process of this python wrote before (retina_np's matcher, as bench_model.py's
 comparison does; our step matches inside its loss, and compiles the matcher when cold).
+torch's OpenMP keeps its own wait policy (idle workers spin) unless the environment sets
+``OMP_WAIT_POLICY``; ours sleeps (``import retina_np`` sets PASSIVE). On a machine that other
+processes share, the spinning makes torch's step swing widely; PASSIVE steadies it.
 
 Times are measured alike on both sides: ``import`` (numpy and retina_np's modules, or numpy,
 torch and the twin) and ``first step`` inside the process, ``total`` from the script's first

@@ -174,7 +174,8 @@ def part_torchvision(folder: Path, size: int, warmup: int, repeat: int, threads:
     # OMP_WAIT_POLICY=PASSIVE for that reason). Each keeps its own setting: ``import
     # retina_np`` sets PASSIVE for Numba's OpenMP workers (retina_np/runtime.py), while torch's
     # own GNU OpenMP keeps its default (idle workers spin a while before they sleep), unless
-    # the environment sets a policy for both.
+    # the environment sets a policy for both. On a machine that other processes share, the
+    # spinning makes torch's times swing widely; OMP_WAIT_POLICY=PASSIVE steadies them.
     import torch
     import torchvision
 
