@@ -42,7 +42,7 @@ outs = pytest.mark.parametrize("out", [2, 4])
 
 
 levels = st.lists(st.tuples(st.integers(1, 7), st.integers(1, 7)), min_size=1, max_size=4)
-# a few images, and eight or more: the kernels move eight images at a time, the rest one by one
+# a few images, and eight or more: the kernels move eight images at a time, fewer one by one
 images = st.integers(1, 3) | st.integers(8, 10)
 
 

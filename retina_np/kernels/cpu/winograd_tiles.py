@@ -27,11 +27,13 @@ def _edges(table, n, P, rows):
     left, right = np.empty(rows * P, np.bool_), np.empty(rows * P, np.bool_)
     for level in range(table.shape[0]):
         tile, th, tw = table[level, 3], table[level, 4], table[level, 5]
-        for q in range(th * tw * n):
-            b = (q // n) % tw
-            for i in range(rows):
-                left[i * P + tile + q] = b > 0
-                right[i * P + tile + q] = b < tw - 1
+        for i in range(rows):
+            p = i * P + tile  # tile (a, b, m) of the level, in order
+            for _ in range(th):
+                for b in range(tw):
+                    for _ in range(n):
+                        left[p], right[p] = b > 0, b < tw - 1
+                        p += 1
     return left, right
 
 
