@@ -18,9 +18,11 @@ import numpy as np
 from numba import njit
 
 from retina_np.kernels.cpu.winograd_tiles import (
+    _block_places,
     _edges,
     _planes_to_tiles,
     _tiles_to_planes,
+    _window_places,
     scratch8,
 )
 
@@ -152,8 +154,9 @@ def input_transform4(x, cs, ms, n, table, V):
     """x (flat; channel stride cs, image strides ms (levels,), see ``winograd_f2.strides``) -> V
     (36, C, P): BT4 d BT4^T of every tile's 6x6 window (the pixels outside the image zeros)."""
     C, P = V.shape[1], V.shape[2]
-    left, right = _edges(table, n, P, 6)
-    zero, T = V.dtype.type(0), scratch8(table, V.dtype)
+    left, right = _edges(table, n, P)
+    places, zero = _window_places(table, n, P, n), V.dtype.type(0)
+    T = scratch8(table, V.dtype)
     X = np.zeros((4, n + 6 * P + n), V.dtype)  # window rows: X[j, n + i*P + p] (see
     # winograd_tiles.py); the padding's places stay zero, channel after channel
     R = np.empty((6, 6 * P), V.dtype)  # BT4 along the window rows: R[l, i*P + p]
@@ -161,7 +164,7 @@ def input_transform4(x, cs, ms, n, table, V):
     x3_left, x0_right = X[3, :], X[0, 2 * n:]  # the neighbours' columns 4b - 1 and 4b + 4
     r0, r1, r2, r3, r4, r5 = R[0], R[1], R[2], R[3], R[4], R[5]
     for c in range(C):
-        _planes_to_tiles(x, cs, ms, c, n, table, P, True, X, n, T)
+        _planes_to_tiles(x, cs, ms, c, n, table, places, X, T)
         for f in range(6 * P):  # BT4 along every window row i of every tile p (f = i*P + p)
             d0 = x3_left[f] if left[f] else zero
             d5 = x0_right[f] if right[f] else zero
@@ -182,8 +185,9 @@ def input_transform4_adjoint(dV, n, table, dx, cs, ms):
     tile's BT4^T dV BT4 added onto its window (overlapping windows add up; the padding's share
     is dropped)."""
     C, P = dV.shape[1], dV.shape[2]
-    left, right = _edges(table, n, P, 1)
-    zero, T = dV.dtype.type(0), scratch8(table, dV.dtype)
+    left, right = _edges(table, n, P)  # (the first P: the same for every window row)
+    places, zero = _window_places(table, n, P, 0), dV.dtype.type(0)
+    T = scratch8(table, dV.dtype)
     dR = np.empty((6, 6, n + P + n), dV.dtype)  # BT4^T down the columns: dR[i, l, n + p]
     dX = np.empty((4, 6 * P), dV.dtype)  # window rows: dX[j, i*P + p]
     for c in range(C):
@@ -207,7 +211,7 @@ def input_transform4_adjoint(dV, n, table, dx, cs, ms):
                 y1[p] = e2
                 y2[p] = e3
                 y3[p] = e4 + (_FOUR * g0_right[p] if right[p] else zero)
-        _tiles_to_planes(dX, 0, n, table, P, True, T, c, dx, cs, ms)
+        _tiles_to_planes(dX, places, n, table, T, c, dx, cs, ms)
 
 
 @njit(cache=True, nogil=True)
@@ -215,7 +219,7 @@ def output_transform4(M, n, table, b, y, cs, ms):
     """M (36, F, P) -> y (flat, strides cs, ms): AT4 M AT4^T of every tile (its 4x4 block, the
     outputs past the edge dropped), plus the bias b (F,)."""
     F, P = M.shape[1], M.shape[2]
-    T = scratch8(table, y.dtype)
+    places, T = _block_places(table, n, P), scratch8(table, y.dtype)
     S = np.empty((4, 6, P), y.dtype)  # AT4 down the columns: S[u, j, p]
     Y = np.empty((4, 4 * P), y.dtype)  # and along the rows: the outputs, Y[v, u*P + p]
     for f in range(F):
@@ -233,7 +237,7 @@ def output_transform4(M, n, table, b, y, cs, ms):
             for p in range(P):
                 t0, t1, t2, t3 = _at4(s0[p], s1[p], s2[p], s3[p], s4[p], s5[p])
                 y0[p], y1[p], y2[p], y3[p] = t0 + bias, t1 + bias, t2 + bias, t3 + bias
-        _tiles_to_planes(Y, 0, n, table, P, False, T, f, y, cs, ms)
+        _tiles_to_planes(Y, places, n, table, T, f, y, cs, ms)
 
 
 @njit(cache=True, nogil=True)
@@ -242,13 +246,13 @@ def output_transform4_adjoint(dy, cs, ms, n, table, dM):
     dM (36, F, P), AT4^T dY AT4 of every tile's 4x4 block of output gradients (zeros past the
     edge)."""
     F, P = dM.shape[1], dM.shape[2]
-    T = scratch8(table, dM.dtype)
+    places, T = _block_places(table, n, P), scratch8(table, dM.dtype)
     D = np.zeros((4, 4 * P), dM.dtype)  # dY: D[v, u*P + p] (the places past the edge stay 0)
     E = np.empty((6, 4 * P), dM.dtype)  # dY AT4: E[j, u*P + p]
     d0, d1, d2, d3 = D[0], D[1], D[2], D[3]
     e0, e1, e2, e3, e4, e5 = E[0], E[1], E[2], E[3], E[4], E[5]
     for f in range(F):
-        _planes_to_tiles(dy, cs, ms, f, n, table, P, False, D, 0, T)
+        _planes_to_tiles(dy, cs, ms, f, n, table, places, D, T)
         for q in range(4 * P):  # AT4^T along every row u of every tile p (q = u*P + p)
             e0[q], e1[q], e2[q], e3[q], e4[q], e5[q] = _a4(d0[q], d1[q], d2[q], d3[q])
         for j in range(6):  # and down every column j

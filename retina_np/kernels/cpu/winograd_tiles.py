@@ -21,13 +21,13 @@ from numba import njit, uint64
 
 
 @njit(cache=True, nogil=True)
-def _edges(table, n, P, rows):
-    """(rows * P,) twice: whether tile p has a neighbour to its left (b > 0) and to its right
-    (b < tile columns - 1), for each of ``rows`` window rows i at i*P + p."""
-    left, right = np.empty(rows * P, np.bool_), np.empty(rows * P, np.bool_)
+def _edges(table, n, P):
+    """(6P,) twice: whether tile p has a neighbour to its left (b > 0) and to its right (b <
+    tile columns - 1), at i*P + p for each of the six window rows i (the same for all)."""
+    left, right = np.empty(6 * P, np.bool_), np.empty(6 * P, np.bool_)
     for level in range(table.shape[0]):
         tile, th, tw = table[level, 3], table[level, 4], table[level, 5]
-        for i in range(rows):
+        for i in range(6):
             p = i * P + tile  # tile (a, b, m) of the level, in order
             for _ in range(th):
                 for b in range(tw):
@@ -38,21 +38,45 @@ def _edges(table, n, P, rows):
 
 
 @njit(cache=True, nogil=True)
-def _rows_of(table, level, n, P, r, windows):
-    """Where row r of a level's images goes in the tile planes, i*P + tile + a*tw*n (row i of
-    tile row a), and where its second copy goes (-1 if none). windows: the input's 6x6
-    windows (row r = 4a - 1 + i with i in 1..4, and also row 0 of tile row a + 1 or row 5 of
-    tile row a - 1), else the output's 4x4 blocks (row r % 4 of tile row r // 4)."""
-    tile, th, tw = table[level, 3], table[level, 4], table[level, 5]
-    a, u = r // 4, r % 4
-    if not windows:
-        return u * P + tile + a * tw * n, -1
-    first = (u + 1) * P + tile + a * tw * n
-    if u == 3 and a + 1 < th:
-        return first, tile + (a + 1) * tw * n  # row 0 of the tile row below
-    if u == 0 and a > 0:
-        return first, 5 * P + tile + (a - 1) * tw * n  # row 5 of the one above
-    return first, -1
+def _window_places(table, n, P, o):
+    """Where each row r of a level's images goes among the input windows' rows: places[level,
+    r] = (first, second) at o + i*P + tile + a*tw*n for row i of tile row a: r = 4a - 1 + i
+    with i in 1..4, and also row 0 of tile row a + 1 (i = 4) or row 5 of tile row a - 1
+    (i = 1); second is -1 for the other rows."""
+    places = np.empty((table.shape[0], _largest(table, 0), 2), np.int64)
+    for level in range(table.shape[0]):
+        H, tile, th, tw = table[level, 0], table[level, 3], table[level, 4], table[level, 5]
+        for r in range(H):
+            a, u = r // 4, r % 4
+            places[level, r, 0] = o + (u + 1) * P + tile + a * tw * n
+            places[level, r, 1] = -1
+            if u == 3 and a + 1 < th:
+                places[level, r, 1] = o + tile + (a + 1) * tw * n
+            if u == 0 and a > 0:
+                places[level, r, 1] = o + 5 * P + tile + (a - 1) * tw * n
+    return places
+
+
+@njit(cache=True, nogil=True)
+def _block_places(table, n, P):
+    """``_window_places`` for the output's 4x4 blocks: row r is row r % 4 of tile row r // 4,
+    at (r % 4)*P + tile + (r // 4)*tw*n, and has no second place."""
+    places = np.empty((table.shape[0], _largest(table, 0), 2), np.int64)
+    for level in range(table.shape[0]):
+        H, tile, tw = table[level, 0], table[level, 3], table[level, 5]
+        for r in range(H):
+            places[level, r, 0] = (r % 4) * P + tile + (r // 4) * tw * n
+            places[level, r, 1] = -1
+    return places
+
+
+@njit(cache=True, nogil=True)
+def _largest(table, column):
+    """The largest value in a column of the tile table (0: H, 1: W)."""
+    largest = 0
+    for level in range(table.shape[0]):
+        largest = max(largest, table[level, column])
+    return largest
 
 
 @njit(cache=True, nogil=True)
@@ -122,11 +146,11 @@ def _copy8(a, s, b, d, add):
 
 
 @njit(cache=True, nogil=True)
-def _planes_to_tiles(x, cs, ms, c, n, table, P, windows, X, o, T):
+def _planes_to_tiles(x, cs, ms, c, n, table, places, X, T):
     """Channel c of x (flat; channel stride cs, image strides ms) into the tile planes X (4,
-    .): pixel (r, 4b + j) of image m to X[j, o + q + b*n + m] for each place q of row r
-    (``_rows_of``; P tiles). The places no pixel reaches are left as they are. T:
-    ``scratch8``."""
+    .): pixel (r, 4b + j) of image m to X[j, q + b*n + m] for each place q of row r (places:
+    ``_window_places`` or ``_block_places``). The places no pixel reaches are left as they
+    are. T: ``scratch8``."""
     E, Xf = X.shape[1], X.reshape(-1)
     for level in range(table.shape[0]):
         H, W, start = table[level, 0], table[level, 1], table[level, 2]
@@ -135,25 +159,25 @@ def _planes_to_tiles(x, cs, ms, c, n, table, P, windows, X, o, T):
             m0 = min(8 * g, n - 8)
             _eight_images(x, pixels + m0 * ms[level], ms[level], H * W, T)
             for r in range(H):
-                first, second = _rows_of(table, level, n, P, r, windows)
+                first, second = places[level, r, 0], places[level, r, 1]
                 for s in range(W):
-                    d = (s % 4) * E + o + (s // 4) * n + m0
+                    d = (s % 4) * E + (s // 4) * n + m0
                     _copy8(T, (r * W + s) * 8, Xf, d + first, False)
                     if second >= 0:
                         _copy8(T, (r * W + s) * 8, Xf, d + second, False)
         for m in range(n if n < 8 else 0):
             for r in range(H):
-                first, second = _rows_of(table, level, n, P, r, windows)
+                first, second = places[level, r, 0], places[level, r, 1]
                 for s in range(W):
                     v = x[pixels + m * ms[level] + r * W + s]
-                    d = (s % 4) * E + o + (s // 4) * n + m
+                    d = (s % 4) * E + (s // 4) * n + m
                     Xf[d + first] = v
                     if second >= 0:
                         Xf[d + second] = v
 
 
 @njit(cache=True, nogil=True)
-def _tiles_to_planes(X, o, n, table, P, windows, T, c, x, cs, ms):
+def _tiles_to_planes(X, places, n, table, T, c, x, cs, ms):
     """The adjoint of ``_planes_to_tiles``: channel c of x (strides cs, ms) from the tile
     planes X, a pixel with two places the sum of both."""
     E, Xf = X.shape[1], X.reshape(-1)
@@ -163,18 +187,18 @@ def _tiles_to_planes(X, o, n, table, P, windows, T, c, x, cs, ms):
         for g in range(_groups_of_eight(n)):
             m0 = min(8 * g, n - 8)
             for r in range(H):
-                first, second = _rows_of(table, level, n, P, r, windows)
+                first, second = places[level, r, 0], places[level, r, 1]
                 for s in range(W):
-                    d = (s % 4) * E + o + (s // 4) * n + m0
+                    d = (s % 4) * E + (s // 4) * n + m0
                     _copy8(Xf, d + first, T, (r * W + s) * 8, False)
                     if second >= 0:
                         _copy8(Xf, d + second, T, (r * W + s) * 8, True)
             _eight_images_back(T, H * W, x, pixels + m0 * ms[level], ms[level])
         for m in range(n if n < 8 else 0):
             for r in range(H):
-                first, second = _rows_of(table, level, n, P, r, windows)
+                first, second = places[level, r, 0], places[level, r, 1]
                 for s in range(W):
-                    d = (s % 4) * E + o + (s // 4) * n + m
+                    d = (s % 4) * E + (s // 4) * n + m
                     v = Xf[d + first]
                     if second >= 0:
                         v += Xf[d + second]
