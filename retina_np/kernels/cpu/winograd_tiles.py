@@ -40,9 +40,9 @@ def _edges(table, n, P):
 @njit(cache=True, nogil=True)
 def _window_places(table, n, P, o):
     """Where each row r of a level's images goes among the input windows' rows: places[level,
-    r] = (first, second) at o + i*P + tile + a*tw*n for row i of tile row a: r = 4a - 1 + i
-    with i in 1..4, and also row 0 of tile row a + 1 (i = 4) or row 5 of tile row a - 1
-    (i = 1); second is -1 for the other rows."""
+    r] = (first, second) at o + i*P + tile + a*tw*n for row i of tile row a (o: where the
+    planes start in their arrays): r = 4a - 1 + i with i in 1..4, and also row 0 of tile row
+    a + 1 (i = 4) or row 5 of tile row a - 1 (i = 1); second is -1 for the other rows."""
     places = np.empty((table.shape[0], _largest(table, 0), 2), np.int64)
     for level in range(table.shape[0]):
         H, tile, th, tw = table[level, 0], table[level, 3], table[level, 4], table[level, 5]
