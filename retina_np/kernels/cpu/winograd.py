@@ -6,8 +6,9 @@ which block side m (``options.winograd_block``, 4 by default).
 
 This file is the convolution: transforms, GEMMs, transforms back. The transforms themselves
 are Numba loops in ``winograd_f2.py`` (F(2x2, 3x3), the smaller one to read first, with the
-tile tables and the moves between planes and blocks) and ``winograd_f4.py`` (F(4x4, 3x3): the
-same steps with 6x6 windows and 36 products).
+tile tables) and ``winograd_f4.py`` (F(4x4, 3x3): the same algorithm with 6x6 windows and 36
+products, each step a loop over all tiles at once, on the tile planes of
+``winograd_tiles.py``).
 
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of the input (stride
 2 between windows, so neighbouring windows overlap by two pixels). Directly that is 36

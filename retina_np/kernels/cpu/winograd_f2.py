@@ -1,6 +1,6 @@
 """Winograd's F(2x2, 3x3) on the CPU: the transforms as Numba loops (see ``winograd.py`` for
-the algorithm), the tile tables, and the moves between pixel planes and tiles that
-F(4x4, 3x3) (``winograd_f4.py``) shares.
+the algorithm), level by level, and the tile tables that F(4x4, 3x3) (``winograd_f4.py``)
+shares.
 
 Tiles: on a level of H x W pixels (padding 1) there are ceil(H/2) x ceil(W/2) tiles per image
 (ceil(H/4) x ceil(W/4) for F(4x4, 3x3)); odd sizes (the 1x1 level) compute outputs past the
