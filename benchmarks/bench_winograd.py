@@ -72,10 +72,10 @@ def cases(n, C, hws, dtype=np.float32):
     dw = np.empty((F * C, 9), dtype)
     dU = rng.standard_normal((terms, F * C)).astype(dtype)
     return {
-        "input_transform": lambda: t_in(flat, cs, ms, n, table, V),
-        "input_adjoint": lambda: t_in_adj(V, n, table, out.reshape(-1), cs, ms),
-        "output_transform": lambda: t_out(M, n, table, b, out.reshape(-1), cs, ms),
-        "output_adjoint": lambda: t_out_adj(dy.reshape(-1), cs, ms, n, table, M),
+        "input_transform": lambda: t_in(flat, cs, ms, n, table, V, 0, C),
+        "input_adjoint": lambda: t_in_adj(V, n, table, out.reshape(-1), cs, ms, 0, C),
+        "output_transform": lambda: t_out(M, n, table, b, out.reshape(-1), cs, ms, 0, F),
+        "output_adjoint": lambda: t_out_adj(dy.reshape(-1), cs, ms, n, table, M, 0, F),
         "filters": lambda: t_fil(w.reshape(F * C, 9), U.reshape(terms, F * C)),
         "filters_adjoint": lambda: t_fil_adj(dU, dw),
         "36 GEMMs": lambda: np.matmul(U, V),

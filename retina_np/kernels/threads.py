@@ -75,6 +75,26 @@ def side_by_side(*tasks, channels=0):
     return [value for value, _ in outcomes]
 
 
+def over_channels(kernel, count, threads):
+    """``kernel(lo, hi)`` for the channels lo:hi of ``range(count)``, split into ``threads``
+    consecutive ranges that run at the same time, the calling thread taking the first. The
+    kernel must release the GIL (``nogil=True``) and write each channel's results only: the
+    ranges never touch each other's. A serial Numba loop shared this way needs no second,
+    parallel compilation of itself (Winograd's transforms, ``cpu/winograd.py``)."""
+    parts = max(1, min(threads, count))
+    if parts == 1:
+        kernel(0, count)
+        return
+    bounds = [count * k // parts for k in range(parts + 1)]
+    others = [_worker_pool(parts - 1).submit(kernel, lo, hi)
+              for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    first = _outcome(kernel, bounds[0], bounds[1])
+    outcomes = [first] + [_outcome(f.result) for f in others]
+    for _, error in outcomes:
+        if error is not None:
+            raise error
+
+
 class budget:
     """The threads for one kernel call whose input has ``elements`` values (and, for a
     convolution, ``macs`` multiply-adds), set for a ``with`` block, which gets the count. One

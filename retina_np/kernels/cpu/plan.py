@@ -19,8 +19,9 @@ done"):
   transformed input fits ``options.keep_max_elements``.
 * The heads' convolutions on a Joint of levels take it whenever it pays (their subnets run on
   one core each, where the im2col GEMM with K = 9*64 is slow).
-* The backbone's and the FPN's take it only on a one-thread budget: its transforms are serial
-  loops, and on every core im2col + GEMM, whose unfolding and GEMM use every core, was as fast.
+* The backbone's and the FPN's take it too, on any thread budget: on several threads the
+  transforms split the channels between them (``threads.over_channels``) and the GEMMs use
+  every core (when the transforms were one serial loop, im2col + GEMM was as fast there).
 
 The thread budget is an argument: ``threads.budget`` decides it from the kernel's size (and
 whether it runs inside a task) and sets it; nothing here reads a thread count.
@@ -87,7 +88,7 @@ def choose_conv(n: int, C: int, F: int, hws: tuple, kh: int, kw: int, stride: in
 @functools.lru_cache(maxsize=1024)  # a pure function of hashable arguments, called per layer
 def _choose_conv(n, C, F, hws, kh, kw, stride, padding, threads, joint, opts) -> ConvPlan:
     same = is_same(kh, kw, stride, padding)
-    if kh == kw == 3 and same and (joint or (opts.winograd_images and threads == 1)):
+    if kh == kw == 3 and same and (joint or opts.winograd_images):
         m = winograd_block(n, C, F, tuple(hws), opts)
         if m:
             return ConvPlan(WINOGRAD, m, True)

@@ -132,12 +132,11 @@ def _bt_adjoint(t0, t1, t2, t3, shift, L, a, b):
 
 
 @njit(cache=True, nogil=True)
-def input_transform(x, cs, ms, n, table, V):
+def input_transform(x, cs, ms, n, table, V, lo, hi):
     """x (flat; channel stride cs, image strides ms (levels,), see ``strides``) -> V (16, C,
     P): B^T d B of every tile's 4x4 window (the pixels outside the image are zeros)."""
-    C = V.shape[1]
     e_size, r_size = _sizes(table, n, 2)
-    for c in range(C):
+    for c in range(lo, hi):
         Q = np.empty((2, e_size), x.dtype)  # the padded input's even and odd columns (pr, q, m)
         R = np.empty((4, 2, r_size), x.dtype)  # B^T along the rows: (l, pr % 2, pr // 2, b, m)
         for level in range(table.shape[0]):
@@ -155,13 +154,12 @@ def input_transform(x, cs, ms, n, table, V):
 
 
 @njit(cache=True, nogil=True)
-def input_transform_adjoint(dV, n, table, dx, cs, ms):
+def input_transform_adjoint(dV, n, table, dx, cs, ms, lo, hi):
     """The adjoint of ``input_transform``: dV (16, C, P) -> dx (flat, strides cs, ms), each
     tile's B dV B^T added onto its window (overlapping windows add up; the padding's share is
     dropped)."""
-    C = dV.shape[1]
     e_size, r_size = _sizes(table, n, 2)
-    for c in range(C):
+    for c in range(lo, hi):
         dQ = np.empty((2, e_size), dx.dtype)
         dR = np.empty((4, 2, r_size), dx.dtype)
         for level in range(table.shape[0]):
@@ -243,12 +241,11 @@ def _phases_to_planes(Q, n, c, level, H, W, start, q1, out, dx, cs, ms):
 
 
 @njit(cache=True, nogil=True)
-def output_transform(M, n, table, b, y, cs, ms):
+def output_transform(M, n, table, b, y, cs, ms, lo, hi):
     """M (16, F, P) -> y (flat, strides cs, ms): A^T M A of every tile, the 2x2 block of
     outputs it gives (those past an odd edge dropped), plus the bias b (F,)."""
-    F = M.shape[1]
     _, r_size = _sizes(table, n, 2)
-    for f in range(F):
+    for f in range(lo, hi):
         Y = np.empty((4, r_size), y.dtype)  # each tile's outputs (u, v) at 2*u + v
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
@@ -282,13 +279,12 @@ def output_transform(M, n, table, b, y, cs, ms):
 
 
 @njit(cache=True, nogil=True)
-def output_transform_adjoint(dy, cs, ms, n, table, dM):
+def output_transform_adjoint(dy, cs, ms, n, table, dM, lo, hi):
     """The adjoint of ``output_transform`` (without the bias): dy (flat, strides cs, ms) ->
     dM (16, F, P), A dY A^T of every tile's 2x2 block of output gradients (zeros past an odd
     edge)."""
-    F = dM.shape[1]
     _, r_size = _sizes(table, n, 2)
-    for f in range(F):
+    for f in range(lo, hi):
         D = np.empty((4, r_size), dy.dtype)  # each tile's output gradients (u, v) at 2*u + v
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]

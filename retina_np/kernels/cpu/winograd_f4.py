@@ -3,8 +3,10 @@ outputs from 6x6 windows (see ``winograd.py`` for the algorithm), on tile planes
 (``winograd_tiles.py``).
 
 Each transform is two passes of a 1-D transform (BT4, AT4 or G4 times a row or column,
-written out below): the data transforms channel by channel, a loop per row or column of a
-tile over the P tiles of all levels; the filter transforms over all filters at once. LLVM
+written out below): the data transforms channel by channel (the channels lo:hi, so that
+threads can share a convolution's channels: ``threads.over_channels``), a loop per row or
+column of a tile over the P tiles of all levels; the filter transforms over all filters at
+once. LLVM
 vectorises these loops. Between the passes a scratch array holds the half-transformed tiles,
 laid out so that each loop's outputs lie in separate blocks of memory: LLVM checks once,
 before the loops around a loop, that the loop's arrays do not overlap over all the rows those
@@ -150,10 +152,10 @@ def _filters4_adjoint(dU, dg):
 
 
 @njit(cache=True, nogil=True)
-def input_transform4(x, cs, ms, n, table, V):
+def input_transform4(x, cs, ms, n, table, V, lo, hi):
     """x (flat; channel stride cs, image strides ms (levels,), see ``winograd_f2.strides``) -> V
     (36, C, P): BT4 d BT4^T of every tile's 6x6 window (the pixels outside the image zeros)."""
-    C, P = V.shape[1], V.shape[2]
+    P = V.shape[2]
     left, right = _edges(table, n, P)
     places, zero = _window_places(table, n, P, n), V.dtype.type(0)
     T = scratch8(table, V.dtype)
@@ -163,7 +165,7 @@ def input_transform4(x, cs, ms, n, table, V):
     x0, x1, x2, x3 = X[0, n:], X[1, n:], X[2, n:], X[3, n:]
     x3_left, x0_right = X[3, :], X[0, 2 * n:]  # the neighbours' columns 4b - 1 and 4b + 4
     r0, r1, r2, r3, r4, r5 = R[0], R[1], R[2], R[3], R[4], R[5]
-    for c in range(C):
+    for c in range(lo, hi):
         _planes_to_tiles(x, cs, ms, c, n, table, places, X, T)
         for f in range(6 * P):  # BT4 along every window row i of every tile p (f = i*P + p)
             d0 = x3_left[f] if left[f] else zero
@@ -180,17 +182,17 @@ def input_transform4(x, cs, ms, n, table, V):
 
 
 @njit(cache=True, nogil=True)
-def input_transform4_adjoint(dV, n, table, dx, cs, ms):
+def input_transform4_adjoint(dV, n, table, dx, cs, ms, lo, hi):
     """The adjoint of ``input_transform4``: dV (36, C, P) -> dx (flat, strides cs, ms), each
     tile's BT4^T dV BT4 added onto its window (overlapping windows add up; the padding's share
     is dropped)."""
-    C, P = dV.shape[1], dV.shape[2]
+    P = dV.shape[2]
     left, right = _edges(table, n, P)  # (the first P: the same for every window row)
     places, zero = _window_places(table, n, P, 0), dV.dtype.type(0)
     T = scratch8(table, dV.dtype)
     dR = np.empty((6, 6, n + P + n), dV.dtype)  # BT4^T down the columns: dR[i, l, n + p]
     dX = np.empty((4, 6 * P), dV.dtype)  # window rows: dX[j, i*P + p]
-    for c in range(C):
+    for c in range(lo, hi):
         for l in range(6):  # BT4^T down every column l
             v0, v1, v2, v3, v4, v5 = (dV[l, c], dV[6 + l, c], dV[12 + l, c], dV[18 + l, c],
                                       dV[24 + l, c], dV[30 + l, c])
@@ -215,14 +217,14 @@ def input_transform4_adjoint(dV, n, table, dx, cs, ms):
 
 
 @njit(cache=True, nogil=True)
-def output_transform4(M, n, table, b, y, cs, ms):
+def output_transform4(M, n, table, b, y, cs, ms, lo, hi):
     """M (36, F, P) -> y (flat, strides cs, ms): AT4 M AT4^T of every tile (its 4x4 block, the
     outputs past the edge dropped), plus the bias b (F,)."""
-    F, P = M.shape[1], M.shape[2]
+    P = M.shape[2]
     places, T = _block_places(table, n, P), scratch8(table, y.dtype)
     S = np.empty((4, 6, P), y.dtype)  # AT4 down the columns: S[u, j, p]
     Y = np.empty((4, 4 * P), y.dtype)  # and along the rows: the outputs, Y[v, u*P + p]
-    for f in range(F):
+    for f in range(lo, hi):
         for j in range(6):  # AT4 down every column j
             m0, m1, m2, m3, m4, m5 = (M[j, f], M[6 + j, f], M[12 + j, f], M[18 + j, f],
                                       M[24 + j, f], M[30 + j, f])
@@ -241,17 +243,17 @@ def output_transform4(M, n, table, b, y, cs, ms):
 
 
 @njit(cache=True, nogil=True)
-def output_transform4_adjoint(dy, cs, ms, n, table, dM):
+def output_transform4_adjoint(dy, cs, ms, n, table, dM, lo, hi):
     """The adjoint of ``output_transform4`` (without the bias): dy (flat, strides cs, ms) ->
     dM (36, F, P), AT4^T dY AT4 of every tile's 4x4 block of output gradients (zeros past the
     edge)."""
-    F, P = dM.shape[1], dM.shape[2]
+    P = dM.shape[2]
     places, T = _block_places(table, n, P), scratch8(table, dM.dtype)
     D = np.zeros((4, 4 * P), dM.dtype)  # dY: D[v, u*P + p] (the places past the edge stay 0)
     E = np.empty((6, 4 * P), dM.dtype)  # dY AT4: E[j, u*P + p]
     d0, d1, d2, d3 = D[0], D[1], D[2], D[3]
     e0, e1, e2, e3, e4, e5 = E[0], E[1], E[2], E[3], E[4], E[5]
-    for f in range(F):
+    for f in range(lo, hi):
         _planes_to_tiles(dy, cs, ms, f, n, table, places, D, T)
         for q in range(4 * P):  # AT4^T along every row u of every tile p (q = u*P + p)
             e0[q], e1[q], e2[q], e3[q], e4[q], e5[q] = _a4(d0[q], d1[q], d2[q], d3[q])
