@@ -12,7 +12,7 @@ gradient allreduce (``distributed.average_gradients``, which includes waiting fo
 rank) and the batch-norm allreduces; at the end it times the gradient allreduce alone, after a
 barrier (the transfer without the wait). Prints every run, the medians, the ratio, and the
 scaling of the step on paper over N machines from the measured compute time and the allreduce
-volume (docs/performance.md, "Data parallelism").
+volume (docs/performance-history.md, "Data parallelism").
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 GLOBAL_BATCH = 8
 # ResNet-50-FPN's training compute on paper: 3 forwards per image (the backward costs about
-# two), the forward the measured 1.10 s of inference at 512x512 (docs/performance.md, "Model").
+# two), the forward the measured 1.10 s of inference at 512x512 (docs/performance-history.md,
+# "Model").
 RESNET50_FPN_STEP_S = GLOBAL_BATCH * 3 * 1.10
 
 

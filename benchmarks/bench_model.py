@@ -9,7 +9,8 @@ Prints, for the shapes preset at batch 8 (128x128): seconds per training step (f
 backward, SGD update), the time of its stages and per layer type, the conv FLOPs of the step
 and the achieved GFLOP/s next to a float32 GEMM measured in the same process; for
 ``resnet50_fpn`` (91 classes) at 512x512 and 800x800, batch 1: inference seconds (forward +
-postprocess). Peak resident memory of each part.
+postprocess). Peak resident memory of each part. (That inference against torchvision's
+``retinanet_resnet50_fpn`` with the same weights: bench_inference.py.)
 
 With torch installed, the same training step in PyTorch on the CPU (``torch_twin.py``: the
 same architecture, loaded with the same initial weights, on the same batches), after a check

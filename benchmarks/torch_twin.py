@@ -9,7 +9,9 @@ matches computed once on the host by retina_np's matcher (``match_batch``): matc
 a conv cost, and both sides then train on exactly the same targets.
 
 Letter legend as in the package: N batch, R anchors, K classes, A anchors per location.
-Only benchmarks and tests import this module (retina_np never imports torch).
+Only benchmarks and tests import this module (retina_np never imports torch). It imports
+retina_np only inside ``match_batch``: a process that just trains the twin on prepared
+matches (bench_cold_start.py's torch side) loads no Numba, as a PyTorch program would not.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retina_np.detection import BETWEEN_THRESHOLDS, box_iou, encode_boxes, match_anchors
+# retina_np's sentinel for an anchor between the IoU thresholds (ignored by the loss), written
+# out rather than imported (see above); ``match_batch`` checks that the two agree.
+BETWEEN_THRESHOLDS = -2
 
 # --------------------------------------------------------------------------------------
 # The network
@@ -254,6 +258,20 @@ def sgd(twin: nn.Module, lr=0.01, momentum=0.9, weight_decay=1e-4) -> torch.opti
 # --------------------------------------------------------------------------------------
 
 
+def adamw(twin: nn.Module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05):
+    """torch's AdamW with our ``retina_np.optim.AdamW`` defaults: no decay on 1-D parameters."""
+    params = list(twin.parameters())
+    return torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=betas,
+        eps=eps,
+    )
+
+
 def match_batch(model, targets, image_hw, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Per-anchor targets of a batch, from retina_np's matcher (as ``retina_loss`` does).
 
@@ -262,6 +280,12 @@ def match_batch(model, targets, image_hw, dtype=np.float32) -> tuple[np.ndarray,
             sentinel (``BELOW_LOW_THRESHOLD`` background, ``BETWEEN_THRESHOLDS`` ignored).
         target_deltas (ndarray[N, R, 4] dtype): encoded box of foreground anchors, else 0.
     """
+    from retina_np import detection
+    from retina_np.detection import box_iou, encode_boxes, match_anchors
+
+    if detection.BETWEEN_THRESHOLDS != BETWEEN_THRESHOLDS:
+        raise ValueError(f"retina_np's BETWEEN_THRESHOLDS is {detection.BETWEEN_THRESHOLDS}, "
+                         f"the twin's loss ignores {BETWEEN_THRESHOLDS}")
     c = model.config
     anchors = model.anchors(image_hw).astype(dtype)  # (R, 4)
     anchor_class = np.empty((len(targets), len(anchors)), np.int64)
@@ -304,12 +328,15 @@ def retina_loss(cls_logits, box_deltas, anchor_class, target_deltas, config) -> 
     return (cls_loss + box_loss).mean()
 
 
-def train_step(twin, optimizer, images, anchor_class, target_deltas, config) -> float:
-    """Forward, loss, backward, SGD update (tensors in, the loss as a float out)."""
+def train_step(twin, optimizer, images, anchor_class, target_deltas, config, clip=0.0) -> float:
+    """Forward, loss, backward, update (tensors in, the loss as a float out); ``clip`` > 0
+    scales the gradients to at most that global norm first, as ``retina_np.train.train_step``."""
     twin.train()
     optimizer.zero_grad(set_to_none=True)
     cls_logits, box_deltas = twin(images)
     loss = retina_loss(cls_logits, box_deltas, anchor_class, target_deltas, config)
     loss.backward()
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), clip)
     optimizer.step()
     return loss.item()

@@ -98,7 +98,8 @@ def _run_demo(minutes, out_dir, train_images, val_images, batch_size, lr, seed, 
     if device == "cuda":
         model.to("cuda")
     # AdamW with a cosine decay: from scratch in minutes it learns much faster than the
-    # paper's SGD (1000 steps: COCO AP 0.27 against 0.16; docs/performance.md).
+    # paper's SGD (1000 steps: COCO AP 0.27 against 0.16; docs/performance-history.md,
+    # "Training recipe").
     cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,

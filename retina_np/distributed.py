@@ -15,7 +15,7 @@ mpiexec itself) runs it; rank 0 alone writes the log, the progress and the check
 mpi4py is imported only when the process was started by an MPI launcher, so a lone process
 (with or without mpi4py installed) runs exactly as before. The design, and how it differs
 from PyTorch DDP, is in docs/architecture.md ("Data parallelism"); the speed in
-docs/performance.md.
+docs/performance-history.md ("Data parallelism").
 """
 
 from __future__ import annotations

@@ -71,7 +71,7 @@ class AdamW:
     The paper trains with SGD from ImageNet weights for hours; trained from scratch in
     minutes, Adam's per-parameter step sizes learn faster: on the shapes preset, 1000 steps
     reached COCO AP 0.236 with AdamW (lr 1e-3, cosine) against 0.155 with SGD (lr 0.02, steps)
-    (docs/performance.md). Decay skips 1-D parameters as in ``SGD``.
+    (docs/performance-history.md, "Training recipe"). Decay skips 1-D parameters as in ``SGD``.
     """
 
     def __init__(

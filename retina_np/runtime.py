@@ -1,12 +1,16 @@
 """Process-wide settings that make the kernels fast, in one place, applied once when
 ``retina_np`` is imported (``retina_np/__init__.py`` calls ``configure``). A setting the user
-made in the environment always wins. The measurements behind each are in
-docs/performance.md ("Threads and memory").
+made in the environment always wins. docs/performance.md ("Threads") says what they are for;
+the measurements behind each are in docs/performance-history.md ("Threads take turns" under
+"How the convolution is done", "torch imported before retina_np", "Keep freed memory" under
+"Model", and "Data parallelism").
 
 * ``OPENBLAS_THREAD_TIMEOUT=4``: OpenBLAS's idle threads spin for about 0.1 s after every GEMM
   and take a core from the Numba loop that follows; OpenBLAS reads this only when numpy loads
-  it, so it must be set before numpy is imported (the ``retina-np`` command imports
-  retina_np first).
+  it, so it is set before numpy is imported where retina_np comes first (the ``retina-np``
+  command). A script or notebook that imported numpy first has an OpenBLAS that already read
+  it (every training step 1.6x slower): its loaded OpenBLAS libraries are asked to read the
+  environment again and to restart their threads with it (``retime_loaded_openblas``).
 * ``OMP_WAIT_POLICY=PASSIVE``: GNU OpenMP's idle workers (Numba's ``omp`` threading layer)
   spin by default and steal the cores from the BLAS threads; asked to sleep instead, before
   Numba starts its pool.
@@ -45,7 +49,9 @@ def configure() -> None:
                      "MKL_NUM_THREADS"):
             os.environ.setdefault(name, str(per_rank))
         _limit_loaded_pools(per_rank)
-    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    if "OPENBLAS_THREAD_TIMEOUT" not in os.environ:
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
+        retime_loaded_openblas()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if early and "NUMBA_THREADING_LAYER" not in os.environ:
         os.environ["NUMBA_THREADING_LAYER"] = "workqueue"  # read when numba is imported ...
@@ -53,6 +59,32 @@ def configure() -> None:
 
         numba.config.THREADING_LAYER = "workqueue"  # ... or here, if it already was
     keep_freed_memory()
+
+
+def retime_loaded_openblas() -> int:
+    """Make the OpenBLAS libraries already loaded (numpy imported before retina_np) take
+    ``OPENBLAS_THREAD_TIMEOUT`` from the environment as it is now: each re-reads its settings
+    (``openblas_read_env``) and stops its threads (``blas_thread_shutdown_``), which the next
+    GEMM starts again with the new timeout. Returns how many libraries were changed; a BLAS
+    that is not OpenBLAS, or lacks these functions, is left alone. Called at import, before
+    any GEMM of retina_np runs."""
+    if "numpy" not in sys.modules:  # nothing loaded yet: the environment is read at load
+        return 0
+    from threadpoolctl import threadpool_info
+
+    changed = 0
+    for info in threadpool_info():
+        if info.get("internal_api") != "openblas":
+            continue
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+            read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_
+        except (OSError, AttributeError):
+            continue
+        read_env()
+        shutdown()
+        changed += 1
+    return changed
 
 
 def openmp_started_early() -> bool:

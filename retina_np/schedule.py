@@ -22,7 +22,7 @@ kernels/threads.py, which says when it runs them one by one instead):
 and computes the same numbers as the model does, bit for bit when each kernel runs on as
 many threads either way (tests/test_schedule.py; a GEMM's rounding depends on its thread
 count). On a GPU it runs the model as it is: the kernel launches queue on the device in
-order anyway. The time it saves is in docs/performance.md.
+order anyway. The time it saves is in docs/performance-history.md ("Model").
 """
 
 from __future__ import annotations

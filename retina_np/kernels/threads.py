@@ -7,7 +7,7 @@ at the end of each call. The classification and box subnets share no data, so th
 run at the same time instead, each on its own core with one-thread GEMMs and loops:
 ``side_by_side(lambda: cls(levels), lambda: box(levels))``; and the backbone's backward runs
 beside the queue of weight gradients (RetinaNet.backward). In the shapes preset's training
-step on 2 cores that made the step clearly faster (docs/performance.md, "Kernel notes").
+step on 2 cores that made the step clearly faster (docs/performance-history.md, "Kernel notes").
 
 The BLAS thread count is process-wide, so it is lowered while the tasks run and set back
 afterwards (through threadpoolctl); Numba's is per thread (``numba.set_num_threads``). The
@@ -75,13 +75,33 @@ def side_by_side(*tasks, channels=0):
     return [value for value, _ in outcomes]
 
 
+def over_channels(kernel, count, threads):
+    """``kernel(lo, hi)`` for the channels lo:hi of ``range(count)``, split into ``threads``
+    consecutive ranges that run at the same time, the calling thread taking the first. The
+    kernel must release the GIL (``nogil=True``) and write each channel's results only: the
+    ranges never touch each other's. A serial Numba loop shared this way needs no second,
+    parallel compilation of itself (Winograd's transforms, ``cpu/winograd.py``)."""
+    parts = max(1, min(threads, count))
+    if parts == 1:
+        kernel(0, count)
+        return
+    bounds = [count * k // parts for k in range(parts + 1)]
+    others = [_worker_pool(parts - 1).submit(kernel, lo, hi)
+              for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    first = _outcome(kernel, bounds[0], bounds[1])
+    outcomes = [first] + [_outcome(f.result) for f in others]
+    for _, error in outcomes:
+        if error is not None:
+            raise error
+
+
 class budget:
     """The threads for one kernel call whose input has ``elements`` values (and, for a
     convolution, ``macs`` multiply-adds), set for a ``with`` block, which gets the count. One
     thread (Numba's and BLAS's) below ``options.serial_max_elements`` and ``serial_max_macs``,
     called outside a task; else the thread count in force (a task's share inside a task). The
     numbers are the same either way, but for the GEMMs' rounding, which OpenBLAS splits by
-    its thread count (docs/performance.md, "Kernel options").
+    its thread count (docs/performance-history.md, "Kernel options").
 
     (A class rather than a generator: it is entered around every kernel call.)"""
 

@@ -9,7 +9,7 @@ tiny input takes a path that only large ones take otherwise, with
         ...
 
 The defaults are what the package runs; why each value was chosen is said in one line here,
-and what was measured for it is in docs/performance.md ("Kernel options").
+and what was measured for it is in docs/performance-history.md ("Kernel options").
 """
 
 from __future__ import annotations
@@ -45,8 +45,7 @@ class Options:
     wgrad_transposed_max: int = 1 << 18
     # Winograd's F(m x m, 3x3) for the heads' 3x3 convolutions on a Joint.
     winograd: bool = True
-    # ... and for 3x3 "same" convolutions of images that run on one thread (its transforms
-    # are serial loops: on every core im2col + GEMM was as fast).
+    # ... and for the 3x3 "same" convolutions of images (the backbone's and the FPN's).
     winograd_images: bool = True
     # The side m of the blocks of outputs: 4 (36 products for 16 outputs) or 2 (64).
     winograd_block: int = 4

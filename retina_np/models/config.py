@@ -101,7 +101,7 @@ class RetinaNetConfig:
 
         GroupNorm (32 groups) sits between each head conv and its ReLU, as in torchvision's
         RetinaNet v2 head: normalised head layers learn faster from scratch (1000 AdamW steps:
-        COCO AP 0.33 with it, 0.24 without; docs/performance.md).
+        COCO AP 0.33 with it, 0.24 without; docs/performance-history.md, "Training recipe").
         """
         return cls(
             num_classes=num_classes,

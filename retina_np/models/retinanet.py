@@ -158,10 +158,21 @@ class RetinaNet(Module):
             cls_logits, box_deltas = backend.to_numpy(cls_logits), backend.to_numpy(box_deltas)
         finally:
             self.train(was_training)
-        hw = images.shape[-2:]
-        anchors, counts = self._anchors_and_counts(hw)
+        return self.detections(cls_logits, box_deltas, images.shape[-2:], image_sizes)
+
+    def detections(self, cls_logits, box_deltas, image_hw, image_sizes=None) -> list[dict]:
+        """``detect``'s second half: head outputs -> detections, with this config's numbers.
+
+        Args:
+            cls_logits (ndarray[N, R, K]), box_deltas (ndarray[N, R, 4]): head outputs (on the
+                host) for a batch of size ``image_hw``, rows in the order of ``anchors``.
+            image_sizes (list of (h, w)): each image's size before padding; default image_hw.
+        Returns:
+            list of N dicts {"boxes" (D, 4), "scores" (D,), "labels" (D,)}, scores descending.
+        """
+        anchors, counts = self._anchors_and_counts(image_hw)
         if image_sizes is None:
-            image_sizes = [tuple(hw)] * images.shape[0]
+            image_sizes = [tuple(image_hw)] * len(cls_logits)
         c = self.config
         return [
             postprocess(
@@ -176,5 +187,5 @@ class RetinaNet(Module):
                 detections_per_img=c.detections_per_img,
                 box_coder_weights=c.box_coder_weights,
             )
-            for i in range(images.shape[0])
+            for i in range(len(cls_logits))
         ]

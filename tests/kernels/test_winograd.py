@@ -7,7 +7,7 @@ underneath, are in test_joint_levels.py."""
 import numba
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from retina_np import kernels
@@ -42,6 +42,8 @@ outs = pytest.mark.parametrize("out", [2, 4])
 
 
 levels = st.lists(st.tuples(st.integers(1, 7), st.integers(1, 7)), min_size=1, max_size=4)
+# a few images, and eight or more: the kernels move eight images at a time, fewer one by one
+images = st.integers(1, 3) | st.integers(8, 10)
 
 
 def _joint(rng, n, c, hws, dtype=np.float64):
@@ -81,7 +83,8 @@ def test_the_matrices_give_a_3x3_correlation(out):
 
 
 @outs
-@given(n=st.integers(1, 3), c=st.integers(1, 3), hws=levels)
+@given(n=images, c=st.integers(1, 3), hws=levels)
+@example(n=9, c=2, hws=[(6, 5), (3, 4), (1, 1)])
 @settings(max_examples=25, deadline=None)
 def test_input_transform_is_bt_d_b_of_every_window(out, n, c, hws):
     (BT, _, _), (transform, _, _, _) = SCHEMES[out]
@@ -90,13 +93,14 @@ def test_input_transform_is_bt_d_b_of_every_window(out, n, c, hws):
     xj = _joint(rng, n, c, hws)
     table, P = f2.tiles(n, xj.hws, out)
     V = np.empty((terms, c, P))
-    transform(xj.data.ravel(), *f2.strides(xj.data, n, xj.hws), n, table, V)
+    transform(xj.data.ravel(), *f2.strides(xj.data, n, xj.hws), n, table, V, 0, c)
     expected = np.einsum("ki,pcij,lj->klcp", BT, _windows(xj, out), BT).reshape(terms, c, P)
     np.testing.assert_allclose(V, expected, rtol=1e-12, atol=1e-12)
 
 
 @outs
-@given(n=st.integers(1, 3), f=st.integers(1, 3), hws=levels)
+@given(n=images, f=st.integers(1, 3), hws=levels)
+@example(n=9, f=2, hws=[(6, 5), (3, 4), (1, 1)])
 @settings(max_examples=25, deadline=None)
 def test_output_transform_is_at_m_a_of_every_tile(out, n, f, hws):
     """Each tile's A^T M A lands on its out x out block of pixels (blocks past the edge
@@ -108,7 +112,7 @@ def test_output_transform_is_at_m_a_of_every_tile(out, n, f, hws):
     M, b = rng.standard_normal((side * side, f, P)), rng.standard_normal(f)
     T = n * sum(h * w for h, w in hws)
     y = np.empty((f, T))
-    transform(M, n, table, b, y.reshape(-1), *f2.strides(y, n, tuple(hws)))
+    transform(M, n, table, b, y.reshape(-1), *f2.strides(y, n, tuple(hws)), 0, f)
     blocks = np.einsum("ui,fpij,vj->pfuv", AT,
                        M.reshape(side, side, f, P).transpose(2, 3, 0, 1), AT)  # (P, F, out, out)
     p = 0
@@ -126,7 +130,8 @@ def test_output_transform_is_at_m_a_of_every_tile(out, n, f, hws):
 
 
 @outs
-@given(n=st.integers(1, 3), c=st.integers(1, 3), hws=levels, seed=st.integers(0, 99))
+@given(n=images, c=st.integers(1, 3), hws=levels, seed=st.integers(0, 99))
+@example(n=9, c=2, hws=[(6, 5), (3, 4), (1, 1)], seed=0)
 @settings(max_examples=25, deadline=None)
 def test_adjoints_pass_the_dot_product_test(out, n, c, hws, seed):
     """<T x, v> == <x, T* v> for the input, output and filter transforms."""
@@ -136,16 +141,16 @@ def test_adjoints_pass_the_dot_product_test(out, n, c, hws, seed):
     xj = _joint(rng, n, c, hws)
     table, P = f2.tiles(n, xj.hws, out)
     V, dV = np.empty((terms, c, P)), rng.standard_normal((terms, c, P))
-    transform(xj.data.ravel(), *f2.strides(xj.data, n, xj.hws), n, table, V)
+    transform(xj.data.ravel(), *f2.strides(xj.data, n, xj.hws), n, table, V, 0, c)
     dx = np.empty_like(xj.data)
-    adjoint(dV, n, table, dx.reshape(-1), *f2.strides(dx, n, xj.hws))
+    adjoint(dV, n, table, dx.reshape(-1), *f2.strides(dx, n, xj.hws), 0, c)
     assert np.isclose(np.sum(V * dV), np.sum(xj.data * dx), rtol=1e-12, atol=1e-12)
 
     M, dy = rng.standard_normal((terms, c, P)), rng.standard_normal(xj.data.shape)
     y = np.empty_like(xj.data)
-    out_transform(M, n, table, np.zeros(c), y.reshape(-1), *f2.strides(y, n, xj.hws))
+    out_transform(M, n, table, np.zeros(c), y.reshape(-1), *f2.strides(y, n, xj.hws), 0, c)
     dM = np.empty((terms, c, P))
-    out_adjoint(dy.ravel(), *f2.strides(dy, n, xj.hws), n, table, dM)
+    out_adjoint(dy.ravel(), *f2.strides(dy, n, xj.hws), n, table, dM, 0, c)
     assert np.isclose(np.sum(y * dy), np.sum(M * dM), rtol=1e-12, atol=1e-12)
 
     w, dU = rng.standard_normal((2, c, 3, 3)), rng.standard_normal((terms, 2, c))
@@ -266,7 +271,7 @@ def _assert_equal_the_reference(got, x, w, b, dy, tol):
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
-@given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 9),
+@given(n=images, c=st.integers(1, 4), f=st.integers(1, 4), h=st.integers(1, 9),
        w_=st.integers(1, 9), keep=st.booleans())
 @outs
 @settings(max_examples=20, deadline=None)
@@ -306,9 +311,9 @@ def test_image_convolutions_on_one_thread_take_winograd(out, dtype, tol, n, c, f
 def test_the_kernels_record_the_plan_their_thread_budget_gives():
     """Which convolutions take Winograd is ``plan.choose_conv``'s decision
     (tests/kernels/test_plan.py); here the kernels follow it: a large enough Joint takes
-    Winograd (its plan kept in the workspace), and a convolution of (N, C, H, W) images takes
-    it on a one-thread budget only: a small one (threads.budget), one on one Numba thread, or
-    one inside a task; on every core it keeps im2col."""
+    Winograd (its plan kept in the workspace), and so does a large enough convolution of
+    (N, C, H, W) images on any budget: small (threads.budget), on every core, on one Numba
+    thread, or inside a task."""
     default = kernels.Options().winograd_min_tiles  # (the fixture lowered it)
     rng = np.random.default_rng(7)
 
@@ -326,20 +331,16 @@ def test_the_kernels_record_the_plan_their_thread_budget_gives():
         assert algorithm(cpu.conv2d_forward_joint, xj, w.astype(np.float32)) == WINOGRAD
         assert algorithm(images, x, w) == WINOGRAD  # small: on one thread
         with kernels.options(serial_max_elements=0):  # every kernel on every core
+            assert algorithm(images, x, w) == WINOGRAD
             cores = numba.get_num_threads()
-            assert algorithm(images, x, w) == (WINOGRAD if cores == 1 else IM2COL_SAME)
             numba.set_num_threads(1)
             try:
                 assert algorithm(images, x, w) == WINOGRAD
             finally:
                 numba.set_num_threads(cores)
-            # inside a task: Winograd where the task's share is one thread
-            counted = threads.side_by_side(
-                *[lambda: (numba.get_num_threads(), algorithm(images, x, w))] * 2)
-            for task_threads, taken in counted:
-                assert taken == (WINOGRAD if task_threads == 1 else IM2COL_SAME)
-        with kernels.options(winograd_images=False):
-            assert algorithm(images, x, w) == IM2COL_SAME
+            counted = threads.side_by_side(*[lambda: algorithm(images, x, w)] * 2)
+            assert counted == [WINOGRAD, WINOGRAD]
+        assert algorithm(images, x[:1], w) == IM2COL_SAME  # 256 tiles: too few
 
 
 @outs
@@ -371,3 +372,25 @@ def test_queued_weight_gradient_reuses_the_output_gradient(out):
 
         np.testing.assert_array_equal(queued(dyj), 2 * dw_now)  # made from the kept dM
         np.testing.assert_array_equal(queued(other), dw_other)  # another dy: transformed anew
+
+
+@outs
+@pytest.mark.parametrize("threads", [2, 3])
+def test_transforms_split_over_threads_give_the_same_bits(out, threads):
+    """The transforms' channels split between threads (``threads.over_channels``): every
+    result bit-identical to one thread's, forward and both gradients."""
+    rng = np.random.default_rng(5)
+    n, C, F, hws = 3, 5, 4, ((9, 7),)
+    x = rng.standard_normal((n, C) + hws[0]).astype(np.float32)
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    dy = rng.standard_normal((n, F) + hws[0]).astype(np.float32)
+    one = (wg.conv3x3_forward(x, n, hws, w, b, out, keep=True, threads=1),
+           wg.conv3x3_backward_input(dy, w, n, hws, out, threads=1),
+           wg.conv3x3_backward_weight(dy, x, n, hws, out, threads=1))
+    many = (wg.conv3x3_forward(x, n, hws, w, b, out, keep=True, threads=threads),
+            wg.conv3x3_backward_input(dy, w, n, hws, out, threads=threads),
+            wg.conv3x3_backward_weight(dy, x, n, hws, out, threads=threads))
+    for a, c in zip((one[0][0], one[0][1], one[1], one[2]),
+                    (many[0][0], many[0][1], many[1], many[2])):
+        np.testing.assert_array_equal(a, c)

@@ -60,7 +60,8 @@ def conv2d_forward(x, w, b, stride, padding, workspace=None):
             workspace.plan = plan
         if plan.algorithm == WINOGRAD:
             kept = workspace is not None
-            y, V = winograd.conv3x3_forward(x, N, ((H, W),), w, b, plan.block, kept)
+            y, V = winograd.conv3x3_forward(x, N, ((H, W),), w, b, plan.block, kept,
+                                            threads=budget)
             if kept:
                 workspace.transformed = V
             return y
@@ -136,7 +137,8 @@ def conv2d_backward_input(dy, w, H, W, stride, padding):
     with threads.budget(dy.size, macs=dy.size * C * kh * kw) as budget:
         plan = choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget)
         if plan.algorithm == WINOGRAD:
-            return winograd.conv3x3_backward_input(dy, w, N, ((H, W),), plan.block)
+            return winograd.conv3x3_backward_input(dy, w, N, ((H, W),), plan.block,
+                                                   threads=budget)
         w2t = w.reshape(F, C * kh * kw).T  # (C*kh*kw, F)
         dy3 = dy.reshape(N, F, Ho * Wo)
         if plan.algorithm == POINTWISE:
@@ -181,7 +183,8 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None):
                 else choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget))
         if plan.algorithm == WINOGRAD:
             return winograd.conv3x3_backward_weight(
-                dy, x, N, ((H, W),), plan.block, V=workspace.transformed if kept else None)
+                dy, x, N, ((H, W),), plan.block, V=workspace.transformed if kept else None,
+                threads=budget)
         dy3 = dy.reshape(N, F, Ho * Wo)
         if plan.algorithm == POINTWISE:  # x itself is the (C, L) matrix
             x3 = x.reshape(N, C, Ho * Wo)
@@ -211,7 +214,7 @@ def _unfolded_tiles(dy3, x, kh, kw, stride, padding, Ho, Wo, plan, ph=None):
 def weight_gradient(pairs, F, K, dtype):
     """The sum of dy_cols @ cols.T over (dy_cols (F, L), cols (K, L)) pairs -> dw (F, K).
     Small gradients as the transposed product, which OpenBLAS runs faster when F is small
-    (``options.wgrad_transposed_max``; docs/performance.md)."""
+    (``options.wgrad_transposed_max``; docs/performance-history.md, "Kernel options")."""
     if F * K <= current().wgrad_transposed_max:
         dwt = np.zeros((K, F), dtype)
         for dy_cols, cols in pairs:

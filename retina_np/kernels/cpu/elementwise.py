@@ -49,9 +49,9 @@ def add_forward(a, b):
 # (``im2col.plane_phases``, as a strided convolution's input), in which tap (i, j) of window
 # (oh, ow) is entry (oh + i // s, ow + j // s) of phase (i % s, j % s); the windows are laid
 # out in rows as long as a phase's, so that a tap reads one unit-step run, and the few extra
-# windows per row are dropped at the end (0.45 ms; docs/performance.md "Kernel notes"). -inf
-# is never larger than the running maximum, so only real pixels are taken. One thread, as
-# the elementwise kernels: as a parallel loop it took twice as long to compile.
+# windows per row are dropped at the end (0.45 ms; docs/performance-history.md "Kernel
+# notes"). -inf is never larger than the running maximum, so only real pixels are taken. One
+# thread, as the elementwise kernels: as a parallel loop it took twice as long to compile.
 @njit(cache=True, nogil=True)
 def maxpool2d_forward(x, k, stride, padding):
     """x (N, C, H, W) -> y (N, C, Ho, Wo), argmax (N, C, Ho, Wo) int64 as h*W + w (first max).

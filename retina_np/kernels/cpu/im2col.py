@@ -71,9 +71,9 @@ def tile_columns(a, n0, n1, l0, l1):
 # A strided convolution reads every s-th pixel of a row: a gather that does not vectorise. So
 # the padded input is first cut into its s*s phases, phase (a, b) holding the pixels (s*h + a,
 # s*w + b); tap (i, j) then reads phase (i % s, j % s) at offset (i // s, j // s), one unit-step
-# copy per output row (the stem's unfolding 2.3x faster, docs/performance.md "Kernel notes").
-# The padding is written in the same pass (padding, then cutting, in NumPy took twice as long).
-# Max pooling cuts its planes the same way (cpu/elementwise.py), padded with -inf.
+# copy per output row (the stem's unfolding 2.3x faster, docs/performance-history.md "Kernel
+# notes"). The padding is written in the same pass (padding, then cutting, in NumPy took twice
+# as long). Max pooling cuts its planes the same way (cpu/elementwise.py), padded with -inf.
 def phases(x, padding, stride):
     """Images x (n, C, H, W), padded with `padding` zeros on each side -> their phases (n, s,
     s, C, ceil(Hp/s), ceil(Wp/s)), Hp = H + 2*padding, images first, so that a tile of images
@@ -121,7 +121,8 @@ def _unfold_row(ph, c, i, j, stride, oh0, oh1, Wo, row, col0):
 
     Each (image, output row) is a copy between two views indexed from 0, the source a
     unit-step slice, which numba knows to be contiguous, so the loop vectorises (indexing
-    element by element, or slice assignment, was slower: docs/performance.md "Kernel notes").
+    element by element, or slice assignment, was slower: docs/performance-history.md "Kernel
+    notes").
     """
     rows = oh1 - oh0
     a, b, di, dj = i % stride, j % stride, i // stride, j // stride
@@ -180,7 +181,8 @@ def col2im_add(dcols, kh, kw, stride, oh0, oh1, Wo, dxp):
 # of the row above or below (or of the next image, or nothing), and a table of those entries
 # (``same_tables``) makes them zero in the same pass. The input is first rearranged
 # channel-major, (C, n*H*W), so that one copy covers all n images of a tile (on the 1x1..4x4
-# top pyramid levels a copy per image is mostly overhead; docs/performance.md "Kernel notes").
+# top pyramid levels a copy per image is mostly overhead; docs/performance-history.md "Kernel
+# notes").
 
 
 def channel_major(x):
@@ -236,7 +238,7 @@ def _fold_row_same(row, n, H, W, oh0, oh1, di, dj, keep, plane):
 # tile is one piece, the heads' pyramid one piece per level: one kernel serves both. With it
 # comes a table keep (k*k, columns): which entries of each tap's row hold a pixel rather than
 # padding: a select in the copy's one pass, where zeroing them after the copy would be a
-# scattered store for every image row of every tap (2.3x slower, docs/performance.md).
+# scattered store for every image row of every tap (2.3x slower, docs/performance-history.md).
 GEOMETRY_COLUMNS = 7
 
 

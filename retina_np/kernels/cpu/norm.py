@@ -21,8 +21,8 @@ from retina_np.kernels.tunables import current
 # Per-channel values are read with np.float64(...): numba's float() keeps a float32 a float32.
 # Sums in float64 are one long chain of dependent additions (each waits ~4 cycles for the
 # last); four partial sums, added at the end, run four chains side by side (about twice as
-# fast, docs/performance.md "Kernel notes"). The order is fixed, so the bits do not depend on
-# the number of threads.
+# fast, docs/performance-history.md "Kernel notes"). The order is fixed, so the bits do not
+# depend on the number of threads.
 @njit(cache=True, nogil=True)
 def _sum(a, lo, hi):
     """a[lo:hi].sum() in float64, as four interleaved partial sums."""
@@ -76,7 +76,7 @@ def _sum_dot_xhat(dy, x, lo, hi, mu, istd):
 # every LANES-th value of a row, which makes the float64 additions elementwise over the lanes,
 # a loop LLVM vectorises (a chain of partial sums it does not reorder without fastmath); the
 # lanes are added at the end, in a fixed order. On the stem's output the statistics ran 3x
-# faster (docs/performance.md "Kernel notes").
+# faster (docs/performance-history.md "Kernel notes").
 LANES = 256
 
 
@@ -132,7 +132,7 @@ def _affine(src, m, a, b, relu, dst):
 
 
 # The statistics and the backward run on one thread: vectorised, the stem's took 0.15 and 0.3
-# ms, and as parallel loops they took 2-3x as long to compile (docs/performance.md).
+# ms, and as parallel loops they took 2-3x as long to compile (docs/performance-history.md).
 @njit(cache=True, nogil=True)
 def batchnorm2d_stats(x):
     """x (N, C, H, W) -> mean (C,), biased var (C,), accumulated in float64 (two passes)."""
@@ -262,7 +262,7 @@ def _batchnorm2d_backward(dy, x, y, relu, mean, invstd, gamma):
 # group), so no two tasks write the same element. As for batch norm, the sums are float64 and
 # the per-channel coefficients are computed from them in float64 and rounded once to x's
 # dtype; the per-element arithmetic runs in x's dtype, since a float32 vector holds twice as
-# many lanes as a float64 one (twice as fast, docs/performance.md "Kernel notes").
+# many lanes as a float64 one (twice as fast, docs/performance-history.md "Kernel notes").
 #
 # Waking the sleeping worker threads for a parallel loop costs ~45 us (OMP_WAIT_POLICY=
 # PASSIVE, see retina_np/runtime.py), more than a whole group norm of a small pyramid level

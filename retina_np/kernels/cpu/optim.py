@@ -63,8 +63,8 @@ def adamw_update_(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     float32 model updates in float32 arithmetic (``1 - beta1`` inside the kernel is float64
     and pulled the loop into float64), and the kernel uses numpy's error model (a division by
     zero gives inf instead of raising; here no divisor can be zero), without which numba
-    checks each division and the loop does not vectorise (docs/performance.md, "Kernel
-    notes"); the same bits in float64.
+    checks each division and the loop does not vectorise (docs/performance-history.md,
+    "Kernel notes"); the same bits in float64.
     """
     t = param.dtype.type
     _adamw_update(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr),

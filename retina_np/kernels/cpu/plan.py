@@ -11,15 +11,17 @@ Four ways, each tested equal to ``kernels/reference.py``'s loops:
 * ``winograd``    Winograd's F(m x m, 3x3) (``winograd.py``): fewer multiplications, in
                   (m + 2)^2 smaller GEMMs.
 
-Why each choice (the measurements are in docs/performance.md, "How the convolution is done"):
+Why each choice (the measurements are in docs/performance-history.md, "How the convolution is
+done"):
 
 * Winograd pays where its GEMMs are large enough: at least ``options.winograd_min_tiles``
   2x2 blocks of outputs (on the small pyramid levels it was 1.4-2.3x slower), and where its
   transformed input fits ``options.keep_max_elements``.
 * The heads' convolutions on a Joint of levels take it whenever it pays (their subnets run on
   one core each, where the im2col GEMM with K = 9*64 is slow).
-* The backbone's and the FPN's take it only on a one-thread budget: its transforms are serial
-  loops, and on every core im2col + GEMM, whose unfolding and GEMM use every core, was as fast.
+* The backbone's and the FPN's take it too, on any thread budget: on several threads the
+  transforms split the channels between them (``threads.over_channels``) and the GEMMs use
+  every core (when the transforms were one serial loop, im2col + GEMM was as fast there).
 
 On a budget of several threads an im2col forward with at least as many tiles of output as
 threads (``im2col.output_tiles``) runs them side by side in that many tasks (``tasks``), each
@@ -102,7 +104,7 @@ def choose_conv(n: int, C: int, F: int, hws: tuple, kh: int, kw: int, stride: in
 @functools.lru_cache(maxsize=1024)  # a pure function of hashable arguments, called per layer
 def _choose_conv(n, C, F, hws, kh, kw, stride, padding, threads, joint, opts) -> ConvPlan:
     same = is_same(kh, kw, stride, padding)
-    if kh == kw == 3 and same and (joint or (opts.winograd_images and threads == 1)):
+    if kh == kw == 3 and same and (joint or opts.winograd_images):
         m = winograd_block(n, C, F, tuple(hws), opts)
         if m:
             return ConvPlan(WINOGRAD, m, True)

@@ -6,8 +6,9 @@ which block side m (``options.winograd_block``, 4 by default).
 
 This file is the convolution: transforms, GEMMs, transforms back. The transforms themselves
 are Numba loops in ``winograd_f2.py`` (F(2x2, 3x3), the smaller one to read first, with the
-tile tables and the moves between planes and blocks) and ``winograd_f4.py`` (F(4x4, 3x3): the
-same steps with 6x6 windows and 36 products).
+tile tables) and ``winograd_f4.py`` (F(4x4, 3x3): the same algorithm with 6x6 windows and 36
+products, each step a loop over all tiles at once, on the tile planes of
+``winograd_tiles.py``).
 
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of the input (stride
 2 between windows, so neighbouring windows overlap by two pixels). Directly that is 36
@@ -34,7 +35,7 @@ the Joint convolution in tests/kernels/test_joint_levels.py).
 Why here: the heads' im2col GEMM (K = 9*64) runs well below the GEMM's peak on one core,
 since OpenBLAS packs the 9x larger unfolded matrix and uses each packed value for only 64
 rows; the (m + 2)^2 GEMMs with K = 64 run faster and do 2.25-4x fewer multiplications
-(docs/performance.md, "How the convolution is done").
+(docs/performance-history.md, "How the convolution is done").
 
 """
 
@@ -45,6 +46,7 @@ import numpy as np
 from retina_np.kernels.cpu import winograd_f2 as f2
 from retina_np.kernels.cpu import winograd_f4 as f4
 from retina_np.kernels.cpu.winograd_f2 import _channels, _empty, strides, tiles
+from retina_np.kernels.threads import over_channels
 
 # m -> its transforms: (input, its adjoint, output, its adjoint, filters, their adjoint)
 TRANSFORMS = {
@@ -80,52 +82,63 @@ def filters_adjoint(dU):
     return dw
 
 
-def transformed_input(x, n, hws, m):
+def transformed_input(x, n, hws, m, threads=1):
     """x (C channels, a layout of ``conv3x3_forward``) -> V ((m + 2)^2, C, P): B^T d B per
     tile."""
     table, P = tiles(n, hws, m)
-    V = np.empty(((m + 2) ** 2, _channels(x), P), x.dtype)
-    TRANSFORMS[m][0](x.reshape(-1), *strides(x, n, hws), n, table, V)
+    C = _channels(x)
+    V = np.empty(((m + 2) ** 2, C, P), x.dtype)
+    flat, (cs, ms) = x.reshape(-1), strides(x, n, hws)
+    over_channels(lambda lo, hi: TRANSFORMS[m][0](flat, cs, ms, n, table, V, lo, hi), C,
+                  threads)
     return V
 
 
-def conv3x3_forward(x, n, hws, w, b, m, keep=False):
+def conv3x3_forward(x, n, hws, w, b, m, keep=False, threads=1):
     """A 3x3, stride-1, padding-1 convolution by F(m x m, 3x3): x a Joint's data (C, T) (n
     images, levels hws), or (N, C, H, W) with n = N and hws = ((H, W),) -> (y in the same
     layout with F channels, V the transformed input if keep else None). w (F, C, 3, 3), b (F,)
-    or None."""
+    or None. threads: how many threads share the transforms (the channels split between
+    them; the GEMMs take BLAS's own threads)."""
     F = w.shape[0]
-    V = transformed_input(x, n, hws, m)
+    V = transformed_input(x, n, hws, m, threads)
     M = np.matmul(filters(w, m), V)  # (16, F, C) @ (16, C, P): 16 GEMMs (36 for m = 4)
     y = _empty(x, F, n, hws)
-    TRANSFORMS[m][2](M, n, tiles(n, hws, m)[0],
-                     b if b is not None else np.zeros(F, x.dtype), y.reshape(-1),
-                     *strides(y, n, hws))
+    table, bias = tiles(n, hws, m)[0], b if b is not None else np.zeros(F, x.dtype)
+    flat, (cs, ms) = y.reshape(-1), strides(y, n, hws)
+    over_channels(lambda lo, hi: TRANSFORMS[m][2](M, n, table, bias, flat, cs, ms, lo, hi), F,
+                  threads)
     return y, (V if keep else None)
 
 
-def output_gradients(dy, n, hws, m):
+def output_gradients(dy, n, hws, m, threads=1):
     """dy (F channels, a layout of ``conv3x3_forward``) -> dM ((m + 2)^2, F, P): A dY A^T
     per tile."""
     table, P = tiles(n, hws, m)
-    dM = np.empty(((m + 2) ** 2, _channels(dy), P), dy.dtype)
-    TRANSFORMS[m][3](dy.reshape(-1), *strides(dy, n, hws), n, table, dM)
+    F = _channels(dy)
+    dM = np.empty(((m + 2) ** 2, F, P), dy.dtype)
+    flat, (cs, ms) = dy.reshape(-1), strides(dy, n, hws)
+    over_channels(lambda lo, hi: TRANSFORMS[m][3](flat, cs, ms, n, table, dM, lo, hi), F,
+                  threads)
     return dM
 
 
-def conv3x3_backward_input(dy, w, n, hws, m, dM=None):
+def conv3x3_backward_input(dy, w, n, hws, m, dM=None, threads=1):
     """dy (F channels) -> dx (C channels, the same layout); dM: ``output_gradients(dy)`` if
     already at hand."""
-    dM = output_gradients(dy, n, hws, m) if dM is None else dM
+    dM = output_gradients(dy, n, hws, m, threads) if dM is None else dM
     dV = np.matmul(filters(w, m).transpose(0, 2, 1), dM)  # (16, C, F) @ (16, F, P)
-    dx = _empty(dy, w.shape[1], n, hws)
-    TRANSFORMS[m][1](dV, n, tiles(n, hws, m)[0], dx.reshape(-1), *strides(dx, n, hws))
+    C = w.shape[1]
+    dx = _empty(dy, C, n, hws)
+    table, flat, (cs, ms) = tiles(n, hws, m)[0], dx.reshape(-1), strides(dx, n, hws)
+    over_channels(lambda lo, hi: TRANSFORMS[m][1](dV, n, table, flat, cs, ms, lo, hi), C,
+                  threads)
     return dx
 
 
-def conv3x3_backward_weight(dy, x, n, hws, m, V=None, dM=None):
+def conv3x3_backward_weight(dy, x, n, hws, m, V=None, dM=None, threads=1):
     """dy (F channels), x (C channels) -> dw (F, C, 3, 3). V: the forward's transformed input,
     dM: ``output_gradients(dy)``, where already at hand."""
-    dM = output_gradients(dy, n, hws, m) if dM is None else dM
-    V = transformed_input(x, n, hws, m) if V is None else V
+    dM = output_gradients(dy, n, hws, m, threads) if dM is None else dM
+    V = transformed_input(x, n, hws, m, threads) if V is None else V
     return filters_adjoint(np.matmul(dM, V.transpose(0, 2, 1)))  # (16, F, P) @ (16, P, C)

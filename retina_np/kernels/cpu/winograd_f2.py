@@ -1,6 +1,6 @@
 """Winograd's F(2x2, 3x3) on the CPU: the transforms as Numba loops (see ``winograd.py`` for
-the algorithm), the tile tables, and the moves between pixel planes and tiles that
-F(4x4, 3x3) (``winograd_f4.py``) shares.
+the algorithm), level by level, and the tile tables that F(4x4, 3x3) (``winograd_f4.py``)
+shares.
 
 Tiles: on a level of H x W pixels (padding 1) there are ceil(H/2) x ceil(W/2) tiles per image
 (ceil(H/4) x ceil(W/4) for F(4x4, 3x3)); odd sizes (the 1x1 level) compute outputs past the
@@ -101,7 +101,7 @@ def _sizes(table, n, out):
 
 # The helpers below are inlined into the transforms by Numba (inline="always"): called as
 # functions, with array views as arguments, they made a head layer a third slower
-# (docs/performance.md "Kernel notes").
+# (docs/performance-history.md "Kernel notes").
 @njit(cache=True, nogil=True, inline="always")
 def _bt(a, b, shift, L, t0, t1, t2, t3):
     """B^T's step along one direction, for L windows at once: each window's four values
@@ -132,12 +132,11 @@ def _bt_adjoint(t0, t1, t2, t3, shift, L, a, b):
 
 
 @njit(cache=True, nogil=True)
-def input_transform(x, cs, ms, n, table, V):
+def input_transform(x, cs, ms, n, table, V, lo, hi):
     """x (flat; channel stride cs, image strides ms (levels,), see ``strides``) -> V (16, C,
     P): B^T d B of every tile's 4x4 window (the pixels outside the image are zeros)."""
-    C = V.shape[1]
     e_size, r_size = _sizes(table, n, 2)
-    for c in range(C):
+    for c in range(lo, hi):
         Q = np.empty((2, e_size), x.dtype)  # the padded input's even and odd columns (pr, q, m)
         R = np.empty((4, 2, r_size), x.dtype)  # B^T along the rows: (l, pr % 2, pr // 2, b, m)
         for level in range(table.shape[0]):
@@ -155,13 +154,12 @@ def input_transform(x, cs, ms, n, table, V):
 
 
 @njit(cache=True, nogil=True)
-def input_transform_adjoint(dV, n, table, dx, cs, ms):
+def input_transform_adjoint(dV, n, table, dx, cs, ms, lo, hi):
     """The adjoint of ``input_transform``: dV (16, C, P) -> dx (flat, strides cs, ms), each
     tile's B dV B^T added onto its window (overlapping windows add up; the padding's share is
     dropped)."""
-    C = dV.shape[1]
     e_size, r_size = _sizes(table, n, 2)
-    for c in range(C):
+    for c in range(lo, hi):
         dQ = np.empty((2, e_size), dx.dtype)
         dR = np.empty((4, 2, r_size), dx.dtype)
         for level in range(table.shape[0]):
@@ -243,12 +241,11 @@ def _phases_to_planes(Q, n, c, level, H, W, start, q1, out, dx, cs, ms):
 
 
 @njit(cache=True, nogil=True)
-def output_transform(M, n, table, b, y, cs, ms):
+def output_transform(M, n, table, b, y, cs, ms, lo, hi):
     """M (16, F, P) -> y (flat, strides cs, ms): A^T M A of every tile, the 2x2 block of
     outputs it gives (those past an odd edge dropped), plus the bias b (F,)."""
-    F = M.shape[1]
     _, r_size = _sizes(table, n, 2)
-    for f in range(F):
+    for f in range(lo, hi):
         Y = np.empty((4, r_size), y.dtype)  # each tile's outputs (u, v) at 2*u + v
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]
@@ -282,13 +279,12 @@ def output_transform(M, n, table, b, y, cs, ms):
 
 
 @njit(cache=True, nogil=True)
-def output_transform_adjoint(dy, cs, ms, n, table, dM):
+def output_transform_adjoint(dy, cs, ms, n, table, dM, lo, hi):
     """The adjoint of ``output_transform`` (without the bias): dy (flat, strides cs, ms) ->
     dM (16, F, P), A dY A^T of every tile's 2x2 block of output gradients (zeros past an odd
     edge)."""
-    F = dM.shape[1]
     _, r_size = _sizes(table, n, 2)
-    for f in range(F):
+    for f in range(lo, hi):
         D = np.empty((4, r_size), dy.dtype)  # each tile's output gradients (u, v) at 2*u + v
         for level in range(table.shape[0]):
             H, W, start, tile, th, tw = table[level]

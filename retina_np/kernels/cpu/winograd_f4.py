@@ -1,26 +1,38 @@
 """Winograd's F(4x4, 3x3) on the CPU: the transforms of ``winograd_f2.py`` with 4x4 blocks of
-outputs from 6x6 windows (see ``winograd.py`` for the algorithm)."""
+outputs from 6x6 windows (see ``winograd.py`` for the algorithm), on tile planes
+(``winograd_tiles.py``).
+
+Each transform is two passes of a 1-D transform (BT4, AT4 or G4 times a row or column,
+written out below): the data transforms channel by channel (the channels lo:hi, so that
+threads can share a convolution's channels: ``threads.over_channels``), a loop per row or
+column of a tile over the P tiles of all levels; the filter transforms over all filters at
+once. LLVM
+vectorises these loops. Between the passes a scratch array holds the half-transformed tiles,
+laid out so that each loop's outputs lie in separate blocks of memory: LLVM checks once,
+before the loops around a loop, that the loop's arrays do not overlap over all the rows those
+loops visit, and where the rows of two outputs interleave it takes the unvectorised path
+every time (the output transform's two passes took 0.15 ms for the heads so, instead of 0.05).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from retina_np.kernels.cpu.winograd_f2 import (
-    _blocks_to_planes,
-    _phases_to_planes,
-    _planes_to_blocks,
-    _planes_to_phases,
-    _sizes,
+from retina_np.kernels.cpu.winograd_tiles import (
+    _block_places,
+    _edges,
+    _planes_to_tiles,
+    _tiles_to_planes,
+    _window_places,
+    scratch8,
 )
 
-# ----------------------------------------------------------------------------- F(4x4, 3x3)
-# The same algorithm with 4x4 blocks of outputs from 6x6 windows (Lavin & Gray's F(4x4,
-# 3x3)): 36 products per channel pair for 16 outputs, against 4 x 16 = 64 by F(2x2, 3x3) and
-# 144 directly. The transforms have larger entries (B^T up to 5, A^T up to 8, G down to 1/24),
-# so float32 results are a few times further from the exact ones than F(2x2, 3x3)'s
-# (tests/kernels/test_winograd.py); on the heads' small levels more of each window is padding
-# (a 1x1 level fills one of the sixteen outputs of its tile).
+# Lavin & Gray's F(4x4, 3x3): 36 products per channel pair for 16 outputs, against
+# 4 x 16 = 64 by F(2x2, 3x3) and 144 directly. The transforms have larger entries (B^T up to
+# 5, A^T up to 8, G down to 1/24), so float32 results are a few times further from the exact
+# ones than F(2x2, 3x3)'s (tests/kernels/test_winograd.py); on the heads' small levels more
+# of each window is padding (a 1x1 level fills one of the sixteen outputs of its tile).
 BT4 = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                 [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64)
 G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -28,238 +40,226 @@ G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
 AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
                 [0, 1, -1, 8, -8, 1]], np.float64)
 
-
+# The 1-D transforms, of scalars (LLVM inlines them into the loops). BT4's and AT4's entries
+# are float32 constants: exact, and float32 times float32 stays float32 where a Python int
+# would make float64 of it (float64 data stays float64).
+_TWO, _FOUR, _FIVE, _EIGHT = np.float32(2), np.float32(4), np.float32(5), np.float32(8)
 _SIXTH, _TWELFTH, _TWENTYFOURTH = 1 / 6, 1 / 12, 1 / 24  # products, not divisions, in G4's
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _times_gt4(h0, h1, h2, L, o0, o1, o2, o3, o4, o5):
-    """G4 @ (h0, h1, h2) for L columns at once: the six results into o0..o5 [q] (float64
-    arithmetic: G4's entries are not exact in float32)."""
-    for q in range(L):
-        a, b, c = np.float64(h0[q]), np.float64(h1[q]), np.float64(h2[q])
-        s, t = (a + c) * _SIXTH, a * _TWENTYFOURTH + c * _SIXTH
-        o0[q] = a * 0.25
-        o1[q] = -s - b * _SIXTH
-        o2[q] = b * _SIXTH - s
-        o3[q] = t + b * _TWELFTH
-        o4[q] = t - b * _TWELFTH
-        o5[q] = c
+@njit(cache=True, nogil=True)
+def _bt4(d0, d1, d2, d3, d4, d5):
+    """BT4 @ (d0, ..., d5): a row or column of a window."""
+    return (_FOUR * d0 - _FIVE * d2 + d4,
+            d3 + d4 - _FOUR * (d1 + d2),
+            d4 - d3 + _FOUR * (d1 - d2),
+            d4 - d2 + _TWO * (d3 - d1),
+            d4 - d2 - _TWO * (d3 - d1),
+            _FOUR * d1 - _FIVE * d3 + d5)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _times_g4(u0, u1, u2, u3, u4, u5, L, o0, o1, o2):
-    """G4^T @ (u0, ..., u5) for L columns at once: the three results into o0..o2 [q]."""
-    for q in range(L):
-        a, b, c = np.float64(u0[q]), np.float64(u1[q]), np.float64(u2[q])
-        d, e, f = np.float64(u3[q]), np.float64(u4[q]), np.float64(u5[q])
-        o0[q] = a * 0.25 - (b + c) * _SIXTH + (d + e) * _TWENTYFOURTH
-        o1[q] = (c - b) * _SIXTH + (d - e) * _TWELFTH
-        o2[q] = (d + e - b - c) * _SIXTH + f
+@njit(cache=True, nogil=True)
+def _b4(a0, a1, a2, a3, a4, a5):
+    """BT4^T @ (a0, ..., a5): the adjoint of ``_bt4``."""
+    return (_FOUR * a0,
+            _FOUR * (a2 - a1 + a5) + _TWO * (a4 - a3),
+            -_FIVE * a0 - _FOUR * (a1 + a2) - a3 - a4,
+            a1 - a2 + _TWO * (a3 - a4) - _FIVE * a5,
+            a0 + a1 + a2 + a3 + a4,
+            a5)
 
 
-# The F(4x4, 3x3) filter transforms and output transforms run their two 1-D steps as two
-# passes over all columns (filters, or tiles), through a scratch array: each loop then reads
-# a few arrays and writes a few, which LLVM vectorises. One loop doing both steps (36 arrays
-# read, 16 written) ran 60 ns per tile and channel, slower than F(2x2, 3x3)'s whole transform.
+@njit(cache=True, nogil=True)
+def _at4(m0, m1, m2, m3, m4, m5):
+    """AT4 @ (m0, ..., m5): a row or column of a tile's products."""
+    return (m0 + m1 + m2 + m3 + m4,
+            m1 - m2 + _TWO * (m3 - m4),
+            m1 + m2 + _FOUR * (m3 + m4),
+            m1 - m2 + _EIGHT * (m3 - m4) + m5)
+
+
+@njit(cache=True, nogil=True)
+def _a4(g0, g1, g2, g3):
+    """AT4^T @ (g0, ..., g3): the adjoint of ``_at4``."""
+    return (g0,
+            g0 + g1 + g2 + g3,
+            g0 - g1 + g2 - g3,
+            g0 + _TWO * g1 + _FOUR * g2 + _EIGHT * g3,
+            g0 - _TWO * g1 + _FOUR * g2 - _EIGHT * g3,
+            g3)
+
+
+@njit(cache=True, nogil=True)
+def _g4(a, b, c):
+    """G4 @ (a, b, c), in float64: G4's sixths are not exact in float32."""
+    a, b, c = np.float64(a), np.float64(b), np.float64(c)
+    s, t = (a + c) * _SIXTH, a * _TWENTYFOURTH + c * _SIXTH
+    return a * 0.25, -s - b * _SIXTH, b * _SIXTH - s, t + b * _TWELFTH, t - b * _TWELFTH, c
+
+
+@njit(cache=True, nogil=True)
+def _g4t(a, b, c, d, e, f):
+    """G4^T @ (a, ..., f), in float64: the adjoint of ``_g4``."""
+    a, b, c = np.float64(a), np.float64(b), np.float64(c)
+    d, e, f = np.float64(d), np.float64(e), np.float64(f)
+    return (a * 0.25 - (b + c) * _SIXTH + (d + e) * _TWENTYFOURTH,
+            (c - b) * _SIXTH + (d - e) * _TWELFTH,
+            (d + e - b - c) * _SIXTH + f)
 
 
 @njit(cache=True, nogil=True)
 def _filters4(g, U):
-    """g (filters, 9) -> U (36, filters): G g G^T (6x6, row by row), as ``_filters``."""
+    """g (filters, 9) -> U (36, filters): G g G^T (6x6, row by row), as ``_filters``; all
+    filters at once, tap by tap."""
     L = g.shape[0]
     gt = np.empty((9, L), g.dtype)  # each tap a contiguous row (written out: numpy's
     for t in range(L):              # transposed copies took seconds to compile)
         for k in range(9):
             gt[k, t] = g[t, k]
-    Gg = np.empty((6, 3, L))  # G g: (row i, column j)
-    for j in range(3):  # G down each column of g
-        _times_gt4(gt[j], gt[3 + j], gt[6 + j], L, Gg[0, j], Gg[1, j], Gg[2, j], Gg[3, j],
-                   Gg[4, j], Gg[5, j])
-    for i in range(6):  # and G^T along each row
-        _times_gt4(Gg[i, 0], Gg[i, 1], Gg[i, 2], L, U[6 * i], U[6 * i + 1], U[6 * i + 2],
-                   U[6 * i + 3], U[6 * i + 4], U[6 * i + 5])
+    H = np.empty((6, 3, L))  # g G^T: H[k, a] = row a of g times G's row k
+    for a in range(3):  # G along each row of g
+        g0, g1, g2 = gt[3 * a], gt[3 * a + 1], gt[3 * a + 2]
+        h0, h1, h2, h3, h4, h5 = H[0, a], H[1, a], H[2, a], H[3, a], H[4, a], H[5, a]
+        for t in range(L):
+            h0[t], h1[t], h2[t], h3[t], h4[t], h5[t] = _g4(g0[t], g1[t], g2[t])
+    for k in range(6):  # and down each column k of g G^T
+        h0, h1, h2 = H[k, 0], H[k, 1], H[k, 2]
+        u0, u1, u2, u3, u4, u5 = U[k], U[6 + k], U[12 + k], U[18 + k], U[24 + k], U[30 + k]
+        for t in range(L):
+            u0[t], u1[t], u2[t], u3[t], u4[t], u5[t] = _g4(h0[t], h1[t], h2[t])
 
 
 @njit(cache=True, nogil=True)
 def _filters4_adjoint(dU, dg):
     """dU (36, filters) -> dg (filters, 9) = G^T dU G."""
     L = dU.shape[1]
-    dUG = np.empty((6, 3, L))  # dU G: (row i, column j)
-    for i in range(6):
-        _times_g4(dU[6 * i], dU[6 * i + 1], dU[6 * i + 2], dU[6 * i + 3], dU[6 * i + 4],
-                  dU[6 * i + 5], L, dUG[i, 0], dUG[i, 1], dUG[i, 2])
+    E = np.empty((3, 6, L))  # dU G: E[b, i] = row i of dU times G's column b
+    for i in range(6):  # G^T along each row of dU
+        u0, u1, u2 = dU[6 * i], dU[6 * i + 1], dU[6 * i + 2]
+        u3, u4, u5 = dU[6 * i + 3], dU[6 * i + 4], dU[6 * i + 5]
+        e0, e1, e2 = E[0, i], E[1, i], E[2, i]
+        for t in range(L):
+            e0[t], e1[t], e2[t] = _g4t(u0[t], u1[t], u2[t], u3[t], u4[t], u5[t])
     dgt = np.empty((9, L), dg.dtype)
-    for j in range(3):  # and G^T down its columns
-        _times_g4(dUG[0, j], dUG[1, j], dUG[2, j], dUG[3, j], dUG[4, j], dUG[5, j], L, dgt[j],
-                  dgt[3 + j], dgt[6 + j])
+    for b in range(3):  # and down each column b of dU G
+        e0, e1, e2, e3, e4, e5 = E[b, 0], E[b, 1], E[b, 2], E[b, 3], E[b, 4], E[b, 5]
+        d0, d1, d2 = dgt[b], dgt[3 + b], dgt[6 + b]
+        for t in range(L):
+            d0[t], d1[t], d2[t] = _g4t(e0[t], e1[t], e2[t], e3[t], e4[t], e5[t])
     for t in range(L):
         for k in range(9):
             dg[t, k] = dgt[k, t]
 
 
-# The transforms are laid out as F(2x2, 3x3)'s, with four phases for two: the windows start
-# four pixels apart and overlap by two, so the padded input is split into its columns 4q + j
-# (phase j = 0..3; arrays (pr, q, m)), a window's columns 4b..4b+5 being phases 0..3 at b and
-# phases 0 and 1 at b + 1; and its rows likewise.
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _bt4(p0, p1, p2, p3, shift, L, t0, t1, t2, t3, t4, t5):
-    """B^T's step along one direction for L windows: each window's six values are (p0[q],
-    p1[q], p2[q], p3[q], p0[q + shift], p1[q + shift]) -> t0..t5 [q]. The constants are of
-    the arrays' dtype, so that float32 stays float32 (and vectorises eight lanes wider)."""
-    to = t0.dtype.type
-    two, four, five = to(2), to(4), to(5)
-    for q in range(L):
-        d0, d1, d2, d3, d4, d5 = p0[q], p1[q], p2[q], p3[q], p0[q + shift], p1[q + shift]
-        t0[q] = four * d0 - five * d2 + d4
-        t1[q] = d3 + d4 - four * (d1 + d2)
-        t2[q] = d4 - d3 + four * (d1 - d2)
-        t3[q] = d4 - d2 + two * (d3 - d1)
-        t4[q] = d4 - d2 - two * (d3 - d1)
-        t5[q] = four * d1 - five * d3 + d5
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _bt4_adjoint(t0, t1, t2, t3, t4, t5, shift, L, p0, p1, p2, p3):
-    """The adjoint of ``_bt4``: p0, p1 [0, L + shift) and p2, p3 [0, L) <- the gradients
-    t0..t5 [0, L) (B times each window's six, the last two added onto the next window's)."""
-    to = t0.dtype.type
-    two, four, five = to(2), to(4), to(5)
-    for q in range(L):
-        a0, a1, a2, a3, a4, a5 = t0[q], t1[q], t2[q], t3[q], t4[q], t5[q]
-        p0[q] = four * a0
-        p1[q] = four * (a2 - a1 + a5) + two * (a4 - a3)
-        p2[q] = -five * a0 - four * (a1 + a2) - a3 - a4
-        p3[q] = a1 - a2 + two * (a3 - a4) - five * a5
-    p0[L:L + shift] = 0
-    p1[L:L + shift] = 0
-    for q in range(L):
-        p0[q + shift] += t0[q] + t1[q] + t2[q] + t3[q] + t4[q]
-        p1[q + shift] += t5[q]
+@njit(cache=True, nogil=True)
+def input_transform4(x, cs, ms, n, table, V, lo, hi):
+    """x (flat; channel stride cs, image strides ms (levels,), see ``winograd_f2.strides``) -> V
+    (36, C, P): BT4 d BT4^T of every tile's 6x6 window (the pixels outside the image zeros)."""
+    P = V.shape[2]
+    left, right = _edges(table, n, P)
+    places, zero = _window_places(table, n, P, n), V.dtype.type(0)
+    T = scratch8(table, V.dtype)
+    X = np.zeros((4, n + 6 * P + n), V.dtype)  # window rows: X[j, n + i*P + p] (see
+    # winograd_tiles.py); the padding's places stay zero, channel after channel
+    R = np.empty((6, 6 * P), V.dtype)  # BT4 along the window rows: R[l, i*P + p]
+    x0, x1, x2, x3 = X[0, n:], X[1, n:], X[2, n:], X[3, n:]
+    x3_left, x0_right = X[3, :], X[0, 2 * n:]  # the neighbours' columns 4b - 1 and 4b + 4
+    r0, r1, r2, r3, r4, r5 = R[0], R[1], R[2], R[3], R[4], R[5]
+    for c in range(lo, hi):
+        _planes_to_tiles(x, cs, ms, c, n, table, places, X, T)
+        for f in range(6 * P):  # BT4 along every window row i of every tile p (f = i*P + p)
+            d0 = x3_left[f] if left[f] else zero
+            d5 = x0_right[f] if right[f] else zero
+            r0[f], r1[f], r2[f], r3[f], r4[f], r5[f] = _bt4(d0, x0[f], x1[f], x2[f], x3[f], d5)
+        for l in range(6):  # and down every column l
+            w0, w1, w2, w3, w4, w5 = (R[l, :P], R[l, P:2 * P], R[l, 2 * P:3 * P],
+                                      R[l, 3 * P:4 * P], R[l, 4 * P:5 * P], R[l, 5 * P:])
+            v0, v1, v2, v3, v4, v5 = (V[l, c], V[6 + l, c], V[12 + l, c], V[18 + l, c],
+                                      V[24 + l, c], V[30 + l, c])
+            for p in range(P):
+                v0[p], v1[p], v2[p], v3[p], v4[p], v5[p] = _bt4(w0[p], w1[p], w2[p], w3[p],
+                                                                w4[p], w5[p])
 
 
 @njit(cache=True, nogil=True)
-def input_transform4(x, cs, ms, n, table, V):
-    """``input_transform`` for F(4x4, 3x3): x (flat; strides cs, ms) -> V (36, C, P), B^T d B
-    of every tile's 6x6 window."""
-    C = V.shape[1]
-    e_size, r_size = _sizes(table, n, 4)
-    for c in range(C):
-        Q = np.empty((4, e_size), x.dtype)  # the padded input's columns by phase, (pr, q, m)
-        R = np.empty((6, 4, r_size), x.dtype)  # B^T along the rows: (l, pr % 4, pr // 4, b, m)
-        for level in range(table.shape[0]):
-            H, W, start, tile, th, tw = table[level]
-            q1, twn, L = tw + 1, tw * n, th * tw * n
-            Q[:, :(4 * th + 2) * q1 * n] = 0
-            _planes_to_phases(x, cs, ms, n, c, level, H, W, start, q1, 4, Q)
-            for pr in range(4 * th + 2):  # B^T along each padded row, all (b, m) at once
-                row, o, ph = (pr // 4) * twn, pr * q1 * n, pr % 4
-                _bt4(Q[0, o:], Q[1, o:], Q[2, o:], Q[3, o:], n, twn, R[0, ph, row:],
-                     R[1, ph, row:], R[2, ph, row:], R[3, ph, row:], R[4, ph, row:],
-                     R[5, ph, row:])
-            for col in range(6):  # and down each column
-                _bt4(R[col, 0], R[col, 1], R[col, 2], R[col, 3], twn, L, V[col, c, tile:],
-                     V[6 + col, c, tile:], V[12 + col, c, tile:], V[18 + col, c, tile:],
-                     V[24 + col, c, tile:], V[30 + col, c, tile:])
+def input_transform4_adjoint(dV, n, table, dx, cs, ms, lo, hi):
+    """The adjoint of ``input_transform4``: dV (36, C, P) -> dx (flat, strides cs, ms), each
+    tile's BT4^T dV BT4 added onto its window (overlapping windows add up; the padding's share
+    is dropped)."""
+    P = dV.shape[2]
+    left, right = _edges(table, n, P)  # (the first P: the same for every window row)
+    places, zero = _window_places(table, n, P, 0), dV.dtype.type(0)
+    T = scratch8(table, dV.dtype)
+    dR = np.empty((6, 6, n + P + n), dV.dtype)  # BT4^T down the columns: dR[i, l, n + p]
+    dX = np.empty((4, 6 * P), dV.dtype)  # window rows: dX[j, i*P + p]
+    for c in range(lo, hi):
+        for l in range(6):  # BT4^T down every column l
+            v0, v1, v2, v3, v4, v5 = (dV[l, c], dV[6 + l, c], dV[12 + l, c], dV[18 + l, c],
+                                      dV[24 + l, c], dV[30 + l, c])
+            w0, w1, w2, w3, w4, w5 = (dR[0, l, n:], dR[1, l, n:], dR[2, l, n:], dR[3, l, n:],
+                                      dR[4, l, n:], dR[5, l, n:])
+            for p in range(P):
+                w0[p], w1[p], w2[p], w3[p], w4[p], w5[p] = _b4(v0[p], v1[p], v2[p], v3[p],
+                                                               v4[p], v5[p])
+        for i in range(6):  # and along every window row i: columns 4b - 1 and 4b + 4 belong
+            g0, g1, g2, g3, g4, g5 = (dR[i, 0, n:], dR[i, 1, n:], dR[i, 2, n:],  # to the
+                                      dR[i, 3, n:], dR[i, 4, n:], dR[i, 5, n:])  # neighbours
+            g0_right, g5_left = dR[i, 0, 2 * n:], dR[i, 5, :]  # (their shares e5 and e0)
+            y0, y1, y2, y3 = (dX[0, i * P:(i + 1) * P], dX[1, i * P:(i + 1) * P],
+                              dX[2, i * P:(i + 1) * P], dX[3, i * P:(i + 1) * P])
+            for p in range(P):
+                e0, e1, e2, e3, e4, e5 = _b4(g0[p], g1[p], g2[p], g3[p], g4[p], g5[p])
+                y0[p] = e1 + (g5_left[p] if left[p] else zero)
+                y1[p] = e2
+                y2[p] = e3
+                y3[p] = e4 + (_FOUR * g0_right[p] if right[p] else zero)
+        _tiles_to_planes(dX, places, n, table, T, c, dx, cs, ms)
 
 
 @njit(cache=True, nogil=True)
-def input_transform4_adjoint(dV, n, table, dx, cs, ms):
-    """The adjoint of ``input_transform4``: dV (36, C, P) -> dx (flat, strides cs, ms)."""
-    C = dV.shape[1]
-    e_size, r_size = _sizes(table, n, 4)
-    for c in range(C):
-        dQ = np.empty((4, e_size), dx.dtype)
-        dR = np.empty((6, 4, r_size), dx.dtype)
-        for level in range(table.shape[0]):
-            H, W, start, tile, th, tw = table[level]
-            q1, twn, L = tw + 1, tw * n, th * tw * n
-            for col in range(6):  # the columns' step backwards
-                _bt4_adjoint(dV[col, c, tile:], dV[6 + col, c, tile:], dV[12 + col, c, tile:],
-                             dV[18 + col, c, tile:], dV[24 + col, c, tile:],
-                             dV[30 + col, c, tile:], twn, L, dR[col, 0], dR[col, 1],
-                             dR[col, 2], dR[col, 3])
-            for pr in range(4 * th + 2):  # the rows' step backwards
-                row, o, ph = (pr // 4) * twn, pr * q1 * n, pr % 4
-                _bt4_adjoint(dR[0, ph, row:], dR[1, ph, row:], dR[2, ph, row:],
-                             dR[3, ph, row:], dR[4, ph, row:], dR[5, ph, row:], n, twn,
-                             dQ[0, o:], dQ[1, o:], dQ[2, o:], dQ[3, o:])
-            _phases_to_planes(dQ, n, c, level, H, W, start, q1, 4, dx, cs, ms)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _at4(m0, m1, m2, m3, m4, m5, L, bias, o0, o1, o2, o3):
-    """AT4 @ (m0, ..., m5) for L tiles at once, plus bias: the four results into o0..o3 [q]."""
-    to = o0.dtype.type
-    two, four, eight = to(2), to(4), to(8)
-    for q in range(L):
-        a, b, c, d, e = m0[q], m1[q], m2[q], m3[q], m4[q]
-        o0[q] = a + b + c + d + e + bias
-        o1[q] = b - c + two * (d - e) + bias
-        o2[q] = b + c + four * (d + e) + bias
-        o3[q] = b - c + eight * (d - e) + m5[q] + bias
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _a4(g0, g1, g2, g3, L, o0, o1, o2, o3, o4, o5):
-    """AT4^T @ (g0, g1, g2, g3) for L tiles at once: the six results into o0..o5 [q]."""
-    to = o0.dtype.type
-    two, four, eight = to(2), to(4), to(8)
-    for q in range(L):
-        a, b, c, d = g0[q], g1[q], g2[q], g3[q]
-        o0[q] = a
-        o1[q] = a + b + c + d
-        o2[q] = a - b + c - d
-        o3[q] = a + two * b + four * c + eight * d
-        o4[q] = a - two * b + four * c - eight * d
-        o5[q] = d
+def output_transform4(M, n, table, b, y, cs, ms, lo, hi):
+    """M (36, F, P) -> y (flat, strides cs, ms): AT4 M AT4^T of every tile (its 4x4 block, the
+    outputs past the edge dropped), plus the bias b (F,)."""
+    P = M.shape[2]
+    places, T = _block_places(table, n, P), scratch8(table, y.dtype)
+    S = np.empty((4, 6, P), y.dtype)  # AT4 down the columns: S[u, j, p]
+    Y = np.empty((4, 4 * P), y.dtype)  # and along the rows: the outputs, Y[v, u*P + p]
+    for f in range(lo, hi):
+        for j in range(6):  # AT4 down every column j
+            m0, m1, m2, m3, m4, m5 = (M[j, f], M[6 + j, f], M[12 + j, f], M[18 + j, f],
+                                      M[24 + j, f], M[30 + j, f])
+            o0, o1, o2, o3 = S[0, j], S[1, j], S[2, j], S[3, j]
+            for p in range(P):
+                o0[p], o1[p], o2[p], o3[p] = _at4(m0[p], m1[p], m2[p], m3[p], m4[p], m5[p])
+        bias = b[f]
+        for u in range(4):  # and along every row u, with the bias
+            s0, s1, s2, s3, s4, s5 = S[u, 0], S[u, 1], S[u, 2], S[u, 3], S[u, 4], S[u, 5]
+            y0, y1, y2, y3 = (Y[0, u * P:(u + 1) * P], Y[1, u * P:(u + 1) * P],
+                              Y[2, u * P:(u + 1) * P], Y[3, u * P:(u + 1) * P])
+            for p in range(P):
+                t0, t1, t2, t3 = _at4(s0[p], s1[p], s2[p], s3[p], s4[p], s5[p])
+                y0[p], y1[p], y2[p], y3[p] = t0 + bias, t1 + bias, t2 + bias, t3 + bias
+        _tiles_to_planes(Y, places, n, table, T, f, y, cs, ms)
 
 
 @njit(cache=True, nogil=True)
-def output_transform4(M, n, table, b, y, cs, ms):
-    """``output_transform`` for F(4x4, 3x3): M (36, F, P) -> y (flat, strides cs, ms), A^T M A
-    of every tile (its 4x4 block, the outputs past the edge dropped), plus the bias b (F,)."""
-    F = M.shape[1]
-    _, r_size = _sizes(table, n, 4)
-    zero = y.dtype.type(0)
-    for f in range(F):
-        S = np.empty((24, r_size), y.dtype)  # A^T M: (row u, column j) at 6*u + j
-        Y = np.empty((16, r_size), y.dtype)  # each tile's outputs (u, v) at 4*u + v
-        for level in range(table.shape[0]):
-            H, W, start, tile, th, tw = table[level]
-            L = th * tw * n
-            for j in range(6):  # A^T down each column j of the 6x6 tiles
-                _at4(M[j, f, tile:], M[6 + j, f, tile:], M[12 + j, f, tile:],
-                     M[18 + j, f, tile:], M[24 + j, f, tile:], M[30 + j, f, tile:], L, zero,
-                     S[j], S[6 + j], S[12 + j], S[18 + j])
-            for u in range(4):  # and along each row u, with the bias
-                _at4(S[6 * u], S[6 * u + 1], S[6 * u + 2], S[6 * u + 3], S[6 * u + 4],
-                     S[6 * u + 5], L, b[f], Y[4 * u], Y[4 * u + 1], Y[4 * u + 2], Y[4 * u + 3])
-            _blocks_to_planes(Y, y, cs, ms, n, f, level, H, W, start, tw, 4)
-
-
-@njit(cache=True, nogil=True)
-def output_transform4_adjoint(dy, cs, ms, n, table, dM):
+def output_transform4_adjoint(dy, cs, ms, n, table, dM, lo, hi):
     """The adjoint of ``output_transform4`` (without the bias): dy (flat, strides cs, ms) ->
-    dM (36, F, P), A dY A^T of every tile's 4x4 block of output gradients (zeros past the
+    dM (36, F, P), AT4^T dY AT4 of every tile's 4x4 block of output gradients (zeros past the
     edge)."""
-    F = dM.shape[1]
-    _, r_size = _sizes(table, n, 4)
-    for f in range(F):
-        D = np.empty((16, r_size), dy.dtype)  # each tile's output gradients (u, v) at 4*u + v
-        E = np.empty((24, r_size), dy.dtype)  # dY A^T: (row u, column j) at 6*u + j
-        for level in range(table.shape[0]):
-            H, W, start, tile, th, tw = table[level]
-            L = th * tw * n
-            _planes_to_blocks(dy, cs, ms, n, f, level, H, W, start, tw, 4, L, D)
-            for u in range(4):  # A along each row u
-                _a4(D[4 * u], D[4 * u + 1], D[4 * u + 2], D[4 * u + 3], L, E[6 * u],
-                    E[6 * u + 1], E[6 * u + 2], E[6 * u + 3], E[6 * u + 4], E[6 * u + 5])
-            for j in range(6):  # and down each column j
-                _a4(E[j], E[6 + j], E[12 + j], E[18 + j], L, dM[j, f, tile:],
-                    dM[6 + j, f, tile:], dM[12 + j, f, tile:], dM[18 + j, f, tile:],
-                    dM[24 + j, f, tile:], dM[30 + j, f, tile:])
-
-
+    P = dM.shape[2]
+    places, T = _block_places(table, n, P), scratch8(table, dM.dtype)
+    D = np.zeros((4, 4 * P), dM.dtype)  # dY: D[v, u*P + p] (the places past the edge stay 0)
+    E = np.empty((6, 4 * P), dM.dtype)  # dY AT4: E[j, u*P + p]
+    d0, d1, d2, d3 = D[0], D[1], D[2], D[3]
+    e0, e1, e2, e3, e4, e5 = E[0], E[1], E[2], E[3], E[4], E[5]
+    for f in range(lo, hi):
+        _planes_to_tiles(dy, cs, ms, f, n, table, places, D, T)
+        for q in range(4 * P):  # AT4^T along every row u of every tile p (q = u*P + p)
+            e0[q], e1[q], e2[q], e3[q], e4[q], e5[q] = _a4(d0[q], d1[q], d2[q], d3[q])
+        for j in range(6):  # and down every column j
+            h0, h1, h2, h3 = E[j, :P], E[j, P:2 * P], E[j, 2 * P:3 * P], E[j, 3 * P:]
+            g0, g1, g2, g3, g4, g5 = (dM[j, f], dM[6 + j, f], dM[12 + j, f], dM[18 + j, f],
+                                      dM[24 + j, f], dM[30 + j, f])
+            for p in range(P):
+                g0[p], g1[p], g2[p], g3[p], g4[p], g5[p] = _a4(h0[p], h1[p], h2[p], h3[p])
