@@ -9,7 +9,12 @@ the analytic gradient by the relative error
 
 over the checked entries j of the same input. The floor is there because the rounding error
 is absolute: an entry a thousand times smaller than the largest one of its input would show
-a large relative error that says nothing about the code. A wrong gradient (a missing term, a
+a large relative error that says nothing about the code. For the same reason the part of
+|a_i - n_i| that central differences cannot resolve, ``ROUNDING_ULPS`` units in the last
+place of L divided by eps (L's own rounding, taken twice, over 2 eps), is not counted: an
+input whose every gradient entry is tiny (a bias of the last pyramid level, 1e-5 against a
+loss of 15) has no large entry to set the floor, and its check would pass or fail on how
+the loss's sums happened to round. A wrong gradient (a missing term, a
 transposed index, a factor 2) gives errors near 1; a correct one in float64 gives 1e-7 or less.
 
     report = gradcheck_op(conv2d_forward, conv2d_backward, {"x": x, "w": w, "b": b})
@@ -29,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 DEFAULT_FLOOR_REL = 1e-3  # entries below 1/1000 of their input's largest gradient: absolute error
+ROUNDING_ULPS = 4  # a computed loss is a long sum: a few units in its last place, not one
 
 
 class GradcheckResult(NamedTuple):
@@ -69,12 +75,20 @@ class GradcheckReport(NamedTuple):
         return "\n".join(lines)
 
 
-def relative_error(analytic, numeric, floor_rel=DEFAULT_FLOOR_REL) -> np.ndarray:
-    """Entry-wise |a - n| / max(|a|, |n|, floor_rel * largest |a| or |n|) (see module docstring)."""
+def relative_error(analytic, numeric, floor_rel=DEFAULT_FLOOR_REL, resolution=0.0) -> np.ndarray:
+    """Entry-wise max(|a - n| - resolution, 0) / max(|a|, |n|, floor_rel * largest |a| or |n|)
+    (see module docstring; resolution: what the numerical derivative cannot resolve)."""
     a, n = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
     size = np.maximum(np.abs(a), np.abs(n))
     floor = floor_rel * size.max(initial=0.0)
-    return np.abs(a - n) / np.maximum(size, max(floor, np.finfo(np.float64).tiny))
+    unresolved = np.maximum(np.abs(a - n) - resolution, 0.0)
+    return unresolved / np.maximum(size, max(floor, np.finfo(np.float64).tiny))
+
+
+def resolution(loss: float, eps: float) -> float:
+    """The smallest error in a central difference of a loss near ``loss`` that says anything
+    about the gradient: ``ROUNDING_ULPS`` units in the last place of the loss, over eps."""
+    return ROUNDING_ULPS * float(np.spacing(abs(float(loss)))) / eps
 
 
 def numerical_gradient(f: Callable, inputs: dict, name: str, flat_indices, eps=1e-6):
@@ -123,6 +137,7 @@ def gradcheck(f: Callable, inputs: dict, analytic: dict, eps=1e-6, num_samples=N
         raise ValueError("gradcheck: no gradient to check (analytic is empty)")
     rng = np.random.default_rng(seed)
     results = {}
+    unresolved = resolution(f(inputs), eps)
     for name, grad in analytic.items():
         x = inputs[name]
         if grad is None:
@@ -140,7 +155,7 @@ def gradcheck(f: Callable, inputs: dict, analytic: dict, eps=1e-6, num_samples=N
             x.size, num_samples, rng)
         a = grad.reshape(-1)[picked].astype(np.float64)
         n = numerical_gradient(f, inputs, name, picked, eps)
-        err = relative_error(a, n, floor_rel)
+        err = relative_error(a, n, floor_rel, unresolved)
         k = int(np.argmax(err)) if err.size else 0
         results[name] = GradcheckResult(
             name, x.shape, len(picked), float(err[k]) if err.size else 0.0,

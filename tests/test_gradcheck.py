@@ -127,3 +127,20 @@ def test_a_missing_gradient_fails_the_check(form, rng):
 def test_checking_nothing_is_refused(rng):
     with pytest.raises(ValueError, match="no gradient to check"):
         gradcheck(lambda inp: 0.0, {"x": rng.standard_normal(3)}, {})
+
+
+def test_rounding_of_the_loss_is_not_counted_but_a_wrong_tiny_gradient_is():
+    """An input whose gradients are all tiny beside a large loss: central differences cannot
+    resolve them better than a few ulps of the loss over eps, and that part of the error is
+    not counted; a gradient off by 10% still fails."""
+    offset = 1000.0  # the loss's size; the checked input moves it by ~1e-5 per unit
+    x = np.array([0.3, -0.7])
+    slope = np.array([8.7e-6, -3.1e-6])
+
+    def f(inp):
+        return offset + float(slope @ inp["x"])
+
+    ok = gradcheck(f, {"x": x}, {"x": slope}, eps=1e-5)
+    assert ok.worst <= 1e-5, str(ok)
+    wrong = gradcheck(f, {"x": x}, {"x": slope * 1.1}, eps=1e-5)
+    assert wrong.worst > 0.05, str(wrong)
