@@ -43,8 +43,8 @@ Only training is timed, from the first batch to the end of the last step, after 
 step on a throw-away model that is not counted (its seconds are in the JSON line): for
 retina_np it compiles the Numba kernels or, with the cache filled (``cache=True``), loads them;
 a cold compile is ``bench_cold_start.py``'s business. The torch sides import torch before
-retina_np and run with as many threads as Numba uses; every side's idle OpenMP threads sleep
-(``OMP_WAIT_POLICY=PASSIVE`` unless the shell sets it; ``_child_env`` says why).
+retina_np and run with as many threads as Numba uses; each side keeps its library's own OpenMP
+settings (``_child_env`` says why).
 ``pipeline_ms_per_batch`` (drawing 8 uncached images, before the warm-up) shows
 whether a process's data pipeline is slowed by torch's runtime, and ``data_wait_seconds`` how
 long a torch loop waited for its background batch.
@@ -107,14 +107,12 @@ def _child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # Idle OpenMP threads sleep at once on every side (unless the shell says otherwise), as
-    # retina_np's own pool does (retina_np/runtime.py). torch's workers otherwise spin after
-    # each op (GNU OpenMP's default, some milliseconds) on the cores that the batch-drawing
-    # thread and the matcher need; on the shared 2-core machine a twin step then took 1-3 s
-    # in bursts instead of 0.2 s. It must be in the environment before torch loads OpenMP.
-    # With a policy set, retina_np keeps Numba's OpenMP layer beside torch's runtime: the
-    # busy-waiting that makes it pick workqueue (docs/performance.md) is what this prevents.
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Each side runs with its library's own OpenMP settings, as a user gets them: retina_np
+    # sets OMP_WAIT_POLICY=PASSIVE for its pool (retina_np/runtime.py); torch's workers spin
+    # after each op (GNU OpenMP's default). Forcing PASSIVE on torch made the twin's step 2.2x
+    # slower on the quiet 2-core machine (0.15 against 0.068 s, bench_model.py --only torch);
+    # on a busy machine its spinning workers can make it the slower one instead (steps of
+    # 1-3 s in bursts). A policy set in the shell applies to every side.
     return env
 
 
