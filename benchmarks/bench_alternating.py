@@ -10,8 +10,8 @@ The switches:
 
 * ``winograd``: the heads' 3x3 convolutions by Winograd's algorithm
   (``kernels.options(winograd=...)``), or by im2col + GEMM;
-* ``winograd-images``: the same for the backbone's and the FPN's 3x3 convolutions that run on
-  one thread (``winograd_images``);
+* ``winograd-images``: the same for the backbone's and the FPN's 3x3 convolutions
+  (``winograd_images``);
 * ``f4``: Winograd's F(4x4, 3x3) wherever Winograd runs (``winograd_block=4``), or
   F(2x2, 3x3) (2);
 * ``serial``: small kernels called outside a task on one thread (``serial_max_elements``), or
@@ -44,7 +44,7 @@ def _switches():
     return {
         "winograd": ("the heads by Winograd's algorithm (off: im2col + GEMM)",
                      {True: dict(winograd=True), False: dict(winograd=False)}),
-        "winograd-images": ("the backbone's and FPN's 3x3 convolutions that run on one thread by "
+        "winograd-images": ("the backbone's and FPN's 3x3 convolutions by "
                             "Winograd's algorithm (off: im2col + GEMM)",
                             {True: dict(winograd_images=True), False: dict(winograd_images=False)}),
         "f4": ("Winograd's F(4x4, 3x3) (off: F(2x2, 3x3))",

@@ -70,7 +70,7 @@ def _timed(fn) -> float:
 def _gemm_macs(conv, x, macs):
     """The multiply-adds that the GEMMs of this convolution's forward do (each backward pass
     does as many): ``macs`` for im2col + GEMM; for Winograd's algorithm (kernels/cpu/winograd.py:
-    the heads' Joints, and the backbone's and FPN's 3x3 convolutions that run on one thread)
+    the heads' Joints, and the backbone's and FPN's 3x3 convolutions where they pay)
     F * C per tile and entry of the transformed tile (16 for F(2x2, 3x3)'s 2x2 blocks, 36 for
     F(4x4, 3x3)'s 4x4) instead of 9 * F * C per output pixel. Which way the forward went is
     read from its cache's workspace: a Winograd forward keeps V (terms, C, tiles), the
@@ -339,7 +339,7 @@ def _print_train(train: dict) -> None:
         print(
             f"  the conv FLOPs are those of the convolutions (9 multiply-adds per input channel "
             f"and output pixel of a 3x3); the GEMMs did {executed:.2f} GFLOP of them, since the "
-            f"heads' 3x3 convolutions, and the backbone's and FPN's that run on one thread, "
+            f"heads' 3x3 convolutions, and the backbone's and FPN's where they pay, "
             f"run by Winograd's algorithm (kernels/cpu/winograd.py; F(4x4, 3x3): 36 per channel "
             f"pair and 4x4 block, 4x fewer, where the blocks fill the map): "
             f"{rate:.1f} GFLOP/s executed = {100 * rate / train['gemm_gflops']:.0f}% of the GEMM"
