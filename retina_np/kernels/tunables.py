@@ -34,6 +34,9 @@ class Options:
     # Largest unfolded (or Winograd-transformed) input a forward keeps for the weight gradient
     # (elements, 32 MB in float32): every layer of the shapes preset fits, ResNet-50 does not.
     keep_max_elements: int = 1 << 23
+    # Largest product array M ((m + 2)^2, F, tiles) of a Winograd convolution, made and
+    # dropped within the call (elements, 128 MB in float32).
+    winograd_max_elements: int = 1 << 25
     # ... and for a strided or padded im2col (the phases path) at most this many (16 MB in
     # float32); above it the forward keeps the input's phases and the weight gradient unfolds
     # them again, tile by tile: the stem's 19 MB of columns cost more to write out and read

@@ -63,17 +63,27 @@ def test_the_tile_threshold_is_inclusive_and_counts_2x2_blocks_for_both_block_si
                    opts=Options(winograd_min_tiles=48)).algorithm == WINOGRAD
 
 
-def test_winograd_only_where_its_transformed_input_fits_keep_max_elements():
-    """(m + 2)^2 x max(C, F) x tiles of m x m: at most keep_max_elements, else im2col."""
+def test_winograd_only_where_its_transformed_input_and_products_fit():
+    """(m + 2)^2 x C x tiles of m x m (the transformed input, kept): at most keep_max_elements;
+    (m + 2)^2 x F x tiles (the products, dropped at once): at most winograd_max_elements; else
+    im2col."""
     hws = ((8, 8),)  # 16 tiles of 2x2, 4 of 4x4
     for m, tiles in ((2, 16), (4, 4)):
-        for C, F in ((3, 5), (5, 3)):
-            size = (m + 2) ** 2 * 5 * tiles
-            fits = Options(winograd_block=m, winograd_min_tiles=1, keep_max_elements=size)
-            over = Options(winograd_block=m, winograd_min_tiles=1, keep_max_elements=size - 1)
-            for joint in (False, True):
-                assert same3x3(1, C, F, hws, 1, joint, fits) == ConvPlan(WINOGRAD, m, True)
-                assert same3x3(1, C, F, hws, 1, joint, over).algorithm == IM2COL_SAME
+        C, F = 3, 5
+        kept, made = (m + 2) ** 2 * C * tiles, (m + 2) ** 2 * F * tiles
+        fits = Options(winograd_block=m, winograd_min_tiles=1, keep_max_elements=kept,
+                       winograd_max_elements=made)
+        over_kept = Options(winograd_block=m, winograd_min_tiles=1, keep_max_elements=kept - 1,
+                            winograd_max_elements=made)
+        over_made = Options(winograd_block=m, winograd_min_tiles=1, keep_max_elements=kept,
+                            winograd_max_elements=made - 1)
+        for joint in (False, True):
+            assert same3x3(1, C, F, hws, 1, joint, fits) == ConvPlan(WINOGRAD, m, True)
+            assert same3x3(1, C, F, hws, 1, joint, over_kept).algorithm == IM2COL_SAME
+            assert same3x3(1, C, F, hws, 1, joint, over_made).algorithm == IM2COL_SAME
+    # ResNet-50-FPN's classifier at 800x800 (256 -> 819 channels on P3, 100x100): its products
+    # (36 x 819 x 625 = 18.4M) are over keep_max_elements but within winograd_max_elements
+    assert same3x3(1, 256, 819, ((100, 100),), 2) == ConvPlan(WINOGRAD, 4, True)
 
 
 def test_images_take_winograd_where_it_pays_on_any_budget():

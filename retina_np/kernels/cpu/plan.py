@@ -15,8 +15,11 @@ Why each choice (the measurements are in docs/performance-history.md, "How the c
 done"):
 
 * Winograd pays where its GEMMs are large enough: at least ``options.winograd_min_tiles``
-  2x2 blocks of outputs (on the small pyramid levels it was 1.4-2.3x slower), and where its
-  transformed input fits ``options.keep_max_elements``.
+  2x2 blocks of outputs (on the small pyramid levels it was 1.4-2.3x slower), where its
+  transformed input, which the forward keeps for the weight gradient, fits
+  ``options.keep_max_elements``, and where its products M ((m + 2)^2, F, tiles), made and
+  dropped at once, fit ``options.winograd_max_elements`` (the classifier's 819 channels at
+  800x800 in inference).
 * The heads' convolutions on a Joint of levels take it whenever it pays (their subnets run on
   one core each, where the im2col GEMM with K = 9*64 is slow).
 * The backbone's and the FPN's take it too, on any thread budget: on several threads the
@@ -83,8 +86,10 @@ def winograd_block(n: int, C: int, F: int, hws: tuple, opts) -> int:
         return 0
     m = opts.winograd_block
     blocks = tiles(n, hws, 2)[1]
-    kept = (m + 2) ** 2 * max(C, F) * tiles(n, hws, m)[1]
-    return m if blocks >= opts.winograd_min_tiles and kept <= opts.keep_max_elements else 0
+    terms_tiles = (m + 2) ** 2 * tiles(n, hws, m)[1]
+    fits = (terms_tiles * C <= opts.keep_max_elements
+            and terms_tiles * F <= opts.winograd_max_elements)
+    return m if blocks >= opts.winograd_min_tiles and fits else 0
 
 
 def choose_conv(n: int, C: int, F: int, hws: tuple, kh: int, kw: int, stride: int,

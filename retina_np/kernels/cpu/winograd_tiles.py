@@ -93,7 +93,8 @@ def scratch8(table, dtype):
 # that LLVM vectorises as 8x8 blocks in registers, and then each pixel's eight values are one
 # run of a tile plane too, moved as one vector: for the heads' input 0.04 ms, against 0.27
 # pixel by pixel. Past a multiple of eight the last eight images overlap the ones before
-# (moving an image twice writes the same values twice); fewer than eight move pixel by pixel.
+# (moving an image twice writes the same values twice); fewer than eight (inference: one
+# image) move each row phase by phase, its columns 4b + j to one tile plane's run of tiles.
 
 
 @njit(cache=True, nogil=True)
@@ -165,15 +166,18 @@ def _planes_to_tiles(x, cs, ms, c, n, table, places, X, T):
                     _copy8(T, (r * W + s) * 8, Xf, d + first, False)
                     if second >= 0:
                         _copy8(T, (r * W + s) * 8, Xf, d + second, False)
-        for m in range(n if n < 8 else 0):
+        for m in range(n if n < 8 else 0):  # column 4b + j of each row, phase by phase
             for r in range(H):
                 first, second = places[level, r, 0], places[level, r, 1]
-                for s in range(W):
-                    v = x[pixels + m * ms[level] + r * W + s]
-                    d = (s % 4) * E + (s // 4) * n + m
-                    Xf[d + first] = v
+                row = pixels + m * ms[level] + r * W
+                for j in range(4):
+                    d = j * E + m + first
+                    for b in range((W - j + 3) // 4):
+                        Xf[d + b * n] = x[row + 4 * b + j]
                     if second >= 0:
-                        Xf[d + second] = v
+                        d = j * E + m + second
+                        for b in range((W - j + 3) // 4):
+                            Xf[d + b * n] = x[row + 4 * b + j]
 
 
 @njit(cache=True, nogil=True)
@@ -194,12 +198,15 @@ def _tiles_to_planes(X, places, n, table, T, c, x, cs, ms):
                     if second >= 0:
                         _copy8(Xf, d + second, T, (r * W + s) * 8, True)
             _eight_images_back(T, H * W, x, pixels + m0 * ms[level], ms[level])
-        for m in range(n if n < 8 else 0):
+        for m in range(n if n < 8 else 0):  # column 4b + j of each row, phase by phase
             for r in range(H):
                 first, second = places[level, r, 0], places[level, r, 1]
-                for s in range(W):
-                    d = (s % 4) * E + (s // 4) * n + m
-                    v = Xf[d + first]
+                row = pixels + m * ms[level] + r * W
+                for j in range(4):
+                    d = j * E + m + first
+                    for b in range((W - j + 3) // 4):
+                        x[row + 4 * b + j] = Xf[d + b * n]
                     if second >= 0:
-                        v += Xf[d + second]
-                    x[pixels + m * ms[level] + r * W + s] = v
+                        d = j * E + m + second
+                        for b in range((W - j + 3) // 4):
+                            x[row + 4 * b + j] += Xf[d + b * n]
