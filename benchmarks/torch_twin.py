@@ -240,36 +240,26 @@ def load_numpy_state(twin: nn.Module, state: dict[str, np.ndarray]) -> None:
         raise ValueError(f"state does not fit the twin: missing {missing}, unexpected {unexpected}")
 
 
+def _decay_groups(twin: nn.Module, weight_decay: float) -> list[dict]:
+    """Parameter groups as our optimizers decay them: not the 1-D parameters (biases, norms)."""
+    params = list(twin.parameters())
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def sgd(twin: nn.Module, lr=0.01, momentum=0.9, weight_decay=1e-4) -> torch.optim.SGD:
     """torch's SGD with our ``retina_np.optim.SGD`` defaults: no decay on 1-D parameters."""
-    params = list(twin.parameters())
-    return torch.optim.SGD(
-        [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ],
-        lr=lr,
-        momentum=momentum,
-    )
+    return torch.optim.SGD(_decay_groups(twin, weight_decay), lr=lr, momentum=momentum)
+
+
+def adamw(twin: nn.Module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05):
+    """torch's AdamW with our ``retina_np.optim.AdamW`` defaults: no decay on 1-D parameters."""
+    return torch.optim.AdamW(_decay_groups(twin, weight_decay), lr=lr, betas=betas, eps=eps)
 
 
 # --------------------------------------------------------------------------------------
 # The loss, on host-side matches
 # --------------------------------------------------------------------------------------
-
-
-def adamw(twin: nn.Module, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05):
-    """torch's AdamW with our ``retina_np.optim.AdamW`` defaults: no decay on 1-D parameters."""
-    params = list(twin.parameters())
-    return torch.optim.AdamW(
-        [
-            {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
-        ],
-        lr=lr,
-        betas=betas,
-        eps=eps,
-    )
 
 
 def match_batch(model, targets, image_hw, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
