@@ -65,14 +65,7 @@ def side_by_side(*tasks, channels=0):
     if threads is None:
         return [task() for task in tasks]
     with _blas_threads(threads):
-        others = [_worker_pool(len(tasks) - 1).submit(_run, task, threads)
-                  for task in tasks[1:]]
-        first = _outcome(_run, tasks[0], threads)
-        outcomes = [first] + [_outcome(f.result) for f in others]
-    for _, error in outcomes:
-        if error is not None:
-            raise error
-    return [value for value, _ in outcomes]
+        return _together([(_run, task, threads) for task in tasks])
 
 
 def over_channels(kernel, count, threads):
@@ -86,13 +79,7 @@ def over_channels(kernel, count, threads):
         kernel(0, count)
         return
     bounds = [count * k // parts for k in range(parts + 1)]
-    others = [_worker_pool(parts - 1).submit(kernel, lo, hi)
-              for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    first = _outcome(kernel, bounds[0], bounds[1])
-    outcomes = [first] + [_outcome(f.result) for f in others]
-    for _, error in outcomes:
-        if error is not None:
-            raise error
+    _together([(kernel, lo, hi) for lo, hi in zip(bounds, bounds[1:])])
 
 
 class budget:
@@ -172,11 +159,23 @@ def _run(task, threads):
         return task()
 
 
+def _together(calls):
+    """Each call (fn, *args) at the same time, the first on the calling thread, the others on
+    the worker pool -> their results, in order; once all have finished, the first exception
+    (in call order) is raised."""
+    others = [_worker_pool(len(calls) - 1).submit(*call) for call in calls[1:]]
+    outcomes = [_outcome(*calls[0])] + [_outcome(f.result) for f in others]
+    for _, error in outcomes:
+        if error is not None:
+            raise error
+    return [value for value, _ in outcomes]
+
+
 def _outcome(fn, *args):
     """(value, None) or (None, the exception): every task is waited for before raising."""
     try:
         return fn(*args), None
-    except BaseException as error:  # noqa: BLE001 - re-raised by side_by_side
+    except BaseException as error:  # noqa: BLE001 - re-raised by _together
         return None, error
 
 
