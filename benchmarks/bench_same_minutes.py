@@ -421,17 +421,18 @@ def _torch_train(step, loader, cfg, minutes) -> dict:
             "final_loss": _final_loss(losses), "data_wait_seconds": waited}
 
 
-def _adamw(named_parameters, ours, decay_for):
-    """torch's AdamW with the numbers of ``ours`` (a retina_np AdamW): its rate, betas and
-    eps, and the weight decay ``decay_for(name, parameter)`` of each parameter."""
-    import torch
+def _adamw(net, ours):
+    """torch's AdamW with the numbers of ``ours`` (a retina_np AdamW): its rate, betas, eps
+    and weight decay, none on 1-D parameters (``torch_twin.adamw``, as ``ours.decay_for``)."""
+    import torch_twin as tt
 
-    groups = {}
-    for name, p in named_parameters:
-        groups.setdefault(decay_for(name, p), []).append(p)
-    return torch.optim.AdamW(
-        [{"params": params, "weight_decay": decay} for decay, params in groups.items()],
-        lr=ours.lr, betas=ours.betas, eps=ours.eps)
+    return tt.adamw(net, lr=ours.lr, betas=ours.betas, eps=ours.eps,
+                    weight_decay=ours.weight_decay)
+
+
+def _set_lr(optimizer, lr) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _torch_update(net, optimizer, loss, lr, clip) -> float:
@@ -441,8 +442,7 @@ def _torch_update(net, optimizer, loss, lr, clip) -> float:
     loss.backward()
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    _set_lr(optimizer, lr)
     optimizer.step()
     return loss.item()
 
@@ -462,18 +462,15 @@ def _twin(args) -> dict:
     ours = cfg.make_optimizer(model.named_parameters())
 
     def make(twin):
-        # the twin's parameters have our names: each gets the decay that ours gives it
-        optimizer = _adamw(twin.named_parameters(), ours, lambda name, p: ours.decay_for(name))
+        optimizer = _adamw(twin, ours)
 
-        def step(batch, lr):
+        def step(batch, lr):  # the twin's own training step (as bench_model.py times it)
             images, targets, _, _ = batch
             anchor_class, target_deltas = tt.match_batch(model, targets, images.shape[-2:])
-            twin.train()
-            optimizer.zero_grad(set_to_none=True)
-            cls_logits, box_deltas = twin(torch.from_numpy(images))
-            loss = tt.retina_loss(cls_logits, box_deltas, torch.from_numpy(anchor_class),
-                                  torch.from_numpy(target_deltas), config)
-            return _torch_update(twin, optimizer, loss, lr, cfg.clip_grad_norm)
+            _set_lr(optimizer, lr)
+            return tt.train_step(twin, optimizer, torch.from_numpy(images),
+                                 torch.from_numpy(anchor_class), torch.from_numpy(target_deltas),
+                                 config, clip=cfg.clip_grad_norm)
 
         return step
 
@@ -548,9 +545,7 @@ def _torchvision(args) -> dict:
         return [torch.from_numpy(im[:, :h, :w]) for im, (h, w) in zip(images, image_sizes)]
 
     def make(net):
-        # decay_for's rule: none on 1-D parameters (biases, norms)
-        optimizer = _adamw(net.named_parameters(), ours,
-                           lambda name, p: ours.weight_decay if p.ndim > 1 else 0.0)
+        optimizer = _adamw(net, ours)
 
         def step(batch, lr):
             images, targets, sizes, _ = batch
