@@ -1,7 +1,8 @@
 """Convolution kernel speed against a plain GEMM of the same size, and compile times.
 
 For each convolution shape it times our forward, input-gradient and weight-gradient
-kernels (float32, CPU) and, in the same run, a float32 GEMM of the forward's M x K x N
+kernels (float32, CPU; as a training layer calls them, the backward reusing what the forward
+kept) and, in the same run, a float32 GEMM of the forward's M x K x N
 (numpy's matmul, OpenBLAS) -- the ceiling an im2col convolution aims at -- and, when torch is
 installed, torch's conv2d forward + backward (in a separate process with its own defaults).
 It then measures the cold compile time of every kernel (fresh NUMBA_CACHE_DIR, a new
@@ -146,17 +147,31 @@ def time_ours(shape, repeat, min_time, max_wait=0.0) -> tuple[dict, float]:
     import numpy as np
 
     from retina_np.kernels import cpu
+    from retina_np.kernels.workspace import ConvWorkspace
 
     name, N, C, F, H, W, k, s, p = shape
     x, w, dy = arrays(shape, np)
     L = dy.shape[2] * dy.shape[3]
     a = np.random.default_rng(1).standard_normal((F, C * k * k)).astype(np.float32)
     b = np.random.default_rng(2).standard_normal((C * k * k, N * L)).astype(np.float32)
+    # As a training layer runs them: the forward keeps what the backward reuses (the
+    # unfolded or transformed input, Winograd's transformed filters) in a workspace, and the
+    # weight gradient takes what the input gradient left there (Winograd's transformed
+    # output gradient, made once for both).
+    ws = ConvWorkspace()
+    cpu.conv2d_forward(x, w, None, s, p, ws)
+    cpu.conv2d_backward_input(dy, w, H, W, s, p, ws)
+    made = ws.output_gradient
+
+    def weight():
+        ws.output_gradient = made
+        return cpu.conv2d_backward_weight(dy, x, k, k, s, p, ws)
+
     return clean_times({
         "gemm": lambda: a @ b,
-        "fwd": lambda: cpu.conv2d_forward(x, w, None, s, p),
-        "in": lambda: cpu.conv2d_backward_input(dy, w, H, W, s, p),
-        "w": lambda: cpu.conv2d_backward_weight(dy, x, k, k, s, p),
+        "fwd": lambda: cpu.conv2d_forward(x, w, None, s, p, ConvWorkspace()),
+        "in": lambda: cpu.conv2d_backward_input(dy, w, H, W, s, p, ws),
+        "w": weight,
     }, repeat, min_time, max_wait)
 
 

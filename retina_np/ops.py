@@ -129,7 +129,7 @@ def conv2d_backward(dy, cache: Conv2dCache, need_input_grad=True, need_weight_gr
     _, _, H, W = x.shape
     _, _, kh, kw = w.shape
     dx = (
-        k.conv2d_backward_input(dy, w, H, W, cache.stride, cache.padding)
+        k.conv2d_backward_input(dy, w, H, W, cache.stride, cache.padding, cache.workspace)
         if need_input_grad
         else None
     )

@@ -43,8 +43,11 @@ def conv2d_forward(x, w, b, stride, padding, workspace=None):
     return y.astype(x.dtype)
 
 
-def conv2d_backward_input(dy, w, H, W, stride, padding):
-    """dx[n,c,h,w] = sum of dy[n,f,oh,ow] * w[f,c,i,j] over each (f, oh, ow, i, j) that read it."""
+def conv2d_backward_input(dy, w, H, W, stride, padding, workspace=None):
+    """dx[n,c,h,w] = sum of dy[n,f,oh,ow] * w[f,c,i,j] over each (f, oh, ow, i, j) that read it.
+
+    workspace: as in kernels/cpu/conv.py; not used here.
+    """
     N, F, Ho, Wo = dy.shape
     _, C, kh, kw = w.shape
     dx = np.zeros((N, C, H, W))

@@ -82,6 +82,20 @@ def over_channels(kernel, count, threads):
     _together([(kernel, lo, hi) for lo, hi in zip(bounds, bounds[1:])])
 
 
+def over_terms(product, count, threads):
+    """``product(lo, hi)`` for the terms lo:hi of a stack of ``count`` matrix products (numpy's
+    ``matmul`` of stacked matrices, one GEMM per term), split as ``over_channels``, with the
+    BLAS library on one thread while they run. Winograd's 36 GEMMs are small ones (64x64 by
+    64x1024, say), which OpenBLAS splits poorly over cores: on 2 cores the 36 of a ResNet-50
+    layer took 2.7 ms as one stacked call and 1.6 ms as two runs of 18 side by side
+    (docs/performance-history.md, "Winograd's products side by side")."""
+    if min(threads, count) < 2:
+        product(0, count)
+        return
+    with _blas_threads(1):
+        over_channels(product, count, threads)
+
+
 class budget:
     """The threads for one kernel call whose input has ``elements`` values (and, for a
     convolution, ``macs`` multiply-adds), set for a ``with`` block, which gets the count. One

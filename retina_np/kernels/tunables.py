@@ -53,8 +53,13 @@ class Options:
     # The side m of the blocks of outputs: 4 (36 products for 16 outputs) or 2 (64).
     winograd_block: int = 4
     # Winograd only where there are at least this many 2x2 blocks of outputs (its 16 or 36
-    # GEMMs are too small below: 1.4-2.3x slower on the small pyramid levels).
-    winograd_min_tiles: int = 512
+    # GEMMs are too small below: 128 at 4x4 for 8 images, 32 blocks, was 2.3x slower; 64 at
+    # 8x8, 128 blocks, is 1.9x faster since the tile-plane transforms) ...
+    winograd_min_tiles: int = 128
+    # ... and at most this many transformed filters' elements ((m + 2)^2 F C, made anew by
+    # every call) per block: ResNet-50's 512-channel layer at 25x25 (56k a block) was slower
+    # by Winograd in the forward, its 256-channel one at 32x32 (9k) 1.6x faster.
+    winograd_max_filter_share: int = 1 << 15
     # -- CPU norms (kernels/cpu/norm.py) ---------------------------------------------------------
     # Group norms of fewer elements run their serial loop (waking the threads costs more).
     groupnorm_parallel_min_elements: int = 1 << 15

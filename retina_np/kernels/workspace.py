@@ -24,6 +24,8 @@ class ConvWorkspace:
     phases: object = None
     # Winograd: V ((m + 2)^2, C, P), the transformed input, for the weight gradient.
     transformed: object = None
-    # Winograd, queued weight gradients: (dy, dM), the transformed output gradient that the
-    # input-gradient call made, for the later weight-gradient call with the same dy.
+    # Winograd: U ((m + 2)^2, F, C), the transformed filters, for the input gradient.
+    transformed_filters: object = None
+    # Winograd: (dy, dM), the transformed output gradient that the input-gradient call made,
+    # for the weight-gradient call with the same dy (at once, or queued for later).
     output_gradient: tuple | None = None

@@ -44,8 +44,8 @@ def test_heads_joint_takes_winograd_where_it_pays_on_any_budget():
     winograd_block, and the transformed input is kept."""
     for threads in (1, 2, 8):
         assert same3x3(8, 64, 64, HEADS, threads, joint=True) == ConvPlan(WINOGRAD, 4, True)
-    # the small levels alone: 8 * (7 * 8) = 448 blocks
-    assert same3x3(8, 64, 64, ((14, 16),), 1, joint=True).algorithm == IM2COL_SAME
+    # the small levels alone: 8 * (3 * 4 + 1) = 104 blocks, and 8 * (4 + 1 + 1) = 48
+    assert same3x3(8, 64, 64, ((6, 8), (2, 2)), 1, joint=True).algorithm == IM2COL_SAME
     assert same3x3(8, 64, 64, ((4, 4), (2, 2), (1, 1)), 1, joint=True).algorithm == IM2COL_SAME
 
 
@@ -93,7 +93,24 @@ def test_images_take_winograd_where_it_pays_on_any_budget():
     x = (8, 64, 64, ((32, 32),))  # 2048 2x2 blocks
     for threads in (1, 2, 16):
         assert same3x3(*x, threads) == ConvPlan(WINOGRAD, 4, True)
-        assert same3x3(1, 64, 64, ((32, 32),), threads).algorithm == IM2COL_SAME  # 256 blocks
+        assert same3x3(1, 64, 64, ((16, 16),), threads).algorithm == IM2COL_SAME  # 64 blocks
+
+
+def test_winograd_only_where_the_blocks_are_many_for_the_filters():
+    """Every call transforms its filters anew, (m + 2)^2 x F x C elements: at most
+    winograd_max_filter_share of them per 2x2 block of outputs, else im2col (ResNet-50's last
+    stage at one image; its third stage takes Winograd)."""
+    assert same3x3(1, 256, 256, ((32, 32),), 2) == ConvPlan(WINOGRAD, 4, True)  # 9.2k a block
+    assert same3x3(1, 512, 512, ((25, 25),), 2).algorithm == IM2COL_SAME  # 169 blocks, 56k
+    assert same3x3(8, 512, 512, ((16, 16),), 2) == ConvPlan(WINOGRAD, 4, True)  # 512, 18k
+    for m in (2, 4):
+        C, F, hws = 4, 4, ((8, 8),)  # 16 blocks
+        share = (m + 2) ** 2 * F * C // 16  # 36 or 16 a block
+        at = Options(winograd_block=m, winograd_min_tiles=1, winograd_max_filter_share=share)
+        below = Options(winograd_block=m, winograd_min_tiles=1,
+                        winograd_max_filter_share=share - 1)
+        assert same3x3(1, C, F, hws, 1, opts=at) == ConvPlan(WINOGRAD, m, True), m
+        assert same3x3(1, C, F, hws, 1, opts=below).algorithm == IM2COL_SAME, m
 
 
 def test_only_3x3_same_convolutions_take_winograd():
@@ -183,7 +200,7 @@ def test_im2col_tiles_run_side_by_side_where_there_are_enough():
     x = (8, 64, 64, ((16, 16),))  # 576 x 2048 unfolded: 2 tiles
     assert same3x3(*x, 2, opts=Options(winograd=False)) == ConvPlan(IM2COL_SAME, 0, True, 2)
     assert same3x3(*x, 3, opts=Options(winograd=False)).tasks == 1
-    joint = same3x3(8, 64, 64, ((14, 16),), 2, joint=True, opts=Options(cols_max_elements=1))
+    joint = same3x3(8, 64, 64, ((6, 8),), 2, joint=True, opts=Options(cols_max_elements=1))
     assert joint == ConvPlan(IM2COL_SAME, 0, True, 1)
 
 

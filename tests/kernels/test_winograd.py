@@ -340,7 +340,8 @@ def test_the_kernels_record_the_plan_their_thread_budget_gives():
                 numba.set_num_threads(cores)
             counted = threads.side_by_side(*[lambda: algorithm(images, x, w)] * 2)
             assert counted == [WINOGRAD, WINOGRAD]
-        assert algorithm(images, x[:1], w) == IM2COL_SAME  # 256 tiles: too few
+        small = np.ascontiguousarray(x[:1, :, :16, :16])
+        assert algorithm(images, small, w) == IM2COL_SAME  # 64 tiles: too few
 
 
 @outs
@@ -372,6 +373,39 @@ def test_queued_weight_gradient_reuses_the_output_gradient(out):
 
         np.testing.assert_array_equal(queued(dyj), 2 * dw_now)  # made from the kept dM
         np.testing.assert_array_equal(queued(other), dw_other)  # another dy: transformed anew
+
+
+@outs
+def test_images_backward_reuses_the_forwards_filters_and_one_output_gradient(out):
+    """A convolution of images (the backbone's): the forward keeps its transformed filters U
+    beside V; the input gradient takes that U and leaves (dy, dM) in the workspace; the
+    weight gradient of the same dy takes that dM (at once or queued) and lets it go, and
+    another dy is transformed anew. Marked arrays show which were used."""
+    rng = np.random.default_rng(9)
+    x, w = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((2, 3, 3, 3))
+    dy, other = rng.standard_normal((2, 2, 8, 8)), rng.standard_normal((2, 2, 8, 8))
+    with kernels.options(winograd_block=out):
+        workspace = ConvWorkspace()
+        cpu.conv2d_forward(x, w, None, 1, 1, workspace)
+        assert workspace.plan.algorithm == WINOGRAD
+        np.testing.assert_array_equal(workspace.transformed_filters, wg.filters(w, out))
+        dx_true = cpu.conv2d_backward_input(dy, w, 8, 8, 1, 1)
+        dw_true = cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1)
+        dw_other = cpu.conv2d_backward_weight(other, x, 3, 3, 1, 1)
+        workspace.transformed_filters *= 2  # marked: an input gradient from it is doubled
+        np.testing.assert_allclose(cpu.conv2d_backward_input(dy, w, 8, 8, 1, 1, workspace),
+                                   2 * dx_true, rtol=1e-12)
+        kept_dy, dM = workspace.output_gradient
+        assert kept_dy is dy
+        np.testing.assert_array_equal(dM, wg.output_gradients(dy, 2, ((8, 8),), out))
+        dM *= 2  # marked: a weight gradient from this dM is twice the true one
+        np.testing.assert_allclose(cpu.conv2d_backward_weight(dy, x, 3, 3, 1, 1, workspace),
+                                   2 * dw_true, rtol=1e-12)
+        assert workspace.output_gradient is None
+        cpu.conv2d_backward_input(dy, w, 8, 8, 1, 1, workspace)
+        np.testing.assert_allclose(cpu.conv2d_backward_weight(other, x, 3, 3, 1, 1, workspace),
+                                   dw_other, rtol=1e-12)  # another dy: transformed anew
+        assert workspace.output_gradient is None
 
 
 @outs

@@ -60,10 +60,11 @@ def conv2d_forward(x, w, b, stride, padding, workspace=None):
             workspace.plan = plan
         if plan.algorithm == WINOGRAD:
             kept = workspace is not None
+            U = winograd.filters(w, plan.block)
             y, V = winograd.conv3x3_forward(x, N, ((H, W),), w, b, plan.block, kept,
-                                            threads=budget)
+                                            threads=budget, U=U)
             if kept:
-                workspace.transformed = V
+                workspace.transformed, workspace.transformed_filters = V, U
             return y
         return _forward_gemm(x, w, b, stride, padding, plan, workspace)
 
@@ -130,15 +131,27 @@ def _unfolder(x, kh, kw, stride, padding, Wo, plan, ph=None):
     return unfold, ph
 
 
-def conv2d_backward_input(dy, w, H, W, stride, padding):
-    """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W)."""
+def conv2d_backward_input(dy, w, H, W, stride, padding, workspace=None):
+    """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W).
+
+    workspace: the forward's, if it was given one. Winograd takes the transformed filters
+    kept there, and leaves its transformed output gradient there, as (dy, dM), for the
+    weight gradient of the same dy (made once for both).
+    """
     N, F, Ho, Wo = dy.shape
     _, C, kh, kw = w.shape
     with threads.budget(dy.size, macs=dy.size * C * kh * kw) as budget:
-        plan = choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget)
+        kept = workspace is not None and workspace.plan is not None
+        plan = (workspace.plan if kept
+                else choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget))
         if plan.algorithm == WINOGRAD:
-            return winograd.conv3x3_backward_input(dy, w, N, ((H, W),), plan.block,
-                                                   threads=budget)
+            m, hws = plan.block, ((H, W),)
+            dM = winograd.output_gradients(dy, N, hws, m, threads=budget)
+            if kept:
+                workspace.output_gradient = (dy, dM)
+            return winograd.conv3x3_backward_input(
+                dy, w, N, hws, m, dM, threads=budget,
+                U=workspace.transformed_filters if kept else None)
         w2t = w.reshape(F, C * kh * kw).T  # (C*kh*kw, F)
         dy3 = dy.reshape(N, F, Ho * Wo)
         if plan.algorithm == POINTWISE:
@@ -182,9 +195,12 @@ def conv2d_backward_weight(dy, x, kh, kw, stride, padding, workspace=None):
         plan = (workspace.plan if kept
                 else choose_conv(N, C, F, ((H, W),), kh, kw, stride, padding, budget))
         if plan.algorithm == WINOGRAD:
+            made = workspace.output_gradient if kept else None
+            if kept:
+                workspace.output_gradient = None  # done with dM
             return winograd.conv3x3_backward_weight(
                 dy, x, N, ((H, W),), plan.block, V=workspace.transformed if kept else None,
-                threads=budget)
+                dM=made[1] if made is not None and made[0] is dy else None, threads=budget)
         dy3 = dy.reshape(N, F, Ho * Wo)
         if plan.algorithm == POINTWISE:  # x itself is the (C, L) matrix
             x3 = x.reshape(N, C, Ho * Wo)

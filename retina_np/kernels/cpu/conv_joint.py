@@ -96,10 +96,11 @@ def conv2d_forward_joint(xj, w, b, workspace=None):
     if workspace is not None:
         workspace.plan = plan
     if plan.algorithm == WINOGRAD:
+        U = winograd.filters(w, plan.block)
         y, V = winograd.conv3x3_forward(xj.data, xj.n, xj.hws, w, b, plan.block,
-                                        keep=workspace is not None)
+                                        keep=workspace is not None, U=U)
         if workspace is not None:
-            workspace.transformed = V
+            workspace.transformed, workspace.transformed_filters = V, U
         return xj.like(y)
     cols = np.empty((C * k * k, xj.data.shape[1]), xj.data.dtype)
     im2col_same(xj.data, k, *_joint_geometry(xj, k), cols)
@@ -148,7 +149,8 @@ def _backward_joint_winograd(dyj, xj, w, need_input_grad, need_weight_grad, work
     dM = ws.output_gradient[1] if reuse else winograd.output_gradients(dy, n, hws, m)
     dx = dw = None
     if need_input_grad:
-        dx = xj.like(winograd.conv3x3_backward_input(dy, w, n, hws, m, dM))
+        U = ws.transformed_filters if ws is not None else None
+        dx = xj.like(winograd.conv3x3_backward_input(dy, w, n, hws, m, dM, U=U))
         if not need_weight_grad and ws is not None:
             ws.output_gradient = (dy, dM)
     if need_weight_grad:

@@ -15,7 +15,10 @@ Why each choice (the measurements are in docs/performance-history.md, "How the c
 done"):
 
 * Winograd pays where its GEMMs are large enough: at least ``options.winograd_min_tiles``
-  2x2 blocks of outputs (on the small pyramid levels it was 1.4-2.3x slower), where its
+  2x2 blocks of outputs (on the smallest pyramid levels it was up to 2.3x slower), and where
+  the blocks are many for the filters: every call transforms the filters anew ((m + 2)^2 F C
+  elements, 4x the weights for m = 4), at most ``options.winograd_max_filter_share`` of them per block
+  (ResNet-50's 512 channels on a 16x16 or 25x25 map stay with im2col + GEMM), where its
   transformed input, which the forward keeps for the weight gradient, fits
   ``options.keep_max_elements``, and where its products M ((m + 2)^2, F, tiles), made and
   dropped at once, fit ``options.winograd_max_elements`` (the classifier's 819 channels at
@@ -89,7 +92,9 @@ def winograd_block(n: int, C: int, F: int, hws: tuple, opts) -> int:
     terms_tiles = (m + 2) ** 2 * tiles(n, hws, m)[1]
     fits = (terms_tiles * C <= opts.keep_max_elements
             and terms_tiles * F <= opts.winograd_max_elements)
-    return m if blocks >= opts.winograd_min_tiles and fits else 0
+    filter_share = (m + 2) ** 2 * F * C / max(blocks, 1)  # transformed filters per block
+    pays = blocks >= opts.winograd_min_tiles and filter_share <= opts.winograd_max_filter_share
+    return m if pays and fits else 0
 
 
 def choose_conv(n: int, C: int, F: int, hws: tuple, kh: int, kw: int, stride: int,

@@ -46,7 +46,7 @@ import numpy as np
 from retina_np.kernels.cpu import winograd_f2 as f2
 from retina_np.kernels.cpu import winograd_f4 as f4
 from retina_np.kernels.cpu.winograd_f2 import _channels, _empty, strides, tiles
-from retina_np.kernels.threads import over_channels
+from retina_np.kernels.threads import over_channels, over_terms
 
 # m -> its transforms: (input, its adjoint, output, its adjoint, filters, their adjoint)
 TRANSFORMS = {
@@ -82,6 +82,16 @@ def filters_adjoint(dU):
     return dw
 
 
+def products(a, b, threads=1):
+    """``np.matmul(a, b)`` of two stacks of (m + 2)^2 matrices (a term's GEMM each); on
+    several threads, runs of terms side by side, each on one BLAS thread
+    (``threads.over_terms``)."""
+    out = np.empty((a.shape[0], a.shape[1], b.shape[2]), np.result_type(a, b))
+    over_terms(lambda lo, hi: np.matmul(a[lo:hi], b[lo:hi], out=out[lo:hi]), a.shape[0],
+               threads)
+    return out
+
+
 def transformed_input(x, n, hws, m, threads=1):
     """x (C channels, a layout of ``conv3x3_forward``) -> V ((m + 2)^2, C, P): B^T d B per
     tile."""
@@ -94,15 +104,16 @@ def transformed_input(x, n, hws, m, threads=1):
     return V
 
 
-def conv3x3_forward(x, n, hws, w, b, m, keep=False, threads=1):
+def conv3x3_forward(x, n, hws, w, b, m, keep=False, threads=1, U=None):
     """A 3x3, stride-1, padding-1 convolution by F(m x m, 3x3): x a Joint's data (C, T) (n
     images, levels hws), or (N, C, H, W) with n = N and hws = ((H, W),) -> (y in the same
     layout with F channels, V the transformed input if keep else None). w (F, C, 3, 3), b (F,)
-    or None. threads: how many threads share the transforms (the channels split between
-    them; the GEMMs take BLAS's own threads)."""
+    or None; U: ``filters(w, m)`` if already at hand. threads: how many threads share the
+    transforms (the channels split between them) and the products (runs of terms)."""
     F = w.shape[0]
     V = transformed_input(x, n, hws, m, threads)
-    M = np.matmul(filters(w, m), V)  # (16, F, C) @ (16, C, P): 16 GEMMs (36 for m = 4)
+    U = filters(w, m) if U is None else U
+    M = products(U, V, threads)  # (16, F, C) @ (16, C, P): 16 GEMMs (36 for m = 4)
     y = _empty(x, F, n, hws)
     table, bias = tiles(n, hws, m)[0], b if b is not None else np.zeros(F, x.dtype)
     flat, (cs, ms) = y.reshape(-1), strides(y, n, hws)
@@ -123,11 +134,12 @@ def output_gradients(dy, n, hws, m, threads=1):
     return dM
 
 
-def conv3x3_backward_input(dy, w, n, hws, m, dM=None, threads=1):
-    """dy (F channels) -> dx (C channels, the same layout); dM: ``output_gradients(dy)`` if
-    already at hand."""
+def conv3x3_backward_input(dy, w, n, hws, m, dM=None, threads=1, U=None):
+    """dy (F channels) -> dx (C channels, the same layout); dM: ``output_gradients(dy)``, U:
+    ``filters(w, m)``, if already at hand."""
     dM = output_gradients(dy, n, hws, m, threads) if dM is None else dM
-    dV = np.matmul(filters(w, m).transpose(0, 2, 1), dM)  # (16, C, F) @ (16, F, P)
+    U = filters(w, m) if U is None else U
+    dV = products(U.transpose(0, 2, 1), dM, threads)  # (16, C, F) @ (16, F, P)
     C = w.shape[1]
     dx = _empty(dy, C, n, hws)
     table, flat, (cs, ms) = tiles(n, hws, m)[0], dx.reshape(-1), strides(dx, n, hws)
@@ -141,4 +153,4 @@ def conv3x3_backward_weight(dy, x, n, hws, m, V=None, dM=None, threads=1):
     dM: ``output_gradients(dy)``, where already at hand."""
     dM = output_gradients(dy, n, hws, m, threads) if dM is None else dM
     V = transformed_input(x, n, hws, m, threads) if V is None else V
-    return filters_adjoint(np.matmul(dM, V.transpose(0, 2, 1)))  # (16, F, P) @ (16, P, C)
+    return filters_adjoint(products(dM, V.transpose(0, 2, 1), threads))  # (16, F, P) @ (16, P, C)

@@ -368,8 +368,11 @@ def conv2d_forward(x, w, b, stride, padding, workspace=None):
     return y
 
 
-def conv2d_backward_input(dy, w, H, W, stride, padding):
-    """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W)."""
+def conv2d_backward_input(dy, w, H, W, stride, padding, workspace=None):
+    """dy (N, F, Ho, Wo), w (F, C, kh, kw) -> dx (N, C, H, W).
+
+    workspace: as in kernels/cpu/conv.py; not used here.
+    """
     N, F, Ho, Wo = dy.shape
     _, C, kh, kw = w.shape
     dx = cl.empty((N, C, H, W), dy.dtype)
