@@ -23,9 +23,11 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Options:
     # -- CPU convolutions (kernels/cpu/conv.py, plan.py) ---------------------------------------
-    # Largest im2col matrix of one tile (elements, 4 MB in float32): large images are cut into
-    # bands of output rows; 2^18 to 2^22 ran equally fast.
-    cols_max_elements: int = 1 << 20
+    # Largest im2col matrix of one tile (elements, 8 MB in float32): large images are cut into
+    # bands of output rows. 2^21 keeps ResNet-50's last 3x3 (512 channels at 16x16: 1.2M) in
+    # one tile, whose weight gradient is then one GEMM: forward and both gradients 16.5 ->
+    # 13.1 ms; its other layers and the shapes preset's step ran as fast from 2^20 to 2^22.
+    cols_max_elements: int = 1 << 21
     # ... and of at most this many output positions (columns): a thin unfolding (the stem's
     # 147 rows) then stays in the L2 cache between its unfolding and its GEMM (the stem in the
     # training step: forward 5.4 -> 4.4 ms, weight gradient 6.1 -> 5.2 ms); from 512 rows on

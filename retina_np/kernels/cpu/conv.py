@@ -231,15 +231,17 @@ def weight_gradient(pairs, F, K, dtype):
     """The sum of dy_cols @ cols.T over (dy_cols (F, L), cols (K, L)) pairs -> dw (F, K).
     Small gradients as the transposed product, which OpenBLAS runs faster when F is small
     (``options.wgrad_transposed_max``; docs/performance-history.md, "Kernel options")."""
-    if F * K <= current().wgrad_transposed_max:
-        dwt = np.zeros((K, F), dtype)
-        for dy_cols, cols in pairs:
-            dwt += cols @ dy_cols.T  # (K, L) @ (L, F)
-        return np.ascontiguousarray(dwt.T)
-    dw = np.zeros((F, K), dtype)
+    transposed = F * K <= current().wgrad_transposed_max
+    total = None  # the first tile's product is the sum so far (no zeros to add it to)
     for dy_cols, cols in pairs:
-        dw += dy_cols @ cols.T  # (F, L) @ (L, K)
-    return dw
+        product = cols @ dy_cols.T if transposed else dy_cols @ cols.T  # (K, F) or (F, K)
+        if total is None:
+            total = product
+        else:
+            total += product
+    if total is None:  # no tiles: an empty batch
+        return np.zeros((F, K), dtype)
+    return np.ascontiguousarray(total.T) if transposed else total
 
 
 @njit(cache=True, nogil=True)
