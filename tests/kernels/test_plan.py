@@ -197,9 +197,10 @@ def test_im2col_tiles_run_side_by_side_where_there_are_enough():
     assert choose_conv(*stem, 32, opts=Options(cols_max_columns=1024)).tasks == 32
     assert choose_conv(*stem, 2, opts=Options(side_by_side=False)).tasks == 1
     assert choose_conv(*stem, 2, opts=Options(side_by_side_max_channels=15)).tasks == 1
-    x = (8, 64, 64, ((16, 16),))  # 576 x 2048 unfolded: 2 tiles
-    assert same3x3(*x, 2, opts=Options(winograd=False)) == ConvPlan(IM2COL_SAME, 0, True, 2)
-    assert same3x3(*x, 3, opts=Options(winograd=False)).tasks == 1
+    x = (8, 64, 64, ((16, 16),))  # 576 x 2048 unfolded: 2 tiles of 2^20 elements
+    im2col = Options(winograd=False, cols_max_elements=1 << 20)
+    assert same3x3(*x, 2, opts=im2col) == ConvPlan(IM2COL_SAME, 0, True, 2)
+    assert same3x3(*x, 3, opts=im2col).tasks == 1
     joint = same3x3(8, 64, 64, ((6, 8),), 2, joint=True, opts=Options(cols_max_elements=1))
     assert joint == ConvPlan(IM2COL_SAME, 0, True, 1)
 
