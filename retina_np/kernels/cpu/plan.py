@@ -17,8 +17,8 @@ done"):
 * Winograd pays where its GEMMs are large enough: at least ``options.winograd_min_tiles``
   2x2 blocks of outputs (on the smallest pyramid levels it was up to 2.3x slower), and where
   the blocks are many for the filters: every call transforms the filters anew ((m + 2)^2 F C
-  elements, 4x the weights for m = 4), at most ``options.winograd_max_filter_share`` of them per block
-  (ResNet-50's 512 channels on a 16x16 or 25x25 map stay with im2col + GEMM), where its
+  elements, 4x the weights for m = 4), at most ``options.winograd_max_filter_share`` of them
+  per block (ResNet-50's 512 channels on a 16x16 or 25x25 map stay with im2col + GEMM), where its
   transformed input, which the forward keeps for the weight gradient, fits
   ``options.keep_max_elements``, and where its products M ((m + 2)^2, F, tiles), made and
   dropped at once, fit ``options.winograd_max_elements`` (the classifier's 819 channels at
