@@ -38,84 +38,47 @@ def _sum(a, lo, hi):
     return (s0 + s1) + (s2 + s3)
 
 
-@njit(cache=True, nogil=True)
-def _sum_sq_dev(a, lo, hi, mu):
-    """((a[lo:hi] - mu) ** 2).sum() in float64, as four interleaved partial sums."""
-    s0 = s1 = s2 = s3 = 0.0
-    end4 = lo + (hi - lo) // 4 * 4
-    for i in range(lo, end4, 4):
-        d0, d1, d2, d3 = a[i] - mu, a[i + 1] - mu, a[i + 2] - mu, a[i + 3] - mu
-        s0 += d0 * d0
-        s1 += d1 * d1
-        s2 += d2 * d2
-        s3 += d3 * d3
-    for i in range(end4, hi):
-        d = a[i] - mu
-        s0 += d * d
-    return (s0 + s1) + (s2 + s3)
-
-
-@njit(cache=True, nogil=True)
-def _sum_dot_xhat(dy, x, lo, hi, mu, istd):
-    """(dy[lo:hi].sum(), (dy * (x - mu) * istd)[lo:hi].sum()) in float64, two partial sums
-    each."""
-    a0 = a1 = b0 = b1 = 0.0
-    end2 = lo + (hi - lo) // 2 * 2
-    for i in range(lo, end2, 2):
-        a0 += dy[i]
-        a1 += dy[i + 1]
-        b0 += dy[i] * ((x[i] - mu) * istd)
-        b1 += dy[i + 1] * ((x[i + 1] - mu) * istd)
-    for i in range(end2, hi):
-        a0 += dy[i]
-        b0 += dy[i] * ((x[i] - mu) * istd)
-    return a0 + a1, b0 + b1
-
-
-# Batch norm sums whole channels (N*H*W values), so it adds into lanes instead: lane k takes
-# every LANES-th value of a row, which makes the float64 additions elementwise over the lanes,
-# a loop LLVM vectorises (a chain of partial sums it does not reorder without fastmath); the
-# lanes are added at the end, in a fixed order. On the stem's output the statistics ran 3x
-# faster (docs/performance-history.md "Kernel notes").
+# Batch norm sums whole channels (N*H*W values), group norm a group's channels, so both add
+# into lanes instead of one chain: lane k takes every LANES-th value of a row, which makes the
+# float64 additions elementwise over the lanes, a loop LLVM vectorises (a chain of partial
+# sums it does not reorder without fastmath); the lanes are added at the end, in a fixed
+# order. On the stem's output the statistics ran 3x faster (docs/performance-history.md
+# "Kernel notes").
 LANES = 256
 
 
 @njit(cache=True, nogil=True)
-def _add_lanes(a, c, lanes):
-    """Channel c of a (N, C, HW): lanes[k] += a[n, c, i] in float64 for every n and every
-    i = k (mod len(lanes))."""
+def _add_row(row, lanes):
+    """lanes[k] += row[i] in float64 for every i = k (mod len(lanes))."""
     L = lanes.shape[0]
-    for n in range(a.shape[0]):
-        for i0 in range(0, a.shape[2], L):
-            seg = a[n, c, i0:i0 + L]  # a unit-step slice indexed from 0: the loop vectorises
-            for k in range(seg.shape[0]):
-                lanes[k] += seg[k]
+    for i0 in range(0, row.shape[0], L):
+        seg = row[i0:i0 + L]  # a unit-step slice indexed from 0: the loop vectorises
+        for k in range(seg.shape[0]):
+            lanes[k] += seg[k]
 
 
 @njit(cache=True, nogil=True)
-def _add_lanes_sq_dev(a, c, mu, lanes):
-    """As ``_add_lanes``, adding (a[n, c, i] - mu) ** 2."""
+def _add_row_sq_dev(row, mu, lanes):
+    """As ``_add_row``, adding (row[i] - mu) ** 2."""
     L = lanes.shape[0]
-    for n in range(a.shape[0]):
-        for i0 in range(0, a.shape[2], L):
-            seg = a[n, c, i0:i0 + L]
-            for k in range(seg.shape[0]):
-                d = np.float64(seg[k]) - mu
-                lanes[k] += d * d
+    for i0 in range(0, row.shape[0], L):
+        seg = row[i0:i0 + L]
+        for k in range(seg.shape[0]):
+            d = np.float64(seg[k]) - mu
+            lanes[k] += d * d
 
 
 @njit(cache=True, nogil=True)
-def _add_lanes_dy_xc(dy, x, y, relu, c, mu, lanes_dy, lanes_dy_xc):
-    """As ``_add_lanes``, adding dy into lanes_dy and dy * (x - mu) into lanes_dy_xc; with
-    relu, dy counts only where y > 0."""
+def _add_row_dy_xc(dy, x, y, relu, mu, lanes_dy, lanes_dy_xc):
+    """As ``_add_row``, adding dy into lanes_dy and dy * (x - mu) into lanes_dy_xc; with relu,
+    dy counts only where y > 0."""
     L = lanes_dy.shape[0]
-    for n in range(dy.shape[0]):
-        for i0 in range(0, dy.shape[2], L):
-            d, xs, ys = dy[n, c, i0:i0 + L], x[n, c, i0:i0 + L], y[n, c, i0:i0 + L]
-            for k in range(d.shape[0]):
-                g = np.float64(d[k]) if not relu or ys[k] > 0 else 0.0
-                lanes_dy[k] += g
-                lanes_dy_xc[k] += g * (np.float64(xs[k]) - mu)
+    for i0 in range(0, dy.shape[0], L):
+        d, xs, ys = dy[i0:i0 + L], x[i0:i0 + L], y[i0:i0 + L]
+        for k in range(d.shape[0]):
+            g = np.float64(d[k]) if not relu or ys[k] > 0 else 0.0
+            lanes_dy[k] += g
+            lanes_dy_xc[k] += g * (np.float64(xs[k]) - mu)
 
 
 @njit(cache=True, nogil=True)
@@ -142,12 +105,14 @@ def batchnorm2d_stats(x):
     var = np.empty(C, x.dtype)
     xf = x.reshape(N, C, H * W)
     lane = np.empty(min(LANES, H * W))
-    for c in range(C):
+    for c in range(C):  # every image's channel c into the same lanes
         lane[:] = 0.0
-        _add_lanes(xf, c, lane)
+        for n in range(N):
+            _add_row(xf[n, c], lane)
         mu = _sum(lane, 0, lane.shape[0]) / M
         lane[:] = 0.0
-        _add_lanes_sq_dev(xf, c, mu, lane)
+        for n in range(N):
+            _add_row_sq_dev(xf[n, c], mu, lane)
         mean[c] = mu
         var[c] = _sum(lane, 0, lane.shape[0]) / M
     return mean, var
@@ -231,7 +196,8 @@ def _batchnorm2d_backward(dy, x, y, relu, mean, invstd, gamma):
         mu, istd = np.float64(mean[c]), np.float64(invstd[c])
         lane_dy[:] = 0.0
         lane_dy_xc[:] = 0.0
-        _add_lanes_dy_xc(dyf, xf, yf, relu, c, mu, lane_dy, lane_dy_xc)
+        for n in range(N):
+            _add_row_dy_xc(dyf[n, c], xf[n, c], yf[n, c], relu, mu, lane_dy, lane_dy_xc)
         sum_dy = _sum(lane_dy, 0, lane_dy.shape[0])
         sum_dy_xhat = _sum(lane_dy_xc, 0, lane_dy.shape[0]) * istd
         # dx = gamma*invstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)): the mean and the variance
@@ -288,6 +254,14 @@ def _joint_pieces(n, hws):
                      for m in range(n)], np.int64).reshape(-1, 3)
 
 
+# A group's sums go into GROUP_LANES lanes, as batch norm's (its runs are shorter: the heads'
+# pyramid levels, 256 values a channel down to 1): forward and backward 1.9x and 1.5x faster
+# on the heads' input (docs/performance-history.md); a parallel loop runs GROUP_PARTS runs of
+# tasks, each with its own lanes.
+GROUP_LANES = 32
+GROUP_PARTS = 64
+
+
 @njit(cache=True, nogil=True)
 def _groupnorm_task(task, groups, pieces):
     """Task number `task`: (piece, group, the piece's first row and column, its H*W); the
@@ -302,17 +276,18 @@ def _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, inv
     """Tasks start:stop of (piece, group) of x (2-D, see above): y into y (x's shape), with
     the ReLU after it when relu; statistics into mean, invstd (pieces, G)."""
     groups, to = gamma.shape[0] // Cg, x.dtype.type
+    lanes = np.empty(GROUP_LANES)
     for task in range(start, stop):
         piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
         M = Cg * HW
-        total = 0.0
+        lanes[:] = 0.0  # the group's channels into the same lanes
         for j in range(Cg):
-            total += _sum(x[r + g * Cg + j], a, a + HW)
-        mu = total / M
-        dev = 0.0
+            _add_row(x[r + g * Cg + j, a:a + HW], lanes)
+        mu = _sum(lanes, 0, lanes.shape[0]) / M
+        lanes[:] = 0.0
         for j in range(Cg):
-            dev += _sum_sq_dev(x[r + g * Cg + j], a, a + HW, mu)
-        istd = 1.0 / np.sqrt(dev / M + eps)
+            _add_row_sq_dev(x[r + g * Cg + j, a:a + HW], mu, lanes)
+        istd = 1.0 / np.sqrt(_sum(lanes, 0, lanes.shape[0]) / M + eps)
         mean[piece, g] = mu
         invstd[piece, g] = istd
         m = to(mu)
@@ -324,9 +299,11 @@ def _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, inv
 
 @njit(parallel=True, cache=True, nogil=True)
 def _groupnorm_forward_parallel(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd):
-    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
-        _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd, task,
-                                 task + 1)
+    tasks = pieces.shape[0] * (gamma.shape[0] // Cg)
+    parts = min(tasks, GROUP_PARTS)
+    for part in prange(parts):
+        _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, invstd,
+                                 tasks * part // parts, tasks * (part + 1) // parts)
 
 
 def _groupnorm_forward_pieces(x, gamma, beta, groups, eps, pieces, relu):
@@ -362,6 +339,7 @@ def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy
     """Tasks start:stop of (piece, group), as the forward's: dx into dx (x's shape), the
     per-channel sums into sum_dy, sum_dy_xhat (pieces, C)."""
     groups, to = gamma.shape[0] // Cg, x.dtype.type
+    lanes_dy, lanes_dy_xc = np.empty(GROUP_LANES), np.empty(GROUP_LANES)
     for task in range(start, stop):
         piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
         M = Cg * HW
@@ -370,7 +348,12 @@ def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy
         sum_dxhat_xhat = 0.0
         for j in range(Cg):
             c = g * Cg + j
-            s0, s1 = _sum_dot_xhat(dy[r + c], x[r + c], a, a + HW, mu, istd)
+            lanes_dy[:] = 0.0
+            lanes_dy_xc[:] = 0.0
+            d = dy[r + c, a:a + HW]
+            _add_row_dy_xc(d, x[r + c, a:a + HW], d, False, mu, lanes_dy, lanes_dy_xc)
+            s0 = _sum(lanes_dy, 0, lanes_dy.shape[0])
+            s1 = _sum(lanes_dy_xc, 0, lanes_dy.shape[0]) * istd
             sum_dy[piece, c] = s0
             sum_dy_xhat[piece, c] = s1
             sum_dxhat += np.float64(gamma[c]) * s0
@@ -390,9 +373,12 @@ def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy
 @njit(parallel=True, cache=True, nogil=True)
 def _groupnorm_backward_parallel(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
                                  sum_dy_xhat):
-    for task in prange(pieces.shape[0] * (gamma.shape[0] // Cg)):
+    tasks = pieces.shape[0] * (gamma.shape[0] // Cg)
+    parts = min(tasks, GROUP_PARTS)
+    for part in prange(parts):
         _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy,
-                                  sum_dy_xhat, task, task + 1)
+                                  sum_dy_xhat, tasks * part // parts,
+                                  tasks * (part + 1) // parts)
 
 
 @njit(cache=True, nogil=True)
