@@ -5,6 +5,10 @@ another. Three kinds of work in a training step do not depend on each other, and
 with several cores they run at once, each on its share of the cores (``side_by_side`` in
 kernels/threads.py, which says when it runs them one by one instead):
 
+* in the backbone's forward, each residual block's shortcut (a strided 1x1 conv and its batch
+  norm) beside its 3x3s, and the FPN's output conv of P3 beside those of P4, P5 and P6/P7:
+  they share only their input (the backward needs no such help: the queue below already keeps
+  a second core busy there);
 * the classification and box subnets, forward and backward: they share only their input;
 * the two halves of the batch in the loss: the images share only the anchors;
 * the convolutions' weight gradients beside the backbone's backward: no layer's backward
@@ -41,8 +45,9 @@ class Scheduled:
         self.model = model
 
     def __call__(self, images):
-        """``model(images)``, the two subnets side by side."""
-        return head_forward(self.model.head, self.model.features(images))
+        """``model(images)``, the backbone's branches and the two subnets side by side."""
+        return head_forward(self.model.head,
+                            self.model.features(images, backbone=backbone_forward))
 
     def loss(self, cls_logits, box_deltas, targets, image_hw):
         """``model.loss(...)``, the two halves of the batch side by side."""
@@ -77,6 +82,55 @@ class Scheduled:
         finally:
             for conv in convs:
                 conv.defer_weight_grad = None
+
+
+def backbone_forward(backbone, images):
+    """``backbone(images)`` (a BackboneWithFPN): ResNet's blocks with their shortcuts beside
+    their 3x3s, then the FPN with its output convs side by side."""
+    body, x = backbone.body, images
+    for layer in body.stem():
+        x = layer(x)
+    stages = []
+    for stage in (body.layer1, body.layer2, body.layer3, body.layer4):
+        for block in stage:
+            x = _block_forward(block, x)
+        stages.append(x)
+    return _fpn_forward(backbone.fpn, stages[1:])  # C3, C4, C5
+
+
+def _block_forward(block, x):
+    """``block(x)`` (a BasicBlock or Bottleneck), its shortcut beside its residual branch."""
+    if block.downsample is None:
+        return block(x)
+
+    def residual():
+        out = x
+        for layer in block.residual():
+            out = layer(out)
+        return out
+
+    out, identity = _side_by_side(x, residual, lambda: block.downsample(x),
+                                  channels=block.downsample[0].out_channels)
+    return block.relu_out(block.add(out, identity))
+
+
+def _fpn_forward(fpn, feats):
+    """``fpn(feats)``: the top-down path first (1x1 laterals, upsampling, sums: small), then
+    the output conv of the largest level beside those of the others and P6, P7."""
+    n = len(feats)
+    merged = [None] * n
+    merged[n - 1] = fpn.inner_blocks[n - 1](feats[-1])
+    for i in range(n - 2, -1, -1):
+        lateral = fpn.inner_blocks[i](feats[i])
+        merged[i] = fpn.adds[i](lateral, fpn.upsamples[i](merged[i + 1], lateral.shape[-2:]))
+
+    def the_others():
+        results = [fpn.layer_blocks[i](merged[i]) for i in range(1, n)]
+        return results + list(fpn.extra_blocks(results[-1] if fpn.p6_from == "p5" else feats[-1]))
+
+    largest, others = _side_by_side(feats[0], lambda: fpn.layer_blocks[0](merged[0]),
+                                    the_others, channels=fpn.layer_blocks[0][0].out_channels)
+    return (largest, *others)
 
 
 def head_forward(head, levels):

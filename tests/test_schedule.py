@@ -64,7 +64,9 @@ class _Threads:
     def __init__(self, monkeypatch):
         self.subnets, self.images, self.workers = {}, set(), set()
         self.queued, self.weight_grads = [], []
+        self.convs = {}  # id(conv) -> the thread of its forward
         forward, match = heads._Subnet.forward, losses.match_anchors
+        conv_forward = Conv2d.forward
         append, work_through = schedule.WorkQueue.append, schedule.WorkQueue.work_through
         add_grads = Conv2d._add_grads
 
@@ -84,6 +86,10 @@ class _Threads:
             self.workers.add(threading.get_ident())
             return work_through(queue)
 
+        def conv_forward_recorded(conv, x):
+            self.convs[id(conv)] = threading.get_ident()
+            return conv_forward(conv, x)
+
         def conv_add_grads(conv, dw, db):
             self.weight_grads.append(conv)
             return add_grads(conv, dw, db)
@@ -93,6 +99,7 @@ class _Threads:
         monkeypatch.setattr(schedule.WorkQueue, "append", queue_append)
         monkeypatch.setattr(schedule.WorkQueue, "work_through", queue_work_through)
         monkeypatch.setattr(Conv2d, "_add_grads", conv_add_grads)
+        monkeypatch.setattr(Conv2d, "forward", conv_forward_recorded)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -131,6 +138,16 @@ def test_a_scheduled_step_gives_the_bits_of_the_plain_one(two_cores, monkeypatch
     # and the work really went to other threads
     here = threading.get_ident()
     assert ran.subnets["ClassificationHead"] == here != ran.subnets["RegressionHead"]
+    # each block's shortcut beside its 3x3s; the FPN's P3 output conv beside the others
+    body, fpn = scheduled_model.backbone.body, scheduled_model.backbone.fpn
+    blocks = [b for stage in (body.layer1, body.layer2, body.layer3, body.layer4) for b in stage]
+    shortcuts = [b for b in blocks if b.downsample is not None]
+    assert shortcuts
+    for b in shortcuts:
+        assert ran.convs[id(b.conv1)] == here != ran.convs[id(b.downsample[0])]
+    assert ran.convs[id(fpn.layer_blocks[0][0])] == here
+    assert ran.convs[id(fpn.layer_blocks[1][0])] != here
+    assert ran.convs[id(fpn.extra_blocks.p7)] != here
     assert len(ran.images) == 2  # the two halves of the batch
     convs = [m for m in scheduled_model.modules() if isinstance(m, Conv2d)]
     # every conv's weight gradient went on the queue but the stem's (no input gradient),

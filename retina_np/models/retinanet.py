@@ -70,12 +70,17 @@ class RetinaNet(Module):
     def forward(self, images):
         return self.head(self.features(images))
 
-    def features(self, images):
-        """The pyramid levels P3..P7 of images (N, 3, H, W): (N, C, H_l, W_l) each."""
+    def features(self, images, backbone=None):
+        """The pyramid levels P3..P7 of images (N, 3, H, W): (N, C, H_l, W_l) each.
+
+        backbone: a function (self.backbone, images) -> the levels, run in its place
+        (retina_np/schedule.py's, with the backbone's independent branches side by side)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"RetinaNet expects images (N, 3, H, W), got shape {images.shape}")
         if self.training:
             self.clear_caches()  # a forward pass with no backward must not leave caches behind
+        if backbone is not None:
+            return backbone(self.backbone, images)
         return self.backbone(images)
 
     def backward(self, d_cls_logits, d_box_deltas):
