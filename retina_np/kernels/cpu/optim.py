@@ -73,29 +73,31 @@ def adamw_update_(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     return param
 
 
-
-
 def empty_like(a):
     """A new, uninitialised array of a's shape and dtype."""
     return np.empty_like(a)
 
 
+# The squares are added into lanes (lane k takes every LANES-th value): elementwise float64
+# additions over the lanes, a loop LLVM vectorises, where one chain of additions (or four)
+# waits for each addition before the next; the lanes are added at the end, in a fixed order
+# (as batch norm's sums, cpu/norm.py). The shapes preset's 841k gradients: 0.49 -> 0.19 ms.
+LANES = 64
+
+
 @njit(cache=True, nogil=True)
 def _sum_squares(a):
-    """(a * a).sum() of a flat array in float64, as four interleaved partial sums."""
-    s0 = s1 = s2 = s3 = 0.0
-    end4 = a.size // 4 * 4
-    for i in range(0, end4, 4):
-        v0, v1 = np.float64(a[i]), np.float64(a[i + 1])  # float() would keep float32
-        v2, v3 = np.float64(a[i + 2]), np.float64(a[i + 3])
-        s0 += v0 * v0
-        s1 += v1 * v1
-        s2 += v2 * v2
-        s3 += v3 * v3
-    for i in range(end4, a.size):
-        v = np.float64(a[i])
-        s0 += v * v
-    return (s0 + s1) + (s2 + s3)
+    """(a * a).sum() of a flat array in float64."""
+    lanes = np.zeros(LANES)
+    for i0 in range(0, a.size, LANES):
+        seg = a[i0:i0 + LANES]  # a unit-step slice indexed from 0: the loop vectorises
+        for k in range(seg.shape[0]):
+            v = np.float64(seg[k])  # float() would keep float32
+            lanes[k] += v * v
+    total = 0.0
+    for k in range(LANES):
+        total += lanes[k]
+    return total
 
 
 def sum_squares(arrays):
