@@ -166,6 +166,7 @@ def _instrument():
         setattr(owner, method, wrapped)
 
     clocked(retinanet.BackboneWithFPN, "forward", "backbone + FPN forward")
+    clocked(schedule, "backbone_forward", "backbone + FPN forward")  # the scheduled step's
     # the scheduled step calls schedule's head functions; an older retina_np, the head's own
     clocked(schedule, "head_forward", "heads forward (subnets side by side)")
     clocked(heads.RetinaNetHead, "forward", "heads forward (subnets side by side)")
