@@ -24,6 +24,19 @@ def test_normalize_values_and_layout(rng):
     np.testing.assert_array_equal(denormalize(x), image)
 
 
+def test_normalize_of_uint8_gives_the_formulas_bits(rng):
+    """A uint8 image goes through a table of the 256 values per channel: the bits of the
+    float formula, for every value, any statistics and views (a flipped image's)."""
+    every_value = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, axis=2)
+    image = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    for mean, std in ((IMAGENET_MEAN, IMAGENET_STD), ((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))):
+        for x in (every_value, image, image[:, ::-1], every_value[::2, 3:]):
+            formula = normalize(x.astype(np.float32), mean, std)  # the float path
+            table = normalize(x, mean, std)
+            assert table.dtype == np.float32 and table.flags.c_contiguous
+            np.testing.assert_array_equal(table, formula)
+
+
 def test_normalize_with_a_models_statistics(rng):
     """``RetinaNetConfig.image_mean`` and ``image_std``: the defaults are ImageNet's, bit for
     bit; other statistics give other images, and denormalize with them undoes them."""
