@@ -103,7 +103,7 @@ class DataLoader:
             # Copies, so a caller editing a batch never edits the cache.
             boxes = np.array(target["boxes"], dtype=np.float32).reshape(-1, 4)
             if flipped:
-                image, boxes = hflip(image, boxes)
+                image, boxes = hflip(image, boxes, copy=False)  # normalize makes the copy
             images.append(normalize(image, self.image_mean, self.image_std))  # (3, H, W)
             targets.append({"boxes": boxes, "labels": np.array(target["labels"], np.int64)})
             sizes.append((image.shape[0], image.shape[1]))

@@ -50,14 +50,16 @@ def denormalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.n
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)  # (H, W, 3)
 
 
-def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hflip(image: np.ndarray, boxes: np.ndarray, copy: bool = True
+          ) -> tuple[np.ndarray, np.ndarray]:
     """Mirror an (H, W, C) image left-right and its (M, 4) boxes with it.
 
     A pixel column j goes to W - 1 - j, i.e. the interval [j, j+1) goes to [W-j-1, W-j),
-    so box edges map as ``x1' = W - x2``, ``x2' = W - x1`` (y unchanged).
+    so box edges map as ``x1' = W - x2``, ``x2' = W - x1`` (y unchanged). copy=False gives
+    the image as a mirrored view (the loader's, which ``normalize`` reads straight away).
     """
     width = image.shape[1]
-    flipped = np.ascontiguousarray(image[:, ::-1])
+    flipped = np.ascontiguousarray(image[:, ::-1]) if copy else image[:, ::-1]
     boxes = np.asarray(boxes)
     out = boxes.copy()
     out[:, 0] = width - boxes[:, 2]
