@@ -54,13 +54,16 @@ class Options:
     winograd_images: bool = True
     # The side m of the blocks of outputs: 4 (36 products for 16 outputs) or 2 (64).
     winograd_block: int = 4
-    # Winograd only where there are at least this many 2x2 blocks of outputs (its 16 or 36
-    # GEMMs are too small below: 128 at 4x4 for 8 images, 32 blocks, was 2.3x slower; 64 at
-    # 8x8, 128 blocks, is 1.9x faster since the tile-plane transforms) ...
-    winograd_min_tiles: int = 128
+    # Winograd only where there are at least this many 2x2 blocks of outputs: its 16 or 36
+    # GEMMs are too small below (128 channels at 4x4 for 8 images, 32 blocks, was 2.3x
+    # slower). 64 at 8x8 (128 blocks) is 1.9x faster by it, but F(4x4, 3x3)'s float32
+    # rounding there doubled the shapes preset's largest output error against float64 (4.4e-3
+    # -> 8.0e-3); from 256, ResNet-50's third stage at one 512 px image takes it ...
+    winograd_min_tiles: int = 256
     # ... and at most this many transformed filters' elements ((m + 2)^2 F C, made anew by
     # every call) per block: ResNet-50's 512-channel layer at 25x25 (56k a block) was slower
-    # by Winograd in the forward, its 256-channel one at 32x32 (9k) 1.6x faster.
+    # by Winograd in the forward, its 256-channel one at 32x32 (9k) 1.6x faster (forward and
+    # both gradients 2.2x).
     winograd_max_filter_share: int = 1 << 15
     # -- CPU norms (kernels/cpu/norm.py) ---------------------------------------------------------
     # Group norms of fewer elements run their serial loop (waking the threads costs more).

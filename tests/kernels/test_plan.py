@@ -94,6 +94,8 @@ def test_images_take_winograd_where_it_pays_on_any_budget():
     for threads in (1, 2, 16):
         assert same3x3(*x, threads) == ConvPlan(WINOGRAD, 4, True)
         assert same3x3(1, 64, 64, ((16, 16),), threads).algorithm == IM2COL_SAME  # 64 blocks
+    # the shapes preset's 8x8 layers (128 blocks): F(4x4, 3x3)'s float32 rounding, not taken
+    assert same3x3(8, 64, 64, ((8, 8),), 1).algorithm == IM2COL_SAME
 
 
 def test_winograd_only_where_the_blocks_are_many_for_the_filters():
