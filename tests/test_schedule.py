@@ -157,6 +157,25 @@ def test_a_scheduled_step_gives_the_bits_of_the_plain_one(two_cores, monkeypatch
     assert len(ran.workers) == 2
 
 
+@pytest.mark.parametrize("block, p6_from", [("bottleneck", "c5"), ("basic", "c5")])
+def test_the_scheduled_backbone_gives_the_plain_bits_for_every_layout(two_cores, block, p6_from):
+    """``schedule.backbone_forward`` (shortcuts beside the 3x3s, the FPN's output convs side
+    by side) walks the backbone as ``BackboneWithFPN.forward`` does, for bottleneck blocks
+    and for P6 from C5 too: the same levels, bit for bit (every kernel on one thread)."""
+    config = _config()
+    config.block, config.p6_from = block, p6_from
+    images = np.random.default_rng(3).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    with threadpool_limits(1, user_api="blas"):
+        numba.set_num_threads(1)
+        plain = RetinaNet(config, seed=4).train().features(images)
+        numba.set_num_threads(2)
+        model = RetinaNet(config, seed=4).train()
+        scheduled = model.features(images, backbone=schedule.backbone_forward)
+    assert len(scheduled) == len(plain) == 5
+    for a, b in zip(scheduled, plain):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_comparison_sees_a_lost_weight_gradient(two_cores, monkeypatch):
     """The test above can fail: a queue that drops one function leaves one gradient out."""
     rng = np.random.default_rng(1)
