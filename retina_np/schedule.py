@@ -102,34 +102,19 @@ def _block_forward(block, x):
     """``block(x)`` (a BasicBlock or Bottleneck), its shortcut beside its residual branch."""
     if block.downsample is None:
         return block(x)
-
-    def residual():
-        out = x
-        for layer in block.residual():
-            out = layer(out)
-        return out
-
-    out, identity = _side_by_side(x, residual, lambda: block.downsample(x),
+    out, identity = _side_by_side(x, lambda: block.residual_forward(x),
+                                  lambda: block.downsample(x),
                                   channels=block.downsample[0].out_channels)
-    return block.relu_out(block.add(out, identity))
+    return block.merge(out, identity)
 
 
 def _fpn_forward(fpn, feats):
     """``fpn(feats)``: the top-down path first (1x1 laterals, upsampling, sums: small), then
     the output conv of the largest level beside those of the others and P6, P7."""
-    n = len(feats)
-    merged = [None] * n
-    merged[n - 1] = fpn.inner_blocks[n - 1](feats[-1])
-    for i in range(n - 2, -1, -1):
-        lateral = fpn.inner_blocks[i](feats[i])
-        merged[i] = fpn.adds[i](lateral, fpn.upsamples[i](merged[i + 1], lateral.shape[-2:]))
-
-    def the_others():
-        results = [fpn.layer_blocks[i](merged[i]) for i in range(1, n)]
-        return results + list(fpn.extra_blocks(results[-1] if fpn.p6_from == "p5" else feats[-1]))
-
+    merged = fpn.top_down(feats)
     largest, others = _side_by_side(feats[0], lambda: fpn.layer_blocks[0](merged[0]),
-                                    the_others, channels=fpn.layer_blocks[0][0].out_channels)
+                                    lambda: fpn.outputs(merged, feats, first=1),
+                                    channels=fpn.layer_blocks[0][0].out_channels)
     return (largest, *others)
 
 

@@ -60,14 +60,23 @@ class FPN(Module):
         self.adds = ModuleList(*[Add() for _ in in_channels[:-1]])
 
     def forward(self, feats):
+        return self.outputs(self.top_down(feats), feats)
+
+    def top_down(self, feats):
+        """The merged maps, finest first: each level's lateral 1x1 conv plus the nearest
+        upsampling of the merged map above it (the coarsest: its lateral alone)."""
         n = len(feats)
-        last_inner = self.inner_blocks[n - 1](feats[-1])
-        results = [self.layer_blocks[n - 1](last_inner)]
+        merged = [None] * n
+        merged[n - 1] = self.inner_blocks[n - 1](feats[-1])
         for i in range(n - 2, -1, -1):
             lateral = self.inner_blocks[i](feats[i])
-            top_down = self.upsamples[i](last_inner, lateral.shape[-2:])
-            last_inner = self.adds[i](lateral, top_down)
-            results.insert(0, self.layer_blocks[i](last_inner))
+            top_down = self.upsamples[i](merged[i + 1], lateral.shape[-2:])
+            merged[i] = self.adds[i](lateral, top_down)
+        return merged
+
+    def outputs(self, merged, feats, first=0):
+        """The 3x3 output conv of each merged map from level ``first`` on, then P6 and P7."""
+        results = [self.layer_blocks[i](merged[i]) for i in range(first, len(merged))]
         p6, p7 = self.extra_blocks(results[-1] if self.p6_from == "p5" else feats[-1])
         return (*results, p6, p7)
 

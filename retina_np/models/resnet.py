@@ -48,10 +48,18 @@ class BasicBlock(Module):
         return [self.conv1, self.bn1, self.conv2, self.bn2]
 
     def forward(self, x):
-        out = x
-        for layer in self.residual():
-            out = layer(out)
+        out = self.residual_forward(x)
         identity = self.downsample(x) if self.downsample is not None else x
+        return self.merge(out, identity)
+
+    def residual_forward(self, x):
+        """The residual branch: ``residual()``'s layers one after another."""
+        for layer in self.residual():
+            x = layer(x)
+        return x
+
+    def merge(self, out, identity):
+        """The two branches added, then the ReLU."""
         return self.relu_out(self.add(out, identity))
 
     def backward(self, dy):
