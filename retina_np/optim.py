@@ -1,4 +1,11 @@
-"""SGD with momentum (the paper's), AdamW, the learning-rate schedule, gradient-norm clipping."""
+"""SGD with momentum (the paper's), AdamW, the learning-rate schedule, gradient-norm clipping.
+
+On the CPU the optimizers keep their parameters flat (``retina_np/nn/flat.py``): every
+parameter's data and gradient are views of two flat arrays, in one run per weight-decay value,
+and their own state (momentum, Adam's moments) views of flat arrays in the same layout. A step
+is then one kernel call per run, shared among the cores, instead of one per parameter, and the
+gradient norm and the zeroing of the gradients are one call each; the numbers are the same.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,67 @@ import numpy as np
 
 from retina_np import backend
 from retina_np.nn import Parameter
+from retina_np.nn.flat import FlatParameters, can_flatten, flat_of
 
 
-class SGD:
+class _Flat:
+    """What SGD and AdamW share: their parameters as FlatParameters, one run per weight-decay
+    value (``self.flat``, made again when something replaced their arrays; None on a GPU),
+    and their per-parameter state as views of flat arrays in that layout (``flat_state``)."""
+
+    def _init_flat(self) -> None:
+        self.flat = None
+        self._flat_names = []  # the parameters' names in the flat arrays' order
+        self._flat_decays = ()  # their weight decays when the runs were made
+        self._state = ()  # the flat state arrays, and the FlatParameters they follow
+        self._state_layout = None
+        self._flat_now()
+
+    def _flat_now(self):
+        """The flat parameters, still flat or made again (when an array was replaced, or the
+        weight decays changed); None where they cannot be."""
+        decays = tuple(self.decay_for(name) for name in self._flat_names)
+        if self.flat is not None and decays == self._flat_decays and self.flat.intact():
+            return self.flat
+        self.flat = None
+        if can_flatten(list(self.params.values())):
+            runs = {}
+            for name in self.params:
+                runs.setdefault(self.decay_for(name), []).append(name)
+            self._flat_names = [name for names in runs.values() for name in names]
+            self._flat_decays = tuple(self.decay_for(name) for name in self._flat_names)
+            self.flat = FlatParameters([[self.params[name] for name in names]
+                                        for names in runs.values()])
+        return self.flat
+
+    def _runs(self, flat):
+        """(start, stop, weight decay) of each run of the flat arrays."""
+        return [(a, b, self._flat_decays[first])
+                for (a, b), (first, _) in zip(flat.runs, flat.run_params)]
+
+    def flat_state(self, flat, states):
+        """Flat arrays, one per dict of ``states`` (name -> array, or None before the first
+        step), in flat's layout; every dict's arrays become views of them (a state loaded or
+        made before is copied in, a missing one starts at zero)."""
+        if self._state_layout is not flat:
+            arrays = []
+            for state in states:
+                array = np.zeros_like(flat.data)
+                for name, p, (a, b) in zip(self._flat_names, flat.params, flat.bounds):
+                    if state[name] is not None:
+                        array[a:b] = backend.to_numpy(state[name]).reshape(-1)
+                    state[name] = array[a:b].reshape(p.data.shape)
+                arrays.append(array)
+            self._state, self._state_layout = tuple(arrays), flat
+        return self._state
+
+    def _state_replaced(self) -> None:
+        """The per-parameter state was given new arrays (``load_state_dict``): the flat state
+        is made from them at the next step."""
+        self._state_layout = None
+
+
+class SGD(_Flat):
     """torch.optim.SGD's rule: v = momentum * v + (g + wd * p);  p -= lr * v.
 
     Weight decay skips 1-D parameters (biases and BatchNorm's weight and bias) unless
@@ -25,6 +90,7 @@ class SGD:
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.decay_norm_and_bias = decay_norm_and_bias
         self.buffers = {name: None for name in self.params}
+        self._init_flat()
 
     def decay_for(self, name: str) -> float:
         p = self.params[name]
@@ -35,6 +101,13 @@ class SGD:
     def step(self, lr: float | None = None) -> None:
         """One update of every parameter from its ``.grad`` (gradients are not cleared)."""
         lr = self.lr if lr is None else lr
+        flat = self._flat_now()
+        if flat is not None:
+            buf, = self.flat_state(flat, (self.buffers,))
+            for a, b, decay in self._runs(flat):
+                backend.kernels_for(flat.data).sgd_update_(
+                    flat.data[a:b], flat.grad[a:b], buf[a:b], lr, self.momentum, decay)
+            return
         for name, p in self.params.items():
             kernels = backend.kernels_for(p.data)
             if self.buffers[name] is None:
@@ -62,9 +135,10 @@ class SGD:
         for name, value in state.items():
             device = backend.device_of(self.params[name].data)
             self.buffers[name] = backend.to_device(np.array(value, copy=True), device)
+        self._state_replaced()
 
 
-class AdamW:
+class AdamW(_Flat):
     """torch.optim.AdamW's rule (Loshchilov & Hutter 2019): Adam's step with the weight decay
     applied to the weights directly, ``p -= lr * (wd * p + m_hat / (sqrt(v_hat) + eps))``.
 
@@ -89,6 +163,7 @@ class AdamW:
         self.exp_avg = {name: None for name in self.params}  # m: mean of the gradient
         self.exp_avg_sq = {name: None for name in self.params}  # v: mean of its square
         self.steps = 0  # updates so far (the bias correction needs it)
+        self._init_flat()
 
     decay_for = SGD.decay_for
 
@@ -97,6 +172,14 @@ class AdamW:
         lr = self.lr if lr is None else lr
         self.steps += 1
         beta1, beta2 = self.betas
+        flat = self._flat_now()
+        if flat is not None:
+            m, v = self.flat_state(flat, (self.exp_avg, self.exp_avg_sq))
+            for a, b, decay in self._runs(flat):
+                backend.kernels_for(flat.data).adamw_update_(
+                    flat.data[a:b], flat.grad[a:b], m[a:b], v[a:b], lr, beta1, beta2, self.eps,
+                    decay, self.steps)
+            return
         for name, p in self.params.items():
             kernels = backend.kernels_for(p.data)
             if self.exp_avg[name] is None:
@@ -133,6 +216,7 @@ class AdamW:
                 key, _, name = k.partition("/")
                 device = backend.device_of(self.params[name].data)
                 getattr(self, key)[name] = backend.to_device(np.array(value, copy=True), device)
+        self._state_replaced()
 
 
 @dataclass
@@ -165,6 +249,11 @@ class LRSchedule:
 
 def grad_norm(params) -> float:
     """Global L2 norm of all gradients (squares summed in float64 where the gradients are)."""
+    params = list(params)
+    flat = flat_of(params)
+    if flat is not None:  # one call over the flat gradients, in the order of params: same bits
+        return math.sqrt(backend.kernels_for(flat.grad).sum_squares_runs(
+            flat.grad, flat.bounds_of(params)))
     grads = [p.grad for p in params]
     return math.sqrt(backend.kernels_for(*grads).sum_squares(grads))
 
@@ -175,6 +264,7 @@ def clip_grad_norm(params, max_norm: float) -> float:
     norm = grad_norm(params)
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
-        for p in params:
-            backend.kernels_for(p.grad).scale_(p.grad, scale)
+        flat = flat_of(params)
+        for grad in [flat.grad] if flat is not None else [p.grad for p in params]:
+            backend.kernels_for(grad).scale_(grad, scale)
     return norm

@@ -14,10 +14,13 @@ from collections.abc import Iterator
 import numpy as np
 
 from retina_np import backend
+from retina_np.nn.flat import flat_of
 
 
 class Parameter:
     """A trainable array and its gradient (``grad`` is accumulated by ``backward``)."""
+
+    flat = None  # the FlatParameters whose arrays data and grad are views of (nn/flat.py)
 
     def __init__(self, data):
         self.data = data
@@ -144,7 +147,14 @@ class Module:
         return self.train(False)
 
     def zero_grad(self) -> None:
-        for p in self.parameters():
+        """Every parameter's gradient a fresh array of zeros (one array for all of them where
+        they are an optimizer's flat parameters, nn/flat.py)."""
+        params = self.parameters()
+        flat = flat_of(params)
+        if flat is not None:
+            flat.zero_grad()
+            return
+        for p in params:
             p.zero_grad()
 
     # -- saving and loading ----------------------------------------------------------------------

@@ -18,8 +18,9 @@ CUDA_INIT = Path(cpu.__file__).parent.parent / "cuda" / "__init__.py"
 
 # On the CPU the heads keep their levels as one Joint matrix; on the GPU each level is its own
 # launch anyway, so CUDA's join_levels returns the list and these are never called there.
+# sum_squares_runs: the gradient norm of flat parameters (nn/flat.py), which live on the CPU.
 CPU_ONLY = {"conv2d_forward_joint", "conv2d_backward_joint", "groupnorm_forward_joint",
-            "groupnorm_backward_joint"}
+            "groupnorm_backward_joint", "sum_squares_runs"}
 # A dtype conversion on the device (the CPU uses numpy's astype).
 CUDA_ONLY = {"cast"}
 # The fast paths' own utilities, which the loops of reference.py have no need to mirror:

@@ -11,6 +11,7 @@ idea, mirrored by ``kernels/cuda/``:
     norm.py         batch norm and group norm (with the ReLU that follows them)
     elementwise.py  ReLU, add, max pooling, nearest upsampling
     optim.py        new arrays, in-place updates, SGD and AdamW steps, the gradient norm
+                    (and, CPU only, that of flat parameters: sum_squares_runs)
     layout.py       the heads' outputs between levels and one row per anchor
     loss.py         the focal loss (its element formula), smooth-L1 and L1, per image and dense
     detection.py    box IoU, box decoding, NMS
@@ -72,6 +73,7 @@ from retina_np.kernels.cpu.optim import (
     scale_,
     sgd_update_,
     sum_squares,
+    sum_squares_runs,
     zeros_like,
 )
 
@@ -86,7 +88,7 @@ __all__ = [
     "relu_forward", "relu_backward", "maxpool2d_forward", "maxpool2d_backward",
     "upsample_nearest_forward", "upsample_nearest_backward", "add_forward",
     "empty_like", "zeros_like", "fill_", "scale_", "add_inplace_", "sgd_update_", "adamw_update_",
-    "sum_squares", "levels_to_rows", "rows_to_levels", "levels_layout",
+    "sum_squares", "sum_squares_runs", "levels_to_rows", "rows_to_levels", "levels_layout",
     "focal_loss_anchor_classes", "box_loss_rows",
     "sigmoid_focal_loss", "smooth_l1_loss", "l1_loss",
     "box_iou", "decode_boxes", "nms", "batched_nms",

@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from retina_np.kernels import threads
+from retina_np.kernels.tunables import current
+
 
 def zeros_like(a):
     """A new zero array of a's shape and dtype."""
@@ -37,11 +40,26 @@ def _sgd_update(p, g, v, lr, momentum, weight_decay):
 
 
 def sgd_update_(param, grad, buf, lr, momentum, weight_decay):
-    """torch's SGD step in place: buf = momentum * buf + (grad + wd * param); param -= lr * buf."""
+    """torch's SGD step in place: buf = momentum * buf + (grad + wd * param); param -= lr * buf.
+
+    Large arrays (an optimizer's flat parameters, nn/flat.py) are shared among the threads
+    of the budget, each element updated as alone (``_elementwise``)."""
     t = param.dtype.type
-    _sgd_update(param.reshape(-1), grad.reshape(-1), buf.reshape(-1), t(lr), t(momentum),
-                t(weight_decay))
+    _elementwise(_sgd_update, (param.reshape(-1), grad.reshape(-1), buf.reshape(-1)),
+                 (t(lr), t(momentum), t(weight_decay)))
     return param
+
+
+def _elementwise(kernel, arrays, scalars):
+    """``kernel(*arrays, *scalars)`` for an elementwise kernel of flat arrays of one size, on
+    consecutive ranges of them side by side where the threads' budget has several threads."""
+    n = arrays[0].shape[0]
+    if n < current().serial_max_elements:  # one parameter's: one thread anyway
+        kernel(*arrays, *scalars)
+        return
+    with threads.budget(n) as budget:
+        threads.over_channels(lambda lo, hi: kernel(*(a[lo:hi] for a in arrays), *scalars), n,
+                              budget)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")  # see adamw_update_
@@ -67,9 +85,10 @@ def adamw_update_(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     "Kernel notes"); the same bits in float64.
     """
     t = param.dtype.type
-    _adamw_update(param.reshape(-1), grad.reshape(-1), m.reshape(-1), v.reshape(-1), t(lr),
-                  t(beta1), t(beta2), t(1 - beta1), t(1 - beta2), t(eps), t(weight_decay),
-                  t(1 - beta1**step), t(1 - beta2**step))
+    _elementwise(_adamw_update, (param.reshape(-1), grad.reshape(-1), m.reshape(-1),
+                                 v.reshape(-1)),
+                 (t(lr), t(beta1), t(beta2), t(1 - beta1), t(1 - beta2), t(eps), t(weight_decay),
+                  t(1 - beta1**step), t(1 - beta2**step)))
     return param
 
 
@@ -104,5 +123,20 @@ def sum_squares(arrays):
     """The sum of a * a over every element of every array in ``arrays``, accumulated in float64
     -> a Python float (the squared global norm of the gradients)."""
     return float(sum(_sum_squares(a.reshape(-1)) for a in arrays))
+
+
+@njit(cache=True, nogil=True)
+def _sum_squares_runs(a, bounds):
+    total = 0.0
+    for r in range(bounds.shape[0]):
+        total += _sum_squares(a[bounds[r, 0]:bounds[r, 1]])
+    return total
+
+
+def sum_squares_runs(a, bounds):
+    """``sum_squares`` of the runs a[start:stop] of a flat array, (start, stop) the rows of
+    bounds (P, 2), in one call: the same sums, added in the same order, so the same bits as
+    ``sum_squares`` of the arrays those runs are (an optimizer's flat gradients, nn/flat.py)."""
+    return float(_sum_squares_runs(a, bounds))
 
 
