@@ -58,14 +58,15 @@ def _step(net, model, images, targets):
 
 
 class _Threads:
-    """Which threads ran the subnets' forwards, the images' matching and the weight-gradient
-    queue, and what went on the queue (recorded by wrapping those functions)."""
+    """Which threads ran the subnets' forwards, the images' matching and losses and the
+    weight-gradient queue, and what went on the queue (recorded by wrapping those functions)."""
 
     def __init__(self, monkeypatch):
-        self.subnets, self.images, self.workers = {}, set(), set()
+        self.subnets, self.matching, self.images, self.workers = {}, set(), set(), set()
         self.queued, self.weight_grads = [], []
         self.convs = {}  # id(conv) -> the thread of its forward
         forward, match = heads._Subnet.forward, losses.match_anchors
+        focal = cpu.focal_loss_anchor_classes
         conv_forward = Conv2d.forward
         append, work_through = schedule.WorkQueue.append, schedule.WorkQueue.work_through
         add_grads = Conv2d._add_grads
@@ -75,8 +76,12 @@ class _Threads:
             return forward(subnet, levels)
 
         def match_anchors(*args):
-            self.images.add(threading.get_ident())
+            self.matching.add(threading.get_ident())
             return match(*args)
+
+        def focal_loss(*args, **kwargs):
+            self.images.add(threading.get_ident())
+            return focal(*args, **kwargs)
 
         def queue_append(queue, fn):
             self.queued.append(fn)
@@ -96,6 +101,7 @@ class _Threads:
 
         monkeypatch.setattr(heads._Subnet, "forward", subnet_forward)
         monkeypatch.setattr(losses, "match_anchors", match_anchors)
+        monkeypatch.setattr(cpu, "focal_loss_anchor_classes", focal_loss)
         monkeypatch.setattr(schedule.WorkQueue, "append", queue_append)
         monkeypatch.setattr(schedule.WorkQueue, "work_through", queue_work_through)
         monkeypatch.setattr(Conv2d, "_add_grads", conv_add_grads)
@@ -148,7 +154,8 @@ def test_a_scheduled_step_gives_the_bits_of_the_plain_one(two_cores, monkeypatch
     assert ran.convs[id(fpn.layer_blocks[0][0])] == here
     assert ran.convs[id(fpn.layer_blocks[1][0])] != here
     assert ran.convs[id(fpn.extra_blocks.p7)] != here
-    assert len(ran.images) == 2  # the two halves of the batch
+    assert ran.matching == {here}  # every image's matching, one after another, then
+    assert len(ran.images) == 2  # their losses: the two halves of the batch side by side
     convs = [m for m in scheduled_model.modules() if isinstance(m, Conv2d)]
     # every conv's weight gradient went on the queue but the stem's (no input gradient),
     # and each was added once; two threads worked through the queue

@@ -18,6 +18,8 @@ array.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from retina_np import backend
@@ -234,28 +236,20 @@ def retina_loss(
     d_cls_logits = kernels.empty_like(cls_logits)  # (N, R, K): every element is written
     d_box_deltas = kernels.zeros_like(box_deltas)  # (N, R, 4): zero but foreground rows
 
+    # First every image's matching, one after another: Python and small arrays, which would
+    # only take turns with the interpreter beside each other. Then the losses, the kernels'
+    # work, which ``map_images`` may run side by side.
+    matched = [match_image(targets[b], anchors, k, b, fg_iou, bg_iou, allow_low_quality_matches,
+                           box_coder_weights) for b in range(batch)]
+
     def image_loss(b):
         """Image b's (focal loss, box loss, foreground anchors); its gradients into d_*[b]."""
-        boxes = np.asarray(targets[b]["boxes"])
-        labels = np.asarray(targets[b]["labels"])
-        validate_boxes(boxes, labels, k, image_index=b)
-        boxes = boxes.reshape(-1, 4).astype(cls_logits.dtype, copy=False)  # (M, 4)
-        labels = labels.reshape(-1).astype(np.int64, copy=False)  # (M,)
-
-        matches = match_anchors(box_iou(boxes, anchors), fg_iou, bg_iou,
-                                allow_low_quality_matches)  # (R,)
-        foreground = np.flatnonzero(matches >= 0)  # (F,)
+        anchor_class, foreground, target_deltas = matched[b]
         norm = max(1, foreground.size)
-
-        anchor_class = matches.copy()  # (R,): class of foreground anchors, sentinels kept
-        anchor_class[foreground] = labels[matches[foreground]]
         cls_sum, _ = kernels.focal_loss_anchor_classes(
             cls_logits[b], backend.to_device(anchor_class, device), alpha, float(gamma),
             1.0 / (norm * batch), out=d_cls_logits[b],
         )
-
-        target_deltas = encode_boxes(boxes[matches[foreground]], anchors[foreground],
-                                     box_coder_weights)  # (F, 4)
         box_sum = kernels.box_loss_rows(
             box_deltas[b], backend.to_device(foreground, device),
             backend.to_device(target_deltas.astype(box_deltas.dtype, copy=False), device),
@@ -279,3 +273,36 @@ def retina_loss(
         "num_foreground": float(num_foreground_total),
     }
     return losses, d_cls_logits, d_box_deltas
+
+
+class ImageTargets(NamedTuple):
+    """One image's ground truth matched to the anchors: all that its loss needs of it."""
+
+    anchor_class: np.ndarray  # (R,) int64: a foreground anchor's class, else the matcher's
+    #                           sentinel (below the low threshold, or between: ignored)
+    foreground: np.ndarray  # (F,) the foreground anchors' indices
+    target_deltas: np.ndarray  # (F, 4) their matched boxes, encoded against them
+
+
+def match_image(target, anchors, num_classes, image_index=0, fg_iou=DEFAULT_FG_IOU_THRESH,
+                bg_iou=DEFAULT_BG_IOU_THRESH, allow_low_quality_matches=True,
+                box_coder_weights=DEFAULT_BOX_CODER_WEIGHTS) -> ImageTargets:
+    """One image's target ``{"boxes": (M, 4), "labels": (M,)}`` matched to the anchors (R, 4)
+    as :func:`retina_loss` matches it: the IoU, :func:`match_anchors`, and the foreground
+    anchors' boxes encoded, in the anchors' dtype. Raises ValueError on a degenerate or
+    non-finite box, or a label outside 0..num_classes-1 (the message names image
+    ``image_index`` and the box)."""
+    boxes = np.asarray(target["boxes"])
+    labels = np.asarray(target["labels"])
+    validate_boxes(boxes, labels, num_classes, image_index=image_index)
+    boxes = boxes.reshape(-1, 4).astype(anchors.dtype, copy=False)  # (M, 4)
+    labels = labels.reshape(-1).astype(np.int64, copy=False)  # (M,)
+
+    matches = match_anchors(box_iou(boxes, anchors), fg_iou, bg_iou,
+                            allow_low_quality_matches)  # (R,)
+    foreground = np.flatnonzero(matches >= 0)  # (F,)
+    anchor_class = matches.copy()  # (R,): class of foreground anchors, sentinels kept
+    anchor_class[foreground] = labels[matches[foreground]]
+    target_deltas = encode_boxes(boxes[matches[foreground]], anchors[foreground],
+                                 box_coder_weights)  # (F, 4)
+    return ImageTargets(anchor_class, foreground, target_deltas)
