@@ -66,7 +66,7 @@ class _Threads:
         self.queued, self.weight_grads = [], []
         self.convs = {}  # id(conv) -> the thread of its forward
         forward, match = heads._Subnet.forward, losses.match_anchors
-        focal = cpu.focal_loss_anchor_classes
+        halves = schedule._halves_side_by_side
         conv_forward = Conv2d.forward
         append, work_through = schedule.WorkQueue.append, schedule.WorkQueue.work_through
         add_grads = Conv2d._add_grads
@@ -79,9 +79,11 @@ class _Threads:
             self.matching.add(threading.get_ident())
             return match(*args)
 
-        def focal_loss(*args, **kwargs):
-            self.images.add(threading.get_ident())
-            return focal(*args, **kwargs)
+        def halves_recorded(fn, items, like):  # the images' losses (after the matching)
+            def image_loss(item):
+                self.images.add(threading.get_ident())
+                return fn(item)
+            return halves(image_loss, items, like)
 
         def queue_append(queue, fn):
             self.queued.append(fn)
@@ -101,7 +103,7 @@ class _Threads:
 
         monkeypatch.setattr(heads._Subnet, "forward", subnet_forward)
         monkeypatch.setattr(losses, "match_anchors", match_anchors)
-        monkeypatch.setattr(cpu, "focal_loss_anchor_classes", focal_loss)
+        monkeypatch.setattr(schedule, "_halves_side_by_side", halves_recorded)
         monkeypatch.setattr(schedule.WorkQueue, "append", queue_append)
         monkeypatch.setattr(schedule.WorkQueue, "work_through", queue_work_through)
         monkeypatch.setattr(Conv2d, "_add_grads", conv_add_grads)
