@@ -22,14 +22,14 @@ from retina_np.nn.flat import FlatParameters, can_flatten, flat_of
 class _Flat:
     """What SGD and AdamW share: their parameters as FlatParameters, one run per weight-decay
     value (``self.flat``, made again when something replaced their arrays; None on a GPU),
-    and their per-parameter state as views of flat arrays in that layout (``flat_state``)."""
+    and their per-parameter state as views of flat arrays in that layout (``_flat_state``)."""
 
     def _init_flat(self) -> None:
         self.flat = None
         self._flat_names = []  # the parameters' names in the flat arrays' order
         self._flat_decays = ()  # their weight decays when the runs were made
-        self._state = ()  # the flat state arrays, and the FlatParameters they follow
-        self._state_layout = None
+        self._state = ()  # the flat state arrays ...
+        self._state_layout = None  # ... and the FlatParameters whose layout they follow
         self._flat_now()
 
     def _flat_now(self):
@@ -54,7 +54,7 @@ class _Flat:
         return [(a, b, self._flat_decays[first])
                 for (a, b), (first, _) in zip(flat.runs, flat.run_params)]
 
-    def flat_state(self, flat, states):
+    def _flat_state(self, flat, states):
         """Flat arrays, one per dict of ``states`` (name -> array, or None before the first
         step), in flat's layout; every dict's arrays become views of them (a state loaded or
         made before is copied in, a missing one starts at zero)."""
@@ -103,7 +103,7 @@ class SGD(_Flat):
         lr = self.lr if lr is None else lr
         flat = self._flat_now()
         if flat is not None:
-            buf, = self.flat_state(flat, (self.buffers,))
+            buf, = self._flat_state(flat, (self.buffers,))
             for a, b, decay in self._runs(flat):
                 backend.kernels_for(flat.data).sgd_update_(
                     flat.data[a:b], flat.grad[a:b], buf[a:b], lr, self.momentum, decay)
@@ -174,7 +174,7 @@ class AdamW(_Flat):
         beta1, beta2 = self.betas
         flat = self._flat_now()
         if flat is not None:
-            m, v = self.flat_state(flat, (self.exp_avg, self.exp_avg_sq))
+            m, v = self._flat_state(flat, (self.exp_avg, self.exp_avg_sq))
             for a, b, decay in self._runs(flat):
                 backend.kernels_for(flat.data).adamw_update_(
                     flat.data[a:b], flat.grad[a:b], m[a:b], v[a:b], lr, beta1, beta2, self.eps,
