@@ -250,7 +250,11 @@ class LRSchedule:
 def grad_norm(params) -> float:
     """Global L2 norm of all gradients (squares summed in float64 where the gradients are)."""
     params = list(params)
-    flat = flat_of(params)
+    return _grad_norm(params, flat_of(params))
+
+
+def _grad_norm(params, flat) -> float:
+    """``grad_norm`` of the list params, flat: ``flat_of(params)``."""
     if flat is not None:  # one call over the flat gradients, in the order of params: same bits
         return math.sqrt(backend.kernels_for(flat.grad).sum_squares_runs(
             flat.grad, flat.bounds_of(params)))
@@ -261,10 +265,10 @@ def grad_norm(params) -> float:
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale all gradients so their global norm is at most ``max_norm``; returns the norm."""
     params = list(params)
-    norm = grad_norm(params)
+    flat = flat_of(params)
+    norm = _grad_norm(params, flat)
     if max_norm > 0 and norm > max_norm:
         scale = max_norm / (norm + 1e-6)
-        flat = flat_of(params)
         for grad in [flat.grad] if flat is not None else [p.grad for p in params]:
             backend.kernels_for(grad).scale_(grad, scale)
     return norm

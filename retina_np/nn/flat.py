@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from retina_np import backend
-
 
 class FlatParameters:
     """Parameters whose ``data`` and ``grad`` are views of the flat arrays ``data`` and ``grad``.
@@ -94,10 +92,10 @@ def can_flatten(params) -> bool:
     their shapes."""
     if not params:
         return False
-    dtype = params[0].data.dtype
-    return all(isinstance(p.data, np.ndarray) and not backend.is_device_array(p.data)
-               and p.data.dtype == dtype and isinstance(p.grad, np.ndarray)
-               and p.grad.shape == p.data.shape for p in params)
+    dtype = params[0].data.dtype  # (a GPU's arrays are not numpy arrays)
+    return all(isinstance(p.data, np.ndarray) and p.data.dtype == dtype
+               and isinstance(p.grad, np.ndarray) and p.grad.shape == p.data.shape
+               for p in params)
 
 
 def flat_of(params):
