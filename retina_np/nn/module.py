@@ -47,6 +47,11 @@ class Parameter:
 class Module:
     """Base class: children, parameters and buffers are found from attributes, in order."""
 
+    # A new token whenever any module gains, loses or replaces a child or a parameter: the
+    # walks over a whole tree that ``_tree`` keeps are then made again. (A token, not a count:
+    # a copied or unpickled tree brings along a token no module has any more.)
+    _tree_token = object()
+
     def __init__(self):
         self.training = True
         self._buffers: OrderedDict[str, np.ndarray] = OrderedDict()
@@ -84,12 +89,16 @@ class Module:
     def __setattr__(self, name, value):
         tree = (Module, Parameter)
         if isinstance(value, tree) or isinstance(self.__dict__.get(name), tree):
-            self.__dict__.pop("_found", None)  # a child or a parameter changes: look again
+            self._tree_changed()  # a child or a parameter changes: look again
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
-        self.__dict__.pop("_found", None)
+        self._tree_changed()
         object.__delattr__(self, name)
+
+    def _tree_changed(self) -> None:
+        self.__dict__.pop("_found", None)
+        Module._tree_token = object()
 
     def _attributes(self) -> tuple[tuple, tuple]:
         """((name, child Module) ..., (name, Parameter) ...), in attribute order. Found once
@@ -108,13 +117,25 @@ class Module:
         """A named non-trainable array saved in state_dict (e.g. BatchNorm running stats)."""
         self._buffers[name] = value
 
+    def _tree(self) -> tuple[tuple, tuple]:
+        """(every module below this one, every (dotted name, Parameter) of the tree), in the
+        order of the walk. Found once and kept until any module's children or parameters
+        change: a training step walks its model's tree five times (``train()``,
+        ``zero_grad``, the clipping, the schedule), ~0.07 ms a walk of generators."""
+        kept = self.__dict__.get("_kept")
+        if kept is None or kept[0] is not Module._tree_token:
+            token = Module._tree_token
+            below = tuple(m for _, child in self.named_children() for m in child.modules())
+            kept = (token, below, tuple(self._named_parameters("")))
+            self.__dict__["_kept"] = kept
+        return kept[1], kept[2]
+
     def named_children(self) -> Iterator[tuple[str, Module]]:
         return iter(self._attributes()[0])
 
     def modules(self) -> Iterator[Module]:
         yield self
-        for _, child in self.named_children():
-            yield from child.modules()
+        yield from self._tree()[0]
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         yield prefix, self
@@ -122,13 +143,19 @@ class Module:
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        if prefix:
+            return self._named_parameters(prefix)
+        return iter(self._tree()[1])
+
+    def _named_parameters(self, prefix: str) -> Iterator[tuple[str, Parameter]]:
+        """``named_parameters`` found by walking the tree."""
         for name, value in self._attributes()[1]:
             yield (f"{prefix}.{name}" if prefix else name), value
         for name, child in self.named_children():
-            yield from child.named_parameters(f"{prefix}.{name}" if prefix else name)
+            yield from child._named_parameters(f"{prefix}.{name}" if prefix else name)
 
     def parameters(self) -> list[Parameter]:
-        return [p for _, p in self.named_parameters()]
+        return [p for _, p in self._tree()[1]]
 
     def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
         for name, value in self._buffers.items():

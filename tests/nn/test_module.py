@@ -140,3 +140,29 @@ def test_the_tree_sees_children_and_parameters_changed_after_a_walk():
     conv.training = False  # other attributes leave the tree as it is
     assert [n for n, _ in seq.named_parameters()] == ["0.weight", "1.weight", "1.bias"]
     assert [type(m).__name__ for m in seq.modules()] == ["Sequential", "Conv2d", "BatchNorm2d"]
+
+
+def test_the_kept_tree_follows_changes_anywhere_below_and_copies_walk_their_own():
+    """The root keeps its walk (modules, named parameters) until any module's children or
+    parameters change, however deep; a copied or unpickled tree walks its own modules."""
+    import copy
+    import pickle
+
+    inner = Sequential(Conv2d(1, 2, 3), ReLU())
+    net = Sequential(inner, BatchNorm2d(2))
+    assert [n for n, _ in net.named_parameters()] == ["0.0.weight", "0.0.bias", "1.weight",
+                                                       "1.bias"]
+    inner[0].bias = None  # two levels down
+    setattr(inner, "1", Conv2d(2, 2, 1, bias=False))
+    assert [n for n, _ in net.named_parameters()] == ["0.0.weight", "0.1.weight", "1.weight",
+                                                       "1.bias"]
+    assert net.parameters()[1] is inner[1].weight
+    assert [type(m).__name__ for m in net.modules()] == ["Sequential", "Sequential", "Conv2d",
+                                                         "Conv2d", "BatchNorm2d"]
+    for twin in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        ours = set(map(id, net.modules())) | set(map(id, net.parameters()))
+        assert not ours & (set(map(id, twin.modules())) | set(map(id, twin.parameters())))
+        assert twin.parameters()[1] is twin[0][1].weight
+        twin[0][1].weight = Parameter(np.zeros((2, 2, 1, 1)))  # the copy changes, not net
+        assert twin.parameters()[1] is twin[0][1].weight
+        assert net.parameters()[1] is inner[1].weight
