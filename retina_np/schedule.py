@@ -86,32 +86,43 @@ class Scheduled:
 
 def backbone_forward(backbone, images):
     """``backbone(images)`` (a BackboneWithFPN): ResNet's blocks with their shortcuts beside
-    their 3x3s, then the FPN with its output convs side by side."""
-    body, x = backbone.body, images
+    their 3x3s, the FPN's lateral 1x1 convs of C3 and C4 with the shortcuts of the stages
+    that read them, then the FPN with its output convs side by side."""
+    body, fpn, x = backbone.body, backbone.fpn, images
     for layer in body.stem():
         x = layer(x)
-    stages = []
-    for stage in (body.layer1, body.layer2, body.layer3, body.layer4):
-        for block in stage:
-            x = _block_forward(block, x)
+    stages, laterals = [], []
+    for k, stage in enumerate((body.layer1, body.layer2, body.layer3, body.layer4)):
+        for b, block in enumerate(stage):
+            # C3 and C4 (the outputs of layer2 and layer3) are the inputs of the next stages
+            lateral = fpn.inner_blocks[k - 2] if b == 0 and k >= 2 else None
+            x, made = _block_forward(block, x, lateral)
+            if lateral is not None:
+                laterals.append(made)
         stages.append(x)
-    return _fpn_forward(backbone.fpn, stages[1:])  # C3, C4, C5
+    return _fpn_forward(fpn, stages[1:], laterals)  # C3, C4, C5
 
 
-def _block_forward(block, x):
-    """``block(x)`` (a BasicBlock or Bottleneck), its shortcut beside its residual branch."""
+def _block_forward(block, x, beside=None):
+    """(``block(x)`` (a BasicBlock or Bottleneck), ``beside(x)`` or None): the block's shortcut,
+    and ``beside`` (a layer that also reads x), beside its residual branch."""
+    if block.downsample is None and beside is None:
+        return block(x), None
     if block.downsample is None:
-        return block(x)
-    out, identity = _side_by_side(x, lambda: block.residual_forward(x),
-                                  lambda: block.downsample(x),
-                                  channels=block.downsample[0].out_channels)
-    return block.merge(out, identity)
+        shortcut, channels = (lambda x: x), x.shape[1]
+    else:
+        shortcut, channels = block.downsample, block.downsample[0].out_channels
+    out, (identity, made) = _side_by_side(
+        x, lambda: block.residual_forward(x),
+        lambda: (shortcut(x), beside(x) if beside is not None else None), channels=channels)
+    return block.merge(out, identity), made
 
 
-def _fpn_forward(fpn, feats):
-    """``fpn(feats)``: the top-down path first (1x1 laterals, upsampling, sums: small), then
-    the output conv of the largest level beside those of the others and P6, P7."""
-    merged = fpn.top_down(feats)
+def _fpn_forward(fpn, feats, laterals=()):
+    """``fpn(feats)``: the top-down path first (1x1 laterals where not made yet, upsampling,
+    sums: small), then the output conv of the largest level beside those of the others and
+    P6, P7."""
+    merged = fpn.top_down(feats, laterals)
     largest, others = _side_by_side(feats[0], lambda: fpn.layer_blocks[0](merged[0]),
                                     lambda: fpn.outputs(merged, feats, first=1),
                                     channels=fpn.layer_blocks[0][0].out_channels)

@@ -62,14 +62,18 @@ class FPN(Module):
     def forward(self, feats):
         return self.outputs(self.top_down(feats), feats)
 
-    def top_down(self, feats):
+    def top_down(self, feats, laterals=()):
         """The merged maps, finest first: each level's lateral 1x1 conv plus the nearest
-        upsampling of the merged map above it (the coarsest: its lateral alone)."""
+        upsampling of the merged map above it (the coarsest: its lateral alone).
+
+        laterals: the lateral convs' outputs of the finest levels if already made (a training
+        step makes C3's and C4's beside the backbone, retina_np/schedule.py); the rest are
+        made here."""
         n = len(feats)
         merged = [None] * n
         merged[n - 1] = self.inner_blocks[n - 1](feats[-1])
         for i in range(n - 2, -1, -1):
-            lateral = self.inner_blocks[i](feats[i])
+            lateral = laterals[i] if i < len(laterals) else self.inner_blocks[i](feats[i])
             top_down = self.upsamples[i](merged[i + 1], lateral.shape[-2:])
             merged[i] = self.adds[i](lateral, top_down)
         return merged
