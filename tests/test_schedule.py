@@ -65,7 +65,7 @@ class _Threads:
         self.subnets, self.matching, self.images, self.workers = {}, set(), set(), set()
         self.queued, self.weight_grads = [], []
         self.convs = {}  # id(conv) -> the thread of its forward
-        forward, match = heads._Subnet.forward, losses.match_anchors
+        forward, match = heads._Subnet.forward, losses.match_and_encode_kernel
         halves = schedule._halves_side_by_side
         conv_forward = Conv2d.forward
         append, work_through = schedule.WorkQueue.append, schedule.WorkQueue.work_through
@@ -75,7 +75,7 @@ class _Threads:
             self.subnets[type(subnet).__name__] = threading.get_ident()
             return forward(subnet, levels)
 
-        def match_anchors(*args):
+        def match_and_encode(*args):
             self.matching.add(threading.get_ident())
             return match(*args)
 
@@ -102,7 +102,7 @@ class _Threads:
             return add_grads(conv, dw, db)
 
         monkeypatch.setattr(heads._Subnet, "forward", subnet_forward)
-        monkeypatch.setattr(losses, "match_anchors", match_anchors)
+        monkeypatch.setattr(losses, "match_and_encode_kernel", match_and_encode)
         monkeypatch.setattr(schedule, "_halves_side_by_side", halves_recorded)
         monkeypatch.setattr(schedule.WorkQueue, "append", queue_append)
         monkeypatch.setattr(schedule.WorkQueue, "work_through", queue_work_through)

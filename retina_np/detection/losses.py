@@ -33,6 +33,7 @@ from retina_np.detection.matcher import (
     DEFAULT_BG_IOU_THRESH,
     DEFAULT_FG_IOU_THRESH,
     match_anchors,
+    match_and_encode_kernel,
 )
 
 # Focal loss (section 3.2 / 5.1 of the paper): alpha weights the positives, gamma down-weights
@@ -291,13 +292,30 @@ def match_image(target, anchors, num_classes, image_index=0, fg_iou=DEFAULT_FG_I
     as :func:`retina_loss` matches it: the IoU, :func:`match_anchors`, and the foreground
     anchors' boxes encoded, in the anchors' dtype. Raises ValueError on a degenerate or
     non-finite box, or a label outside 0..num_classes-1 (the message names image
-    ``image_index`` and the box)."""
-    boxes = np.asarray(target["boxes"])
-    labels = np.asarray(target["labels"])
-    validate_boxes(boxes, labels, num_classes, image_index=image_index)
-    boxes = boxes.reshape(-1, 4).astype(anchors.dtype, copy=False)  # (M, 4)
-    labels = labels.reshape(-1).astype(np.int64, copy=False)  # (M,)
+    ``image_index`` and the box).
 
+    :func:`match_image_steps` is the same in NumPy calls, one step after another: read it
+    first. This runs its steps in one kernel (``matcher.match_and_encode_kernel``; ~20 small
+    calls an image cost more than the arithmetic) and gives its bits (tests/detection)."""
+    boxes, labels = _checked_target(target, anchors, num_classes, image_index, fg_iou, bg_iou)
+    dtype = anchors.dtype.type
+    wx, wy, ww, wh = box_coder_weights
+    anchor_class, foreground, target_deltas = match_and_encode_kernel(
+        boxes, labels, anchors, dtype(fg_iou), dtype(bg_iou), bool(allow_low_quality_matches),
+        dtype(0.5), dtype(wx), dtype(wy))
+    # the sizes' ratios to their logarithms, by NumPy's log as encode_boxes takes them
+    ratios = np.ascontiguousarray(target_deltas[:, 2:].T)  # (2, F)
+    target_deltas[:, 2] = ww * np.log(ratios[0])
+    target_deltas[:, 3] = wh * np.log(ratios[1])
+    return ImageTargets(anchor_class, foreground, target_deltas)
+
+
+def match_image_steps(target, anchors, num_classes, image_index=0,
+                      fg_iou=DEFAULT_FG_IOU_THRESH, bg_iou=DEFAULT_BG_IOU_THRESH,
+                      allow_low_quality_matches=True,
+                      box_coder_weights=DEFAULT_BOX_CODER_WEIGHTS) -> ImageTargets:
+    """:func:`match_image`, one NumPy step after another."""
+    boxes, labels = _checked_target(target, anchors, num_classes, image_index, fg_iou, bg_iou)
     matches = match_anchors(box_iou(boxes, anchors), fg_iou, bg_iou,
                             allow_low_quality_matches)  # (R,)
     foreground = np.flatnonzero(matches >= 0)  # (F,)
@@ -306,3 +324,16 @@ def match_image(target, anchors, num_classes, image_index=0, fg_iou=DEFAULT_FG_I
     target_deltas = encode_boxes(boxes[matches[foreground]], anchors[foreground],
                                  box_coder_weights)  # (F, 4)
     return ImageTargets(anchor_class, foreground, target_deltas)
+
+
+def _checked_target(target, anchors, num_classes, image_index, fg_iou, bg_iou):
+    """(boxes (M, 4) in the anchors' dtype, labels (M,) int64), both C-contiguous, of a
+    target that ``validate_boxes`` passed; thresholds in order."""
+    if bg_iou > fg_iou:
+        raise ValueError(f"low threshold {bg_iou} must not exceed high threshold {fg_iou}")
+    boxes = np.asarray(target["boxes"])
+    labels = np.asarray(target["labels"])
+    validate_boxes(boxes, labels, num_classes, image_index=image_index)
+    boxes = np.ascontiguousarray(boxes.reshape(-1, 4), dtype=anchors.dtype)  # (M, 4)
+    labels = np.ascontiguousarray(labels.reshape(-1), dtype=np.int64)  # (M,)
+    return boxes, labels

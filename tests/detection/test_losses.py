@@ -360,3 +360,30 @@ def test_retina_loss_equals_torchvision_compute_loss(dtype):
         atol = 1e-16 if dtype == np.float64 else 1e-9
         np.testing.assert_allclose(d_cls, tc.grad.numpy(), rtol=rtol * 10, atol=atol)
         np.testing.assert_allclose(d_box, tb.grad.numpy(), rtol=rtol * 10, atol=atol)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 6), st.sampled_from([np.float32, np.float64]),
+       st.booleans(), st.sampled_from([(0.5, 0.4), (0.6, 0.6), (0.3, 0.1)]))
+def test_match_image_kernel_gives_the_bits_of_the_numpy_steps(seed, boxes, dtype, low_quality,
+                                                               thresholds):
+    """``match_image`` (one kernel) equals ``match_image_steps`` (box_iou, match_anchors,
+    encode_boxes) bit for bit: no boxes, boxes that tie (a repeated box), boxes between the
+    anchors' sizes, any thresholds, with and without the low-quality matches."""
+    from retina_np.detection.losses import match_image, match_image_steps
+
+    rng = np.random.default_rng(seed)
+    anchors = generate_anchors((64, 64), [(4, 4), (2, 2)], sizes=(16, 32), dtype=dtype)
+    corner = rng.uniform(0, 48, (boxes, 2))
+    size = rng.uniform(3, 40, (boxes, 2))
+    drawn = np.concatenate([corner, corner + size], axis=1)
+    if boxes > 2:
+        drawn[-1] = drawn[0]  # the same box twice: its anchors' IoU ties
+    target = {"boxes": drawn, "labels": rng.integers(0, 3, boxes)}
+    weights = (10.0, 10.0, 5.0, 5.0) if seed % 2 else (1.0, 1.0, 1.0, 1.0)
+    fast = match_image(target, anchors, 3, 0, *thresholds, low_quality, weights)
+    steps = match_image_steps(target, anchors, 3, 0, *thresholds, low_quality, weights)
+    for name, a, b in zip(fast._fields, fast, steps):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    with pytest.raises(ValueError, match="must not exceed"):
+        match_image(target, anchors, 3, 0, 0.3, 0.5)
