@@ -120,3 +120,54 @@ def test_backward_checks_dy(rng):
         ops.groupnorm_backward(np.ones((1, 4, 3, 2), f32), cache)
     with pytest.raises(ValueError, match=r"gn1: dy has shape.*float64"):
         ops.groupnorm_backward(y.astype(np.float64), cache)
+
+
+def lanes_sum(rows, lanes=32):
+    """The group norm kernels' float64 sum of rows (Cg, HW) (kernels/cpu/norm.py): value i of
+    each row into lane i % lanes, the rows one after another, then the lanes as four
+    interleaved partial sums. Element by element, in that order."""
+    acc = np.zeros(lanes)
+    for row in rows:
+        for i, v in enumerate(row):
+            acc[i % lanes] += v
+    s = [0.0, 0.0, 0.0, 0.0]
+    for k in range(lanes):
+        s[k % 4] += acc[k]
+    return (s[0] + s[1]) + (s[2] + s[3])
+
+
+@given(st.sampled_from([(1, 1), (1, 2), (1, 3), (2, 2), (3, 3), (3, 4), (4, 4), (5, 6),
+                        (6, 6), (8, 8), (13, 11)]),
+       st.sampled_from([1, 2, 4]), st.sampled_from([np.float32, np.float64]), seeds)
+def test_groupnorm_sums_in_the_lanes_order_on_any_level_size(hw, cg, dtype, seed):
+    """The statistics and the parameters' gradients are the lanes' sums bit for bit, on small
+    maps (a group's values fit the lanes: summed without them) and large ones alike."""
+    rng = np.random.default_rng(seed)
+    N, groups = 2, 3
+    C = groups * cg
+    x = (rng.standard_normal((N, C, *hw)) * 3 + 1).astype(dtype)
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    y, cache = ops.groupnorm_forward(x, gamma, beta, groups, 1e-5)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    dx, dgamma, dbeta = ops.groupnorm_backward(dy, cache)
+    x64, dy64, M = x.astype(np.float64), dy.astype(np.float64), cg * hw[0] * hw[1]
+    sum_dy = np.zeros((N, C))
+    sum_dy_xhat = np.zeros((N, C))
+    for n in range(N):
+        for g in range(groups):
+            rows = x64[n, g * cg:(g + 1) * cg].reshape(cg, -1)
+            mu = lanes_sum(rows) / M
+            istd = 1.0 / np.sqrt(lanes_sum((rows - mu) ** 2) / M + 1e-5)
+            k = np.array([dtype(istd * gamma[c]) for c in range(g * cg, (g + 1) * cg)])
+            expect = (x[n, g * cg:(g + 1) * cg] - dtype(mu)) * k[:, None, None] \
+                + beta[g * cg:(g + 1) * cg, None, None]
+            np.testing.assert_array_equal(y[n, g * cg:(g + 1) * cg], expect.astype(dtype))
+            # the backward reads the statistics the forward kept, in x's dtype
+            mu, istd = np.float64(dtype(mu)), np.float64(dtype(istd))
+            for j in range(cg):
+                c = g * cg + j
+                d = dy64[n, c].reshape(1, -1)
+                sum_dy[n, c] = lanes_sum(d)
+                sum_dy_xhat[n, c] = lanes_sum(d * (x64[n, c].reshape(1, -1) - mu)) * istd
+    np.testing.assert_array_equal(dbeta, sum_dy.sum(axis=0, dtype=np.float64).astype(dtype))
+    np.testing.assert_array_equal(dgamma, sum_dy_xhat.sum(axis=0).astype(dtype))

@@ -263,6 +263,60 @@ GROUP_PARTS = 64
 
 
 @njit(cache=True, nogil=True)
+def _few_sums(x, row0, a, HW, Cg, mu, squared):
+    """The lanes' sum of a group of Cg rows x[row0 + j, a:a + HW] (of (x - mu)^2 with squared)
+    for HW <= GROUP_LANES, without the lanes: value k of every row then has lane k to itself,
+    lane k is its column's sum over the rows in order, and ``_sum`` adds lane k into partial
+    sum k % 4 (the lanes past HW hold +0.0, which changes no sum): the same additions in the
+    same order, so the same bits. On the heads' smallest pyramid levels (16, 4 and 1 values a
+    channel) zeroing, filling and adding 32 lanes cost more than the values."""
+    s0 = s1 = s2 = s3 = 0.0
+    for k in range(HW):
+        lane = 0.0
+        for j in range(Cg):
+            v = np.float64(x[row0 + j, a + k])
+            if squared:
+                v -= mu
+                v *= v
+            lane += v
+        q = k % 4
+        if q == 0:
+            s0 += lane
+        elif q == 1:
+            s1 += lane
+        elif q == 2:
+            s2 += lane
+        else:
+            s3 += lane
+    return (s0 + s1) + (s2 + s3)
+
+
+@njit(cache=True, nogil=True)
+def _few_sums_dy(dy, x, row, a, HW, mu):
+    """``_add_row_dy_xc`` into fresh lanes then ``_sum`` of each (no ReLU), for HW <=
+    GROUP_LANES, without the lanes (as ``_few_sums``): (sum of dy, sum of dy * (x - mu))."""
+    s0 = s1 = s2 = s3 = 0.0
+    t0 = t1 = t2 = t3 = 0.0
+    for k in range(HW):
+        g = np.float64(dy[row, a + k])
+        gx = g * (np.float64(x[row, a + k]) - mu)
+        q = k % 4
+        if q == 0:
+            s0 += g
+            t0 += gx
+        elif q == 1:
+            s1 += g
+            t1 += gx
+        elif q == 2:
+            s2 += g
+            t2 += gx
+        else:
+            s3 += g
+            t3 += gx
+    return (s0 + s1) + (s2 + s3), (t0 + t1) + (t2 + t3)
+
+
+@njit(cache=True, nogil=True)
 def _groupnorm_task(task, groups, pieces):
     """Task number `task`: (piece, group, the piece's first row and column, its H*W); the
     groups inner, so that consecutive tasks read the same columns."""
@@ -280,21 +334,30 @@ def _groupnorm_forward_tasks(x, gamma, beta, Cg, pieces, eps, relu, y, mean, inv
     for task in range(start, stop):
         piece, g, r, a, HW = _groupnorm_task(task, groups, pieces)
         M = Cg * HW
-        lanes[:] = 0.0  # the group's channels into the same lanes
-        for j in range(Cg):
-            _add_row(x[r + g * Cg + j, a:a + HW], lanes)
-        mu = _sum(lanes, 0, lanes.shape[0]) / M
-        lanes[:] = 0.0
-        for j in range(Cg):
-            _add_row_sq_dev(x[r + g * Cg + j, a:a + HW], mu, lanes)
-        istd = 1.0 / np.sqrt(_sum(lanes, 0, lanes.shape[0]) / M + eps)
+        if HW <= GROUP_LANES:  # a small level: the same sums without the lanes
+            mu = _few_sums(x, r + g * Cg, a, HW, Cg, 0.0, False) / M
+            istd = 1.0 / np.sqrt(_few_sums(x, r + g * Cg, a, HW, Cg, mu, True) / M + eps)
+        else:
+            lanes[:] = 0.0  # the group's channels into the same lanes
+            for j in range(Cg):
+                _add_row(x[r + g * Cg + j, a:a + HW], lanes)
+            mu = _sum(lanes, 0, lanes.shape[0]) / M
+            lanes[:] = 0.0
+            for j in range(Cg):
+                _add_row_sq_dev(x[r + g * Cg + j, a:a + HW], mu, lanes)
+            istd = 1.0 / np.sqrt(_sum(lanes, 0, lanes.shape[0]) / M + eps)
         mean[piece, g] = mu
         invstd[piece, g] = istd
         m = to(mu)
         for j in range(Cg):  # y = (x - mu) * k + beta, k from the float64 statistics
             c = g * Cg + j
             k, b = to(istd * np.float64(gamma[c])), to(beta[c])
-            _affine(x[r + c, a:a + HW], m, k, b, relu, y[r + c, a:a + HW])
+            if HW > GROUP_LANES:
+                _affine(x[r + c, a:a + HW], m, k, b, relu, y[r + c, a:a + HW])
+            else:  # a few values: a plain loop (the vectorised one's set-up costs more)
+                for i in range(a, a + HW):
+                    v = (x[r + c, i] - m) * k + b
+                    y[r + c, i] = v if v > 0 or not relu else 0
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -348,12 +411,16 @@ def _groupnorm_backward_tasks(dy, x, mean, invstd, gamma, Cg, pieces, dx, sum_dy
         sum_dxhat_xhat = 0.0
         for j in range(Cg):
             c = g * Cg + j
-            lanes_dy[:] = 0.0
-            lanes_dy_xc[:] = 0.0
-            d = dy[r + c, a:a + HW]
-            _add_row_dy_xc(d, x[r + c, a:a + HW], d, False, mu, lanes_dy, lanes_dy_xc)
-            s0 = _sum(lanes_dy, 0, lanes_dy.shape[0])
-            s1 = _sum(lanes_dy_xc, 0, lanes_dy.shape[0]) * istd
+            if HW <= GROUP_LANES:  # a small level: the same sums without the lanes
+                s0, s1 = _few_sums_dy(dy, x, r + c, a, HW, mu)
+                s1 *= istd
+            else:
+                lanes_dy[:] = 0.0
+                lanes_dy_xc[:] = 0.0
+                d = dy[r + c, a:a + HW]
+                _add_row_dy_xc(d, x[r + c, a:a + HW], d, False, mu, lanes_dy, lanes_dy_xc)
+                s0 = _sum(lanes_dy, 0, lanes_dy.shape[0])
+                s1 = _sum(lanes_dy_xc, 0, lanes_dy.shape[0]) * istd
             sum_dy[piece, c] = s0
             sum_dy_xhat[piece, c] = s1
             sum_dxhat += np.float64(gamma[c]) * s0
