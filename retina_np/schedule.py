@@ -39,22 +39,45 @@ from retina_np.nn import Conv2d
 
 
 class Scheduled:
-    """``model`` (a RetinaNet) with its independent CPU work side by side; same calls."""
+    """``model`` (a RetinaNet) with its independent CPU work side by side; same calls.
 
-    def __init__(self, model):
+    targets: the batch's ground truth, matched to the anchors beside the forward's stem (the
+    loss of the same targets then takes that matching); zero_grad: the model's gradients
+    zeroed there too, where ``train_step`` would zero them before the forward. Both need
+    nothing of the forward, which leaves a core idle while its max pooling runs.
+    """
+
+    def __init__(self, model, targets=None, zero_grad=False):
         self.model = model
+        self.targets, self.zero_grad = targets, zero_grad
+        self._matched = None  # (image_hw, dtype, the targets' ImageTargets)
 
     def __call__(self, images):
         """``model(images)``, the backbone's branches and the two subnets side by side."""
-        return head_forward(self.model.head,
-                            self.model.features(images, backbone=backbone_forward))
+        def beside_stem():
+            if self.zero_grad:
+                self.model.zero_grad()
+            if self.targets is not None:
+                hw = tuple(images.shape[-2:])
+                self._matched = (hw, images.dtype, self.model.match(self.targets, hw,
+                                                                    images.dtype))
+
+        levels = self.model.features(
+            images, backbone=lambda backbone, x: backbone_forward(backbone, x, beside_stem))
+        return head_forward(self.model.head, levels)
 
     def loss(self, cls_logits, box_deltas, targets, image_hw):
         """``model.loss(...)``, the two halves of the batch side by side."""
         def map_images(image_loss, images):
             return _halves_side_by_side(image_loss, list(images), like=cls_logits)
 
-        return self.model.loss(cls_logits, box_deltas, targets, image_hw, map_images=map_images)
+        matched = None
+        if self._matched is not None and targets is self.targets:
+            hw, dtype, made = self._matched
+            if hw == tuple(image_hw) and dtype == cls_logits.dtype:
+                matched = made
+        return self.model.loss(cls_logits, box_deltas, targets, image_hw, map_images=map_images,
+                               matched=matched)
 
     def backward(self, d_cls_logits, d_box_deltas):
         """``model.backward(...)``, the weight gradients worked through beside it."""
@@ -84,13 +107,20 @@ class Scheduled:
                 conv.defer_weight_grad = None
 
 
-def backbone_forward(backbone, images):
-    """``backbone(images)`` (a BackboneWithFPN): ResNet's blocks with their shortcuts beside
-    their 3x3s, the FPN's lateral 1x1 convs of C3 and C4 with the shortcuts of the stages
-    that read them, then the FPN with its output convs side by side."""
+def backbone_forward(backbone, images, beside_stem=None):
+    """``backbone(images)`` (a BackboneWithFPN): ``beside_stem`` (a function of nothing, or
+    None) beside the stem's last layer (its max pooling: one thread), ResNet's blocks with
+    their shortcuts beside their 3x3s, the FPN's lateral 1x1 convs of C3 and C4 with the
+    shortcuts of the stages that read them, then the FPN with its output convs side by
+    side."""
     body, fpn, x = backbone.body, backbone.fpn, images
-    for layer in body.stem():
+    *stem, last = body.stem()
+    for layer in stem:
         x = layer(x)
+    if beside_stem is None:
+        x = last(x)
+    else:
+        x, _ = _side_by_side(x, lambda: last(x), beside_stem)
     stages, laterals = [], []
     for k, stage in enumerate((body.layer1, body.layer2, body.layer3, body.layer4)):
         for b, block in enumerate(stage):

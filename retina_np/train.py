@@ -105,14 +105,17 @@ def train_step(model, optimizer, images, targets, lr, clip=0.0, scheduled=True, 
     by ``distributed.sync_batch_norm``), and every rank makes the same update.
     """
     model.train()
-    model.zero_grad()
     # The loader yields numpy float32 images; a model on the GPU gets them copied there, once
     # per batch, and a float64 model (exactness checks) gets them in float64.
     weight = model.parameters()[0].data
     if isinstance(images, np.ndarray) and images.dtype != weight.dtype:
         images = images.astype(weight.dtype)
     images = backend.to_device(images, backend.device_of(weight))
-    net = Scheduled(model) if scheduled else model
+    if scheduled:  # the gradients zeroed and the targets matched beside the forward
+        net = Scheduled(model, targets=targets, zero_grad=True)
+    else:
+        model.zero_grad()
+        net = model
     cls_logits, box_deltas = net(images)
     losses, d_cls, d_box = net.loss(cls_logits, box_deltas, targets, images.shape[-2:])
     if comm is not None:

@@ -12,7 +12,7 @@ from retina_np import schedule
 from retina_np.detection import losses
 from retina_np.kernels import cpu, threads
 from retina_np.models import RetinaNet, RetinaNetConfig, heads
-from retina_np.nn import Conv2d
+from retina_np.nn import Conv2d, Module
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ class _Threads:
     weight-gradient queue, and what went on the queue (recorded by wrapping those functions)."""
 
     def __init__(self, monkeypatch):
-        self.subnets, self.matching, self.images, self.workers = {}, set(), set(), set()
+        self.subnets, self.matching, self.images, self.workers = {}, [], set(), set()
         self.queued, self.weight_grads = [], []
         self.convs = {}  # id(conv) -> the thread of its forward
         forward, match = heads._Subnet.forward, losses.match_and_encode_kernel
@@ -70,13 +70,15 @@ class _Threads:
         conv_forward = Conv2d.forward
         append, work_through = schedule.WorkQueue.append, schedule.WorkQueue.work_through
         add_grads = Conv2d._add_grads
+        zero_grad = Module.zero_grad
+        self.zeroed = None  # the thread that zeroed the gradients
 
         def subnet_forward(subnet, levels):
             self.subnets[type(subnet).__name__] = threading.get_ident()
             return forward(subnet, levels)
 
         def match_and_encode(*args):
-            self.matching.add(threading.get_ident())
+            self.matching.append(threading.get_ident())
             return match(*args)
 
         def halves_recorded(fn, items, like):  # the images' losses (after the matching)
@@ -101,7 +103,12 @@ class _Threads:
             self.weight_grads.append(conv)
             return add_grads(conv, dw, db)
 
+        def zero_grad_recorded(module):
+            self.zeroed = threading.get_ident()
+            return zero_grad(module)
+
         monkeypatch.setattr(heads._Subnet, "forward", subnet_forward)
+        monkeypatch.setattr(Module, "zero_grad", zero_grad_recorded)
         monkeypatch.setattr(losses, "match_and_encode_kernel", match_and_encode)
         monkeypatch.setattr(schedule, "_halves_side_by_side", halves_recorded)
         monkeypatch.setattr(schedule.WorkQueue, "append", queue_append)
@@ -132,7 +139,10 @@ def test_a_scheduled_step_gives_the_bits_of_the_plain_one(two_cores, monkeypatch
         numba.set_num_threads(2)
         ran = _Threads(monkeypatch)
         scheduled_model = model()
-        scheduled = _step(schedule.Scheduled(scheduled_model), scheduled_model, images, targets)
+        for p in scheduled_model.parameters():  # what the zeroing beside the stem must clear
+            p.grad = np.full_like(p.data, 7.0)
+        scheduled = _step(schedule.Scheduled(scheduled_model, targets=targets, zero_grad=True),
+                          scheduled_model, images, targets)
         monkeypatch.undo()
 
     assert scheduled[0] == plain[0]  # the losses
@@ -156,8 +166,14 @@ def test_a_scheduled_step_gives_the_bits_of_the_plain_one(two_cores, monkeypatch
     assert ran.convs[id(fpn.layer_blocks[0][0])] == here
     assert ran.convs[id(fpn.layer_blocks[1][0])] != here
     assert ran.convs[id(fpn.extra_blocks.p7)] != here
-    assert ran.matching == {here}  # every image's matching, one after another, then
-    assert len(ran.images) == 2  # their losses: the two halves of the batch side by side
+    # the FPN's laterals of C3 and C4 beside the residual branches of layer3 and layer4
+    assert ran.convs[id(fpn.inner_blocks[0][0])] == ran.convs[id(body.layer3[0].downsample[0])]
+    assert ran.convs[id(fpn.inner_blocks[1][0])] == ran.convs[id(body.layer4[0].downsample[0])]
+    assert ran.convs[id(fpn.inner_blocks[0][0])] != here
+    # every image matched once, one after another beside the stem's max pooling (on the
+    # thread that zeroed the gradients there), then their losses: the halves side by side
+    assert len(ran.matching) == len(images) and set(ran.matching) == {ran.zeroed} != {here}
+    assert len(ran.images) == 2
     convs = [m for m in scheduled_model.modules() if isinstance(m, Conv2d)]
     # every conv's weight gradient went on the queue but the stem's (no input gradient),
     # and each was added once; two threads worked through the queue

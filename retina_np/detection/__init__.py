@@ -13,6 +13,7 @@ two halves of a batch's loss can run on two threads (retina_np/schedule.py). Non
     box_iou(gt_boxes, anchors)                   -> (M, R)
     match_anchors(iou)                           -> (R,) gt index or sentinel
     encode_boxes(gt, anchors) / decode_boxes(deltas, anchors)
+    match_targets(targets, anchors, K)           -> per image (anchor classes, foreground, deltas)
     retina_loss(cls_logits, box_deltas, anchors, targets) -> losses, d_cls, d_box
     postprocess(cls_logits, box_deltas, anchors, level_sizes, image_hw) -> detections
 """
@@ -36,7 +37,9 @@ from retina_np.detection.boxes import (
     validate_boxes,
 )
 from retina_np.detection.losses import (
+    ImageTargets,
     l1_loss,
+    match_targets,
     retina_loss,
     sigmoid_focal_loss,
     smooth_l1_loss,
@@ -51,6 +54,7 @@ __all__ = [
     "DEFAULT_ANCHOR_SIZES",
     "DEFAULT_ASPECT_RATIOS",
     "DEFAULT_SCALES_PER_OCTAVE",
+    "ImageTargets",
     "batched_nms",
     "box_area",
     "box_iou",
@@ -62,6 +66,7 @@ __all__ = [
     "grid_anchors",
     "l1_loss",
     "match_anchors",
+    "match_targets",
     "nms",
     "num_anchors_per_location",
     "octave_scales",

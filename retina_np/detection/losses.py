@@ -171,6 +171,7 @@ def retina_loss(
     allow_low_quality_matches: bool = True,
     box_coder_weights=DEFAULT_BOX_CODER_WEIGHTS,
     map_images=map,
+    matched=None,
 ):
     """RetinaNet's training loss of a batch and its gradients with respect to the head outputs.
 
@@ -198,6 +199,9 @@ def retina_loss(
             one after another; or anything that returns ``map``'s results in order (the
             images share nothing but the anchors: retina_np/schedule.py runs the two halves
             of the batch side by side).
+        matched (list[ImageTargets] | None): the targets already matched to these anchors
+            with these numbers (:func:`match_targets`; retina_np/schedule.py matches them
+            beside the forward), or None: matched here.
 
     Returns:
         tuple: ``losses`` dict with ``"classification"``, ``"box_regression"``, ``"total"``
@@ -237,11 +241,13 @@ def retina_loss(
     d_cls_logits = kernels.empty_like(cls_logits)  # (N, R, K): every element is written
     d_box_deltas = kernels.zeros_like(box_deltas)  # (N, R, 4): zero but foreground rows
 
-    # First every image's matching, one after another: Python and small arrays, which would
-    # only take turns with the interpreter beside each other. Then the losses, the kernels'
-    # work, which ``map_images`` may run side by side.
-    matched = [match_image(targets[b], anchors, k, b, fg_iou, bg_iou, allow_low_quality_matches,
-                           box_coder_weights) for b in range(batch)]
+    # First every image's matching (unless it was made already), then the losses, the
+    # kernels' work, which ``map_images`` may run side by side.
+    if matched is None:
+        matched = match_targets(targets, anchors, k, fg_iou, bg_iou, allow_low_quality_matches,
+                                box_coder_weights)
+    elif len(matched) != batch or any(m.anchor_class.shape != (num_anchors,) for m in matched):
+        raise ValueError(f"matched must hold {batch} images' matching to {num_anchors} anchors")
 
     def image_loss(b):
         """Image b's (focal loss, box loss, foreground anchors); its gradients into d_*[b]."""
@@ -283,6 +289,17 @@ class ImageTargets(NamedTuple):
     #                           sentinel (below the low threshold, or between: ignored)
     foreground: np.ndarray  # (F,) the foreground anchors' indices
     target_deltas: np.ndarray  # (F, 4) their matched boxes, encoded against them
+
+
+def match_targets(targets, anchors, num_classes, fg_iou=DEFAULT_FG_IOU_THRESH,
+                  bg_iou=DEFAULT_BG_IOU_THRESH, allow_low_quality_matches=True,
+                  box_coder_weights=DEFAULT_BOX_CODER_WEIGHTS) -> list[ImageTargets]:
+    """Every image's target matched to the anchors (R, 4), one after another (``match_image``;
+    Python and small arrays, which would only take turns with the interpreter beside each
+    other) -> a list of ``ImageTargets``, what :func:`retina_loss` takes as ``matched``."""
+    return [match_image(target, anchors, num_classes, b, fg_iou, bg_iou,
+                        allow_low_quality_matches, box_coder_weights)
+            for b, target in enumerate(targets)]
 
 
 def match_image(target, anchors, num_classes, image_index=0, fg_iou=DEFAULT_FG_IOU_THRESH,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from retina_np import backend
-from retina_np.detection import generate_anchors, postprocess, retina_loss
+from retina_np.detection import generate_anchors, match_targets, postprocess, retina_loss
 from retina_np.models.config import RetinaNetConfig
 from retina_np.models.fpn import FPN
 from retina_np.models.heads import RetinaNetHead
@@ -121,11 +121,12 @@ class RetinaNet(Module):
         return self._anchor_cache[key]
 
     # -- loss and inference --------------------------------------------------------------------
-    def loss(self, cls_logits, box_deltas, targets, image_hw, map_images=map):
+    def loss(self, cls_logits, box_deltas, targets, image_hw, map_images=map, matched=None):
         """RetinaNet's loss with this config's numbers -> (losses dict, d_cls, d_box).
 
         map_images: how the images' losses are run (``retina_loss``): ``map``, one after
-        another, or anything that returns what ``map`` does (retina_np/schedule.py)."""
+        another, or anything that returns what ``map`` does (retina_np/schedule.py).
+        matched: ``self.match(targets, image_hw, dtype)`` made before, or None."""
         c = self.config
         return retina_loss(
             cls_logits,
@@ -142,7 +143,16 @@ class RetinaNet(Module):
             allow_low_quality_matches=c.allow_low_quality_matches,
             box_coder_weights=c.box_coder_weights,
             map_images=map_images,
+            matched=matched,
         )
+
+    def match(self, targets, image_hw, dtype=np.float32):
+        """The targets matched to the anchors of an input of size ``image_hw`` in ``dtype``
+        (the head outputs'), as ``loss`` matches them -> a list of ``ImageTargets``."""
+        c = self.config
+        return match_targets(targets, self.anchors(image_hw).astype(dtype, copy=False),
+                             c.num_classes, c.fg_iou_thresh, c.bg_iou_thresh,
+                             c.allow_low_quality_matches, c.box_coder_weights)
 
     def detect(self, images, image_sizes=None) -> list[dict]:
         """Detections per image, in each image's pixels (boxes clipped to ``image_sizes``).
