@@ -1,14 +1,18 @@
 """A training step's independent CPU work run side by side, from outside the model.
 
 The model, its heads and its loss are written as the paper describes them, one step after
-another. Three kinds of work in a training step do not depend on each other, and on a CPU
-with several cores they run at once, each on its share of the cores (``side_by_side`` in
+another. Much work in a training step does not depend on the work beside it, and on a CPU
+with several cores it runs at once, each piece on its share of the cores (``side_by_side`` in
 kernels/threads.py, which says when it runs them one by one instead):
 
 * in the backbone's forward, each residual block's shortcut (a strided 1x1 conv and its batch
-  norm) beside its 3x3s, and the FPN's output conv of P3 beside those of P4, P5 and P6/P7:
-  they share only their input (the backward needs no such help: the queue below already keeps
-  a second core busy there);
+  norm) beside its 3x3s, with the FPN's lateral 1x1 conv of C3 or C4 where the block reads
+  it, and the FPN's output conv of P3 beside those of P4, P5 and P6/P7: they share only their
+  input (the backward needs no such help: the queue below already keeps a second core busy
+  there);
+* beside the stem's max pooling (one thread), what needs nothing of the forward: zeroing the
+  gradients and matching the targets to the anchors (``Scheduled(model, targets,
+  zero_grad=True)``; the loss then takes that matching);
 * the classification and box subnets, forward and backward: they share only their input;
 * the two halves of the batch in the loss: the images share only the anchors;
 * the convolutions' weight gradients beside the backbone's backward: no layer's backward
@@ -18,7 +22,7 @@ kernels/threads.py, which says when it runs them one by one instead):
 
 ``Scheduled(model)`` is called as the model is::
 
-    net = Scheduled(model)               # train_step(..., scheduled=True) does this
+    net = Scheduled(model, targets, zero_grad=True)  # as train_step(..., scheduled=True)
     cls_logits, box_deltas = net(images)
     losses, d_cls, d_box = net.loss(cls_logits, box_deltas, targets, image_hw)
     net.backward(d_cls, d_box)
