@@ -64,20 +64,19 @@ def cases(n, C, hws, dtype=np.float32):
     b = rng.standard_normal(F).astype(dtype)
     table, P = f2.tiles(n, hws, m)
     cs, ms = f2.strides(x, n, hws)
-    t_in, t_in_adj, t_out, t_out_adj, t_fil, t_fil_adj = wg.TRANSFORMS[m]
+    t_in, t_in_adj, t_out, t_out_adj = wg.TRANSFORMS[m]
     V = rng.standard_normal((terms, C, P)).astype(dtype)
     M = rng.standard_normal((terms, F, P)).astype(dtype)
     U = rng.standard_normal((terms, F, C)).astype(dtype)  # (no kernel runs before the timing)
     out, flat = np.empty_like(x), x.reshape(-1)
-    dw = np.empty((F * C, 9), dtype)
-    dU = rng.standard_normal((terms, F * C)).astype(dtype)
+    dU = rng.standard_normal((terms, F, C)).astype(dtype)
     return {
         "input_transform": lambda: t_in(flat, cs, ms, n, table, V, 0, C),
         "input_adjoint": lambda: t_in_adj(V, n, table, out.reshape(-1), cs, ms, 0, C),
         "output_transform": lambda: t_out(M, n, table, b, out.reshape(-1), cs, ms, 0, F),
         "output_adjoint": lambda: t_out_adj(dy.reshape(-1), cs, ms, n, table, M, 0, F),
-        "filters": lambda: t_fil(w.reshape(F * C, 9), U.reshape(terms, F * C)),
-        "filters_adjoint": lambda: t_fil_adj(dU, dw),
+        "filters": lambda: wg.filters(w, m),
+        "filters_adjoint": lambda: wg.filters_adjoint(dU),
         "36 GEMMs": lambda: np.matmul(U, V),
         "conv forward": lambda: wg.conv3x3_forward(x, n, hws, w, b, m, keep=True),
         "conv backward_input": lambda: wg.conv3x3_backward_input(dy, w, n, hws, m),

@@ -65,6 +65,12 @@ class Options:
     # by Winograd in the forward, its 256-channel one at 32x32 (9k) 1.6x faster (forward and
     # both gradients 2.2x).
     winograd_max_filter_share: int = 1 << 15
+    # Where F(4x4, 3x3) is refused (too few blocks, or too many filters for them), F(2x2, 3x3)
+    # takes a layer whose 16 GEMMs each multiply at least this many input values (C x 2x2
+    # blocks): 512 channels at 16x16 (32k) forward and both gradients 15.4 -> 13.8 ms, at
+    # 25x25 38.2 -> 26.4; 384 at 16x16 (24.6k) 8.2 -> 7.9, 256 at 20x20 (25.6k) 5.9 -> 5.2;
+    # below it slower: 256 at 16x16 (16k) 3.9 -> 4.1 ms, 512 at 12x12 (18k) 9.0 -> 11.4.
+    winograd2_min_elements: int = 24576
     # -- CPU norms (kernels/cpu/norm.py) ---------------------------------------------------------
     # Group norms of fewer elements run their serial loop (waking the threads costs more).
     groupnorm_parallel_min_elements: int = 1 << 15

@@ -103,7 +103,8 @@ def test_winograd_only_where_the_blocks_are_many_for_the_filters():
     winograd_max_filter_share of them per 2x2 block of outputs, else im2col (ResNet-50's last
     stage at one image; its third stage takes Winograd)."""
     assert same3x3(1, 256, 256, ((32, 32),), 2) == ConvPlan(WINOGRAD, 4, True)  # 9.2k a block
-    assert same3x3(1, 512, 512, ((25, 25),), 2).algorithm == IM2COL_SAME  # 169 blocks, 56k
+    no_f2 = Options(winograd2_min_elements=1 << 40)
+    assert same3x3(1, 512, 512, ((25, 25),), 2, opts=no_f2).algorithm == IM2COL_SAME  # 56k
     assert same3x3(8, 512, 512, ((16, 16),), 2) == ConvPlan(WINOGRAD, 4, True)  # 512, 18k
     for m in (2, 4):
         C, F, hws = 4, 4, ((8, 8),)  # 16 blocks
@@ -113,6 +114,26 @@ def test_winograd_only_where_the_blocks_are_many_for_the_filters():
                         winograd_max_filter_share=share - 1)
         assert same3x3(1, C, F, hws, 1, opts=at) == ConvPlan(WINOGRAD, m, True), m
         assert same3x3(1, C, F, hws, 1, opts=below).algorithm == IM2COL_SAME, m
+
+
+def test_f2_takes_the_deep_layers_on_small_maps():
+    """Where F(4x4, 3x3) is refused, F(2x2, 3x3) takes a layer whose (C, blocks) matrices have
+    at least winograd2_min_elements values: ResNet-50's 512 channels at one 512 or 800 px
+    image, the FPN's 256 at 25x25; not 256 at 16x16, 512 at 12x12, nor the shapes preset."""
+    for n, C, hw in ((1, 512, 16), (1, 512, 25), (1, 256, 25), (2, 256, 16), (1, 384, 16)):
+        assert same3x3(n, C, C, ((hw, hw),), 2) == ConvPlan(WINOGRAD, 2, True), (n, C, hw)
+    for n, C, hw in ((1, 256, 16), (1, 512, 12), (1, 512, 8), (8, 64, 8), (8, 128, 4)):
+        assert same3x3(n, C, C, ((hw, hw),), 2).algorithm == IM2COL_SAME, (n, C, hw)
+    C, hws = 16, ((8, 8),)  # 16 blocks: too few for F(4x4, 3x3)
+    at, above = (Options(winograd2_min_elements=C * 16 + d) for d in (0, 1))
+    assert same3x3(1, C, C, hws, 1, opts=at) == ConvPlan(WINOGRAD, 2, True)
+    assert same3x3(1, C, C, hws, 1, opts=above).algorithm == IM2COL_SAME
+    # only as F(4x4, 3x3)'s stand-in: a chosen block side of 2 keeps its own tests
+    assert same3x3(1, C, C, hws, 1, opts=Options(winograd_block=2, winograd2_min_elements=1)
+                   ).algorithm == IM2COL_SAME
+    # and only where its arrays fit, as F(4x4, 3x3)'s must
+    small = Options(winograd2_min_elements=1, keep_max_elements=16 * 16 * C - 1)
+    assert same3x3(1, C, C, hws, 1, opts=small).algorithm == IM2COL_SAME
 
 
 def test_only_3x3_same_convolutions_take_winograd():

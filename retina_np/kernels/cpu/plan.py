@@ -18,11 +18,15 @@ done"):
   2x2 blocks of outputs (on the smallest pyramid levels it was up to 2.3x slower), and where
   the blocks are many for the filters: every call transforms the filters anew ((m + 2)^2 F C
   elements, 4x the weights for m = 4), at most ``options.winograd_max_filter_share`` of them
-  per block (ResNet-50's 512 channels on a 16x16 or 25x25 map stay with im2col + GEMM), where its
-  transformed input, which the forward keeps for the weight gradient, fits
-  ``options.keep_max_elements``, and where its products M ((m + 2)^2, F, tiles), made and
-  dropped at once, fit ``options.winograd_max_elements`` (the classifier's 819 channels at
-  800x800 in inference).
+  per block, where its transformed input, which the forward keeps for the weight gradient,
+  fits ``options.keep_max_elements``, and where its products M ((m + 2)^2, F, tiles), made
+  and dropped at once, fit ``options.winograd_max_elements`` (the classifier's 819 channels
+  at 800x800 in inference).
+* Where F(4x4, 3x3) is refused, F(2x2, 3x3) takes the deep layers on small maps, whose
+  16 GEMMs each multiply a (C, blocks) matrix of at least ``options.winograd2_min_elements``
+  values: ResNet-50's 512 channels at 16x16 or 25x25 and the FPN's 256 at 25x25. It has
+  16 transformed filters per filter, not 36, and its GEMMs 4x the columns of F(4x4, 3x3)'s
+  (ResNet-50's last 3x3 at 800 px, forward and both gradients, 38 -> 26 ms).
 * The heads' convolutions on a Joint of levels take it whenever it pays (their subnets run on
   one core each, where the im2col GEMM with K = 9*64 is slow).
 * The backbone's and the FPN's take it too, on any thread budget: on several threads the
@@ -83,18 +87,27 @@ def is_pointwise(kh: int, kw: int, stride: int, padding: int) -> bool:
 
 def winograd_block(n: int, C: int, F: int, hws: tuple, opts) -> int:
     """The block side m if a 3x3 "same" convolution of n images with levels hws (C -> F
-    channels) pays by Winograd's algorithm, else 0. The size test counts 2x2 blocks whatever
-    m is, so that both block sides take the same layers."""
+    channels) pays by Winograd's algorithm, else 0. The size tests count 2x2 blocks whatever
+    m is, so that both block sides take the same layers; where F(4x4, 3x3) does not pay,
+    F(2x2, 3x3) may (``options.winograd2_min_elements``)."""
     if not opts.winograd:
         return 0
     m = opts.winograd_block
     blocks = tiles(n, hws, 2)[1]
-    terms_tiles = (m + 2) ** 2 * tiles(n, hws, m)[1]
-    fits = (terms_tiles * C <= opts.keep_max_elements
-            and terms_tiles * F <= opts.winograd_max_elements)
+
+    def fits(m):
+        terms_tiles = (m + 2) ** 2 * tiles(n, hws, m)[1]
+        return (terms_tiles * C <= opts.keep_max_elements
+                and terms_tiles * F <= opts.winograd_max_elements)
+
     filter_share = (m + 2) ** 2 * F * C / max(blocks, 1)  # transformed filters per block
-    pays = blocks >= opts.winograd_min_tiles and filter_share <= opts.winograd_max_filter_share
-    return m if pays and fits else 0
+    if blocks >= opts.winograd_min_tiles and filter_share <= opts.winograd_max_filter_share:
+        return m if fits(m) else 0
+    # Few blocks for the filters: F(2x2, 3x3)'s 16 terms, if each of its GEMMs multiplies a
+    # (C, blocks) matrix at least this large (deep layers on small maps)
+    if m == 4 and C * blocks >= opts.winograd2_min_elements and fits(2):
+        return 2
+    return 0
 
 
 def choose_conv(n: int, C: int, F: int, hws: tuple, kh: int, kw: int, stride: int,

@@ -39,45 +39,6 @@ def tiles(n, hws, out):
     return np.array(rows, np.int64).reshape(-1, 6), tile
 
 
-@njit(cache=True, nogil=True)
-def _times_g(u0, u1, u2, u3):
-    """(u0, u1, u2, u3) @ G: (u0 + (u1 + u2)/2, (u1 - u2)/2, (u1 + u2)/2 + u3)."""
-    return u0 + (u1 + u2) * 0.5, (u1 - u2) * 0.5, (u1 + u2) * 0.5 + u3
-
-
-@njit(cache=True, nogil=True)
-def _times_gt(h0, h1, h2):
-    """(h0, h1, h2) @ G^T: (h0, (h0 + h1 + h2)/2, (h0 - h1 + h2)/2, h2)."""
-    return h0, (h0 + h1 + h2) * 0.5, (h0 - h1 + h2) * 0.5, h2
-
-
-@njit(cache=True, nogil=True)
-def _filters(g, U):
-    """g (filters, 9) -> U (16, filters): G g G^T, down the columns of g, then along the
-    rows (U's column t holds the 4x4 result row by row)."""
-    for t in range(g.shape[0]):
-        a0, a1, a2, a3 = _times_gt(g[t, 0], g[t, 3], g[t, 6])  # G times g's columns
-        b0, b1, b2, b3 = _times_gt(g[t, 1], g[t, 4], g[t, 7])
-        c0, c1, c2, c3 = _times_gt(g[t, 2], g[t, 5], g[t, 8])
-        U[0, t], U[1, t], U[2, t], U[3, t] = _times_gt(a0, b0, c0)  # and G^T along the rows
-        U[4, t], U[5, t], U[6, t], U[7, t] = _times_gt(a1, b1, c1)
-        U[8, t], U[9, t], U[10, t], U[11, t] = _times_gt(a2, b2, c2)
-        U[12, t], U[13, t], U[14, t], U[15, t] = _times_gt(a3, b3, c3)
-
-
-@njit(cache=True, nogil=True)
-def _filters_adjoint(dU, dg):
-    """dU (16, filters) -> dg (filters, 9) = G^T dU G."""
-    for t in range(dU.shape[1]):
-        p0, q0, r0 = _times_g(dU[0, t], dU[1, t], dU[2, t], dU[3, t])  # rows of dU G
-        p1, q1, r1 = _times_g(dU[4, t], dU[5, t], dU[6, t], dU[7, t])
-        p2, q2, r2 = _times_g(dU[8, t], dU[9, t], dU[10, t], dU[11, t])
-        p3, q3, r3 = _times_g(dU[12, t], dU[13, t], dU[14, t], dU[15, t])
-        dg[t, 0], dg[t, 3], dg[t, 6] = _times_g(p0, p1, p2, p3)  # and G^T down its columns
-        dg[t, 1], dg[t, 4], dg[t, 7] = _times_g(q0, q1, q2, q3)
-        dg[t, 2], dg[t, 5], dg[t, 8] = _times_g(r0, r1, r2, r3)
-
-
 # The transforms work level by level on flat arrays whose entries are ordered tile row a, tile
 # column b, image m (images innermost, the tiles' order in V and M too): the levels' images
 # have the same geometry, so every step but the first and last is one contiguous loop over
@@ -326,6 +287,3 @@ def _channels(a):
     """The channel count of a (a Joint's data (C, T), or (N, C, H, W) images)."""
     return a.shape[0 if a.ndim == 2 else 1]
 
-
-# out -> (input transform, its adjoint, output transform, its adjoint, filter transform, its
-# adjoint)

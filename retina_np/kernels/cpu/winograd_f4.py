@@ -2,16 +2,16 @@
 outputs from 6x6 windows (see ``winograd.py`` for the algorithm), on tile planes
 (``winograd_tiles.py``).
 
-Each transform is two passes of a 1-D transform (BT4, AT4 or G4 times a row or column,
-written out below): the data transforms channel by channel (the channels lo:hi, so that
-threads can share a convolution's channels: ``threads.over_channels``), a loop per row or
-column of a tile over the P tiles of all levels; the filter transforms over all filters at
-once. LLVM
-vectorises these loops. Between the passes a scratch array holds the half-transformed tiles,
-laid out so that each loop's outputs lie in separate blocks of memory: LLVM checks once,
-before the loops around a loop, that the loop's arrays do not overlap over all the rows those
-loops visit, and where the rows of two outputs interleave it takes the unvectorised path
-every time (the output transform's two passes took 0.15 ms for the heads so, instead of 0.05).
+Each transform is two passes of a 1-D transform (BT4 or AT4 times a row or column, written
+out below), channel by channel (the channels lo:hi, so that threads can share a
+convolution's channels: ``threads.over_channels``), a loop per row or column of a tile over
+the P tiles of all levels; LLVM vectorises these loops. (The filter transform, G4 on both
+sides of each filter, is one GEMM in ``winograd.py``.) Between the passes a scratch array
+holds the half-transformed tiles, laid out so that each loop's outputs lie in separate blocks
+of memory: LLVM checks once, before the loops around a loop, that the loop's arrays do not
+overlap over all the rows those loops visit, and where the rows of two outputs interleave it
+takes the unvectorised path every time (the output transform's two passes took 0.15 ms for
+the heads so, instead of 0.05).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ AT4 = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
 # are float32 constants: exact, and float32 times float32 stays float32 where a Python int
 # would make float64 of it (float64 data stays float64).
 _TWO, _FOUR, _FIVE, _EIGHT = np.float32(2), np.float32(4), np.float32(5), np.float32(8)
-_SIXTH, _TWELFTH, _TWENTYFOURTH = 1 / 6, 1 / 12, 1 / 24  # products, not divisions, in G4's
 
 
 @njit(cache=True, nogil=True)
@@ -87,79 +86,6 @@ def _a4(g0, g1, g2, g3):
             g0 + _TWO * g1 + _FOUR * g2 + _EIGHT * g3,
             g0 - _TWO * g1 + _FOUR * g2 - _EIGHT * g3,
             g3)
-
-
-@njit(cache=True, nogil=True)
-def _g4(a, b, c):
-    """G4 @ (a, b, c), in float64: G4's sixths are not exact in float32."""
-    a, b, c = np.float64(a), np.float64(b), np.float64(c)
-    s, t = (a + c) * _SIXTH, a * _TWENTYFOURTH + c * _SIXTH
-    return a * 0.25, -s - b * _SIXTH, b * _SIXTH - s, t + b * _TWELFTH, t - b * _TWELFTH, c
-
-
-@njit(cache=True, nogil=True)
-def _g4t(a, b, c, d, e, f):
-    """G4^T @ (a, ..., f), in float64: the adjoint of ``_g4``."""
-    a, b, c = np.float64(a), np.float64(b), np.float64(c)
-    d, e, f = np.float64(d), np.float64(e), np.float64(f)
-    return (a * 0.25 - (b + c) * _SIXTH + (d + e) * _TWENTYFOURTH,
-            (c - b) * _SIXTH + (d - e) * _TWELFTH,
-            (d + e - b - c) * _SIXTH + f)
-
-
-# The filter transforms go through the filters in blocks of this many, so that their scratch
-# arrays stay in the cache: ResNet-50's 512x512 filters at once (a 38 MB float64 scratch) took
-# 26 ms, block by block 5 ms.
-FILTER_BLOCK = 1024
-
-
-@njit(cache=True, nogil=True)
-def _filters4(g, U):
-    """g (filters, 9) -> U (36, filters): G g G^T (6x6, row by row), as ``_filters``; the
-    filters block by block, each block tap by tap."""
-    L = g.shape[0]
-    gt = np.empty((9, FILTER_BLOCK), g.dtype)  # each tap a contiguous row (written out:
-    H = np.empty((6, 3, FILTER_BLOCK))  # numpy's transposed copies took seconds to compile);
-    for t0 in range(0, L, FILTER_BLOCK):  # H: g G^T, H[k, a] = row a of g times G's row k
-        B = min(FILTER_BLOCK, L - t0)
-        for t in range(B):
-            for k in range(9):
-                gt[k, t] = g[t0 + t, k]
-        for a in range(3):  # G along each row of g
-            g0, g1, g2 = gt[3 * a], gt[3 * a + 1], gt[3 * a + 2]
-            h0, h1, h2, h3, h4, h5 = H[0, a], H[1, a], H[2, a], H[3, a], H[4, a], H[5, a]
-            for t in range(B):
-                h0[t], h1[t], h2[t], h3[t], h4[t], h5[t] = _g4(g0[t], g1[t], g2[t])
-        for k in range(6):  # and down each column k of g G^T
-            h0, h1, h2 = H[k, 0], H[k, 1], H[k, 2]
-            u0, u1, u2 = U[k, t0:], U[6 + k, t0:], U[12 + k, t0:]
-            u3, u4, u5 = U[18 + k, t0:], U[24 + k, t0:], U[30 + k, t0:]
-            for t in range(B):
-                u0[t], u1[t], u2[t], u3[t], u4[t], u5[t] = _g4(h0[t], h1[t], h2[t])
-
-
-@njit(cache=True, nogil=True)
-def _filters4_adjoint(dU, dg):
-    """dU (36, filters) -> dg (filters, 9) = G^T dU G, block by block as ``_filters4``."""
-    L = dU.shape[1]
-    E = np.empty((3, 6, FILTER_BLOCK))  # dU G: E[b, i] = row i of dU times G's column b
-    dgt = np.empty((9, FILTER_BLOCK), dg.dtype)
-    for t0 in range(0, L, FILTER_BLOCK):
-        B = min(FILTER_BLOCK, L - t0)
-        for i in range(6):  # G^T along each row of dU
-            u0, u1, u2 = dU[6 * i, t0:], dU[6 * i + 1, t0:], dU[6 * i + 2, t0:]
-            u3, u4, u5 = dU[6 * i + 3, t0:], dU[6 * i + 4, t0:], dU[6 * i + 5, t0:]
-            e0, e1, e2 = E[0, i], E[1, i], E[2, i]
-            for t in range(B):
-                e0[t], e1[t], e2[t] = _g4t(u0[t], u1[t], u2[t], u3[t], u4[t], u5[t])
-        for b in range(3):  # and down each column b of dU G
-            e0, e1, e2, e3, e4, e5 = E[b, 0], E[b, 1], E[b, 2], E[b, 3], E[b, 4], E[b, 5]
-            d0, d1, d2 = dgt[b], dgt[3 + b], dgt[6 + b]
-            for t in range(B):
-                d0[t], d1[t], d2[t] = _g4t(e0[t], e1[t], e2[t], e3[t], e4[t], e5[t])
-        for t in range(B):
-            for k in range(9):
-                dg[t0 + t, k] = dgt[k, t]
 
 
 @njit(cache=True, nogil=True)
