@@ -71,6 +71,11 @@ class Options:
     # 25x25 38.2 -> 26.4; 384 at 16x16 (24.6k) 8.2 -> 7.9, 256 at 20x20 (25.6k) 5.9 -> 5.2;
     # below it slower: 256 at 16x16 (16k) 3.9 -> 4.1 ms, 512 at 12x12 (18k) 9.0 -> 11.4.
     winograd2_min_elements: int = 24576
+    # ... and on a one-thread budget (small layers, or inside a task): the shapes preset's 64
+    # channels at 8x8 for 8 images (8k) 1.26 -> 1.00 ms, its 128 at 4x4 (4k) 1.33 -> 1.18;
+    # F(4x4, 3x3) was faster still at 8x8, but its float32 rounding there doubled the
+    # preset's largest output error (winograd_min_tiles).
+    winograd2_min_elements_one_thread: int = 4096
     # -- CPU norms (kernels/cpu/norm.py) ---------------------------------------------------------
     # Group norms of fewer elements run their serial loop (waking the threads costs more).
     groupnorm_parallel_min_elements: int = 1 << 15

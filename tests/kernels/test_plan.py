@@ -93,9 +93,10 @@ def test_images_take_winograd_where_it_pays_on_any_budget():
     x = (8, 64, 64, ((32, 32),))  # 2048 2x2 blocks
     for threads in (1, 2, 16):
         assert same3x3(*x, threads) == ConvPlan(WINOGRAD, 4, True)
-        assert same3x3(1, 64, 64, ((16, 16),), threads).algorithm == IM2COL_SAME  # 64 blocks
+        assert same3x3(1, 128, 128, ((16, 16),), threads).block != 4  # 64 blocks
     # the shapes preset's 8x8 layers (128 blocks): F(4x4, 3x3)'s float32 rounding, not taken
-    assert same3x3(8, 64, 64, ((8, 8),), 1).algorithm == IM2COL_SAME
+    # (F(2x2, 3x3) instead: test_f2_takes_the_deep_layers_on_small_maps)
+    assert same3x3(8, 64, 64, ((8, 8),), 1).block != 4
 
 
 def test_winograd_only_where_the_blocks_are_many_for_the_filters():
@@ -117,23 +118,33 @@ def test_winograd_only_where_the_blocks_are_many_for_the_filters():
 
 
 def test_f2_takes_the_deep_layers_on_small_maps():
-    """Where F(4x4, 3x3) is refused, F(2x2, 3x3) takes a layer whose (C, blocks) matrices have
-    at least winograd2_min_elements values: ResNet-50's 512 channels at one 512 or 800 px
-    image, the FPN's 256 at 25x25; not 256 at 16x16, 512 at 12x12, nor the shapes preset."""
+    """Where F(4x4, 3x3) is refused, F(2x2, 3x3) takes a layer of images whose (C, blocks)
+    matrices have at least winograd2_min_elements values on several threads: ResNet-50's 512
+    channels at one 512 or 800 px image, the FPN's 256 at 25x25; not 256 at 16x16, 512 at
+    12x12, nor the shapes preset's small layers, which take it on one thread
+    (winograd2_min_elements_one_thread), as they run in the training step."""
     for n, C, hw in ((1, 512, 16), (1, 512, 25), (1, 256, 25), (2, 256, 16), (1, 384, 16)):
         assert same3x3(n, C, C, ((hw, hw),), 2) == ConvPlan(WINOGRAD, 2, True), (n, C, hw)
     for n, C, hw in ((1, 256, 16), (1, 512, 12), (1, 512, 8), (8, 64, 8), (8, 128, 4)):
         assert same3x3(n, C, C, ((hw, hw),), 2).algorithm == IM2COL_SAME, (n, C, hw)
+    for n, C, hw in ((8, 64, 8), (8, 128, 4), (1, 64, 16)):  # 8k, 4k and 4k on one thread
+        assert same3x3(n, C, C, ((hw, hw),), 1) == ConvPlan(WINOGRAD, 2, True), (n, C, hw)
+    for n, C, hw in ((1, 128, 8), (2, 64, 8)):  # 2k
+        assert same3x3(n, C, C, ((hw, hw),), 1).algorithm == IM2COL_SAME, (n, C, hw)
     C, hws = 16, ((8, 8),)  # 16 blocks: too few for F(4x4, 3x3)
-    at, above = (Options(winograd2_min_elements=C * 16 + d) for d in (0, 1))
-    assert same3x3(1, C, C, hws, 1, opts=at) == ConvPlan(WINOGRAD, 2, True)
-    assert same3x3(1, C, C, hws, 1, opts=above).algorithm == IM2COL_SAME
+    for threads, name in ((2, "winograd2_min_elements"),
+                          (1, "winograd2_min_elements_one_thread")):
+        at, above = (Options(**{name: C * 16 + d}) for d in (0, 1))
+        assert same3x3(1, C, C, hws, threads, opts=at) == ConvPlan(WINOGRAD, 2, True)
+        assert same3x3(1, C, C, hws, threads, opts=above).algorithm == IM2COL_SAME
+        # not for a Joint of levels (the heads take F(4x4, 3x3) or nothing)
+        assert same3x3(1, C, C, hws, threads, joint=True, opts=at).algorithm == IM2COL_SAME
     # only as F(4x4, 3x3)'s stand-in: a chosen block side of 2 keeps its own tests
-    assert same3x3(1, C, C, hws, 1, opts=Options(winograd_block=2, winograd2_min_elements=1)
+    assert same3x3(1, C, C, hws, 2, opts=Options(winograd_block=2, winograd2_min_elements=1)
                    ).algorithm == IM2COL_SAME
     # and only where its arrays fit, as F(4x4, 3x3)'s must
     small = Options(winograd2_min_elements=1, keep_max_elements=16 * 16 * C - 1)
-    assert same3x3(1, C, C, hws, 1, opts=small).algorithm == IM2COL_SAME
+    assert same3x3(1, C, C, hws, 2, opts=small).algorithm == IM2COL_SAME
 
 
 def test_only_3x3_same_convolutions_take_winograd():

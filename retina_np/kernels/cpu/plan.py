@@ -24,7 +24,8 @@ done"):
   at 800x800 in inference).
 * Where F(4x4, 3x3) is refused, F(2x2, 3x3) takes the deep layers on small maps, whose
   16 GEMMs each multiply a (C, blocks) matrix of at least ``options.winograd2_min_elements``
-  values: ResNet-50's 512 channels at 16x16 or 25x25 and the FPN's 256 at 25x25. It has
+  values (``winograd2_min_elements_one_thread`` on one thread): ResNet-50's 512 channels at
+  16x16 or 25x25, the FPN's 256 at 25x25, the shapes preset's last two stages. It has
   16 transformed filters per filter, not 36, and its GEMMs 4x the columns of F(4x4, 3x3)'s
   (ResNet-50's last 3x3 at 800 px, forward and both gradients, 38 -> 26 ms).
 * The heads' convolutions on a Joint of levels take it whenever it pays (their subnets run on
@@ -85,11 +86,13 @@ def is_pointwise(kh: int, kw: int, stride: int, padding: int) -> bool:
     return kh == 1 and kw == 1 and stride == 1 and padding == 0
 
 
-def winograd_block(n: int, C: int, F: int, hws: tuple, opts) -> int:
+def winograd_block(n: int, C: int, F: int, hws: tuple, opts, threads: int,
+                   joint: bool = False) -> int:
     """The block side m if a 3x3 "same" convolution of n images with levels hws (C -> F
-    channels) pays by Winograd's algorithm, else 0. The size tests count 2x2 blocks whatever
-    m is, so that both block sides take the same layers; where F(4x4, 3x3) does not pay,
-    F(2x2, 3x3) may (``options.winograd2_min_elements``)."""
+    channels) pays by Winograd's algorithm on ``threads`` threads, else 0. The size tests
+    count 2x2 blocks whatever m is, so that both block sides take the same layers; where
+    F(4x4, 3x3) does not pay, F(2x2, 3x3) may, for images (not a Joint of levels:
+    ``options.winograd2_min_elements``)."""
     if not opts.winograd:
         return 0
     m = opts.winograd_block
@@ -105,7 +108,9 @@ def winograd_block(n: int, C: int, F: int, hws: tuple, opts) -> int:
         return m if fits(m) else 0
     # Few blocks for the filters: F(2x2, 3x3)'s 16 terms, if each of its GEMMs multiplies a
     # (C, blocks) matrix at least this large (deep layers on small maps)
-    if m == 4 and C * blocks >= opts.winograd2_min_elements and fits(2):
+    least = (opts.winograd2_min_elements if threads > 1
+             else opts.winograd2_min_elements_one_thread)
+    if m == 4 and not joint and C * blocks >= least and fits(2):
         return 2
     return 0
 
@@ -128,7 +133,7 @@ def choose_conv(n: int, C: int, F: int, hws: tuple, kh: int, kw: int, stride: in
 def _choose_conv(n, C, F, hws, kh, kw, stride, padding, threads, joint, opts) -> ConvPlan:
     same = is_same(kh, kw, stride, padding)
     if kh == kw == 3 and same and (joint or opts.winograd_images):
-        m = winograd_block(n, C, F, tuple(hws), opts)
+        m = winograd_block(n, C, F, tuple(hws), opts, threads, joint)
         if m:
             return ConvPlan(WINOGRAD, m, True)
     if is_pointwise(kh, kw, stride, padding):
