@@ -72,7 +72,7 @@ class Options:
     # below it slower: 256 at 16x16 (16k) 3.9 -> 4.1 ms, 512 at 12x12 (18k) 9.0 -> 11.4.
     winograd2_min_elements: int = 24576
     # ... and on a one-thread budget (small layers, or inside a task): the shapes preset's 64
-    # channels at 8x8 for 8 images (8k) 1.26 -> 1.00 ms, its 128 at 4x4 (4k) 1.33 -> 1.18;
+    # channels at 8x8 for 8 images (8k) 1.26 -> 1.00 ms, its 128 at 4x4 (4k) 1.30 -> 1.16;
     # F(4x4, 3x3) was faster still at 8x8, but its float32 rounding there doubled the
     # preset's largest output error (winograd_min_tiles).
     winograd2_min_elements_one_thread: int = 4096

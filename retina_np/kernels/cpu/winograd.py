@@ -1,14 +1,16 @@
 """Winograd's minimal filtering F(2x2, 3x3) and F(4x4, 3x3) for 3x3 "same" convolutions on the
 CPU (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016). The functions
 take a Joint of levels or (N, C, H, W) images; ``plan.choose_conv`` says where they run (the
-heads' Joints, and the backbone's and FPN's convolutions on a one-thread budget) and with
-which block side m (``options.winograd_block``, 4 by default).
+heads' Joints, and the backbone's and FPN's convolutions where their blocks of outputs are
+many enough) and with which block side m (``options.winograd_block``, 4 by default; 2 for
+the deep layers on small maps, where F(4x4, 3x3)'s 36 transformed values a filter cost more
+than they save).
 
-This file is the convolution: transforms, GEMMs, transforms back. The transforms themselves
-are Numba loops in ``winograd_f2.py`` (F(2x2, 3x3), the smaller one to read first, with the
+This file is the convolution: transforms, GEMMs, transforms back. The data transforms are
+Numba loops in ``winograd_f2.py`` (F(2x2, 3x3), the smaller one to read first, with the
 tile tables) and ``winograd_f4.py`` (F(4x4, 3x3): the same algorithm with 6x6 windows and 36
 products, each step a loop over all tiles at once, on the tile planes of
-``winograd_tiles.py``).
+``winograd_tiles.py``); the filter transform is one GEMM here (``filters``).
 
 A 3x3 convolution computes each 2x2 block of outputs from a 4x4 window of the input (stride
 2 between windows, so neighbouring windows overlap by two pixels). Directly that is 36
