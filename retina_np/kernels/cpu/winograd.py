@@ -63,8 +63,8 @@ TRANSFORMS = {
 # of g goes to entry ((m + 2) i + j) with the weight G[i, a] G[j, b]). All F C filters at
 # once are then one GEMM with K = 9, which BLAS runs at the memory's speed: for ResNet-50's
 # 512 x 512 filters 1.3 ms (16 terms) and 3.3 ms (36), where the transform written out in
-# Numba loops took 14 and 4.5 ms (docs/performance-history.md, "The filter transform as a
-# GEMM").
+# Numba loops took 14 and 4.5 ms (docs/performance-history.md, "Fifth round of
+# 2026-12-07").
 KRONECKER = {(m, np.dtype(t)): np.kron(G, G).astype(t)  # ((m + 2)^2, 9); G4's sixths
               for m, G in ((2, f2.G), (4, f4.G4)) for t in (np.float32, np.float64)}  # rounded once
 
