@@ -67,14 +67,16 @@ class Options:
     winograd_max_filter_share: int = 1 << 15
     # Where F(4x4, 3x3) is refused (too few blocks, or too many filters for them), F(2x2, 3x3)
     # takes a layer whose 16 GEMMs each multiply at least this many input values (C x 2x2
-    # blocks): 512 channels at 16x16 (32k) forward and both gradients 15.4 -> 13.8 ms, at
-    # 25x25 38.2 -> 26.4; 384 at 16x16 (24.6k) 8.2 -> 7.9, 256 at 20x20 (25.6k) 5.9 -> 5.2;
-    # below it slower: 256 at 16x16 (16k) 3.9 -> 4.1 ms, 512 at 12x12 (18k) 9.0 -> 11.4.
+    # blocks). On two threads it is about even with im2col + GEMM in fresh processes (512
+    # channels at 16x16: 12.7 against 12.9 ms forward and both gradients, at 25x25 23.2
+    # against 22.6, at 32x32 29.8 against 30.5; bench_layer_versus.py) and faster in a process
+    # that ran other layers before (15.4 -> 13.8, 38.2 -> 26.4); below this size slower there
+    # (256 at 16x16 3.9 -> 4.1 ms, 512 at 12x12 9.0 -> 11.4).
     winograd2_min_elements: int = 24576
     # ... and on a one-thread budget (small layers, or inside a task): the shapes preset's 64
-    # channels at 8x8 for 8 images (8k) 1.26 -> 1.00 ms, its 128 at 4x4 (4k) 1.30 -> 1.16;
-    # F(4x4, 3x3) was faster still at 8x8, but its float32 rounding there doubled the
-    # preset's largest output error (winograd_min_tiles).
+    # channels at 8x8 for 8 images (8k) 1.26 -> 1.00 ms, its 128 at 4x4 (4k) 1.30 -> 1.16,
+    # the step 58.8 -> 56.8 ms (bench_versus.py); F(4x4, 3x3) was faster still at 8x8, but
+    # its float32 rounding there doubled the preset's largest output error (winograd_min_tiles).
     winograd2_min_elements_one_thread: int = 4096
     # -- CPU norms (kernels/cpu/norm.py) ---------------------------------------------------------
     # Group norms of fewer elements run their serial loop (waking the threads costs more).
