@@ -186,22 +186,32 @@ def bench_ours(shapes, repeat, min_time, max_wait):
 
 
 # ----------------------------------------------------------------------------- torch
-TORCH_WORKER = """
-import json, sys, time
-import torch
-sys.path.insert(0, {repo!r})
-from benchmarks.bench_kernels import arrays, clean_times
-import numpy as np
-out = {{}}
-for shape in json.loads(sys.argv[1]):
+def time_torch(shape, repeat, min_time, max_wait=0.0) -> float:
+    """Best time (s) of PyTorch's ``conv2d`` forward and backward for one shape (torch is
+    imported here: the benchmarks run it in a process of its own)."""
+    import numpy as np
+    import torch
+
     x, w, dy = (torch.from_numpy(a) for a in arrays(shape, np))
-    x.requires_grad_(True); w.requires_grad_(True)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+
     def step():
         y = torch.nn.functional.conv2d(x, w, None, shape[7], shape[8])
         y.backward(dy)
-        x.grad = None; w.grad = None
-    times, _ = clean_times({{"step": step}}, {repeat}, {min_time}, {max_wait})
-    out[shape[0]] = times["step"]
+        x.grad = None
+        w.grad = None
+
+    return clean_times({"step": step}, repeat, min_time, max_wait)[0]["step"]
+
+
+TORCH_WORKER = """
+import json, sys
+import torch
+sys.path.insert(0, {repo!r})
+from benchmarks.bench_kernels import time_torch
+out = {{shape[0]: time_torch(shape, {repeat}, {min_time}, {max_wait})
+       for shape in json.loads(sys.argv[1])}}
 print(json.dumps({{"times": out, "threads": torch.get_num_threads(),
                   "version": torch.__version__}}))
 """

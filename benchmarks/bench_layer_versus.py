@@ -37,18 +37,8 @@ print(t["fwd"] + t["in"] + t["w"])
 TORCH = """
 import json, sys
 sys.path.insert(0, {repo!r})
-import numpy as np
-import torch
-from benchmarks.bench_kernels import arrays, clean_times
-shape = json.loads(sys.argv[1])
-x, w, dy = (torch.from_numpy(a) for a in arrays(shape, np))
-x.requires_grad_(True); w.requires_grad_(True)
-def step():
-    y = torch.nn.functional.conv2d(x, w, None, shape[7], shape[8])
-    y.backward(dy)
-    x.grad = None; w.grad = None
-t, _ = clean_times({{"step": step}}, 15, 1.0, 0)
-print(t["step"])
+from benchmarks.bench_kernels import time_torch
+print(time_torch(json.loads(sys.argv[1]), 15, 1.0))
 """
 
 
