@@ -67,11 +67,10 @@ class Options:
     winograd_max_filter_share: int = 1 << 15
     # Where F(4x4, 3x3) is refused (too few blocks, or too many filters for them), F(2x2, 3x3)
     # takes a layer whose 16 GEMMs each multiply at least this many input values (C x 2x2
-    # blocks). On two threads it is about even with im2col + GEMM in fresh processes (512
-    # channels at 16x16: 12.7 against 12.9 ms forward and both gradients, at 25x25 23.2
-    # against 22.6, at 32x32 29.8 against 30.5; bench_layer_versus.py) and faster in a process
-    # that ran other layers before (15.4 -> 13.8, 38.2 -> 26.4); below this size slower there
-    # (256 at 16x16 3.9 -> 4.1 ms, 512 at 12x12 9.0 -> 11.4).
+    # blocks): forward and both gradients of 512 channels at 16x16 (32k) 12.97 -> 12.56 ms, at
+    # 25x25 32.9 -> 21.8 (fresh alternating processes, bench_layer_versus.py; in one process
+    # 15.4 -> 13.8 and 38.2 -> 26.4); below it slower (in one process: 256 at 16x16 (16k) 3.9
+    # -> 4.1 ms, 512 at 12x12 (18k) 9.0 -> 11.4).
     winograd2_min_elements: int = 24576
     # ... and on a one-thread budget (small layers, or inside a task): the shapes preset's 64
     # channels at 8x8 for 8 images (8k) 1.26 -> 1.00 ms, its 128 at 4x4 (4k) 1.30 -> 1.16,
