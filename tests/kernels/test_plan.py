@@ -93,10 +93,13 @@ def test_images_take_winograd_where_it_pays_on_any_budget():
     x = (8, 64, 64, ((32, 32),))  # 2048 2x2 blocks
     for threads in (1, 2, 16):
         assert same3x3(*x, threads) == ConvPlan(WINOGRAD, 4, True)
-        assert same3x3(1, 128, 128, ((16, 16),), threads).block != 4  # 64 blocks
-    # the shapes preset's 8x8 layers (128 blocks): F(4x4, 3x3)'s float32 rounding, not taken
-    # (F(2x2, 3x3) instead: test_f2_takes_the_deep_layers_on_small_maps)
-    assert same3x3(8, 64, 64, ((8, 8),), 1).block != 4
+        # 64 blocks: im2col on several threads, F(2x2, 3x3) on one (64 x 64 values)
+        small = same3x3(1, 64, 64, ((16, 16),), threads)
+        assert small == (ConvPlan(WINOGRAD, 2, True) if threads == 1
+                         else ConvPlan(IM2COL_SAME, 0, True, small.tasks))
+    # the shapes preset's 8x8 layers (128 blocks): F(4x4, 3x3)'s float32 rounding, not taken;
+    # F(2x2, 3x3) instead (test_f2_takes_the_deep_layers_on_small_maps)
+    assert same3x3(8, 64, 64, ((8, 8),), 1) == ConvPlan(WINOGRAD, 2, True)
 
 
 def test_winograd_only_where_the_blocks_are_many_for_the_filters():
