@@ -31,22 +31,19 @@ import os
 import queue
 import sys
 import threading
-import time
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")  # as `import retina_np` does, before numpy
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 
 def median_us(fn, calls: int) -> float:
     """The median time of ``fn()`` over ``calls`` back-to-back calls, in microseconds."""
-    fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
+    from bench_inference import _timed_calls  # this folder's timing loop
+
+    times = sorted(_timed_calls(fn, 1, calls))
     return 1e6 * times[len(times) // 2]
 
 
