@@ -62,6 +62,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
     args = parser.parse_args()
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("needs os.sched_setaffinity (Linux) to place the threads")
 
     import numba
     import numpy as np
