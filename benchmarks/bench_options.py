@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from statistics import median
 
 HERE = Path(__file__).resolve().parent
 
@@ -68,12 +69,6 @@ def _run(variant: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _median(values):
-    values = sorted(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*", help='e.g. "" "serial_max_elements=65536"')
@@ -106,11 +101,11 @@ def main() -> None:
     for variant in args.variants:
         steps = [run["step"] for run in runs[variant]]
         wins = sum(s < b for s, b in zip(steps, base))
-        print(f"  {variant or 'defaults':40s} {1e3 * _median(steps):6.2f} ms"
+        print(f"  {variant or 'defaults':40s} {1e3 * median(steps):6.2f} ms"
               + ("" if variant == args.variants[0] else
                  f"   faster than the baseline in {wins} of {args.runs} rounds"))
         for stage in runs[variant][0]["stages"]:
-            value = _median([run["stages"][stage] for run in runs[variant]])
+            value = median([run["stages"][stage] for run in runs[variant]])
             print(f"      {stage:48s} {1e3 * value:6.2f} ms")
 
 
