@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _scripts import run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,10 +45,7 @@ def test_an_unknown_option_fails_before_any_run():
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs two CPUs to hand work between")
 def test_handoff_prints_each_way_on_one_cpu_and_across():
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_handoff.py"),
-                          "--calls", "50"], env=env, capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = run_benchmark("bench_handoff", "--calls", "50")
     rows = re.findall(r"^(\S.+?)\s+(\d+\.\d)\s+(\d+\.\d)$", out, re.MULTILINE)
     assert [name for name, _, _ in rows] == [
         "threads.side_by_side, two empty tasks", "Numba prange over 2 threads, empty body",

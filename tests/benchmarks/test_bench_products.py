@@ -1,20 +1,13 @@
 """benchmarks/bench_products.py times every product it names, in both of the stem's layouts
 and the heads' three products hot and cold, and says which BLAS ran them."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from _scripts import run_benchmark
 
 
 def test_products_prints_a_rate_for_every_product():
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_products.py"),
-                          "--repeat", "3"], env=env, capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = run_benchmark("bench_products", "--repeat", "3")
     rows = re.findall(r"^(\S.+?)\s+(\d+\.\d)\s+(\d+\.\d)$", out, re.MULTILINE)
     names = [name for name, _, _ in rows]
     assert names[0] == "stem tile (16x147)@(147x2048), one product", out

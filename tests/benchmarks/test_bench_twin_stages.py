@@ -1,24 +1,16 @@
 """benchmarks/bench_twin_stages.py (needs torch): one timed step prints the twin's stages and
 its backbone's modules, each with a time, and their sum."""
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from _scripts import run_benchmark
 
 pytest.importorskip("torch")
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def test_one_step_prints_every_stage_and_module_with_a_time():
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_twin_stages.py"),
-                          "--steps", "1"], env=env, capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = run_benchmark("bench_twin_stages", "--steps", "1")
     names = ["backbone + FPN forward", "heads forward", "loss, backward and update",
              "stem convolution", "its batch norm and ReLU", "max pooling", "layer1", "layer2",
              "layer3", "layer4", "FPN"]
