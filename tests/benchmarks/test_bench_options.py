@@ -1,6 +1,7 @@
 """benchmarks/bench_options.py reads its variants as kernel options and environment changes,
 and refuses a name the kernel options do not have before it runs anything;
-benchmarks/bench_handoff.py prints its three hand-overs on one CPU and across two."""
+benchmarks/bench_handoff.py prints its three hand-overs on one CPU and across two, and the
+two spinning ones across two."""
 
 import importlib.util
 import os
@@ -52,3 +53,8 @@ def test_handoff_prints_each_way_on_one_cpu_and_across():
         "SimpleQueue round trip between two threads"], out
     assert all(float(a) > 0 and float(b) > 0 for _, a, b in rows)
     assert "same CPU" in out and "across CPUs" in out
+    spinning = re.findall(r"^(spinning worker, .+?)\s+-\s+(\d+\.\d)$", out, re.MULTILINE)
+    assert [name for name, _ in spinning] == [
+        "spinning worker, nobody waits asleep (nogil)",
+        "spinning worker, done said holding the GIL"], out
+    assert all(float(us) > 0 for _, us in spinning)
