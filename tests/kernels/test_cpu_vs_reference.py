@@ -327,3 +327,23 @@ def test_upsample_nearest(hw_in, hw_out, dtype):
     dy = rng.standard_normal(y.shape).astype(dtype)
     assert_close(cpu.upsample_nearest_backward(dy, *hw_in),
                  ref.upsample_nearest_backward(dy, *hw_in), dtype)
+
+
+@pytest.mark.parametrize("case", [(4, 5, 6, 7, 1, 1, 0), (4, 5, 6, 7, 1, 2, 0),
+                                  (3, 4, 9, 9, 3, 2, 1), (3, 4, 9, 9, 3, 1, 1),
+                                  (3, 4, 20, 20, 3, 1, 1), (3, 16, 32, 32, 7, 2, 3)])
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(case):
+    """No images (a batch cut to nothing, say): a pointwise and a strided 1x1, a strided
+    im2col, "same" 3x3s (no blocks for Winograd: im2col) and the stem's 7x7 give an empty
+    output and input gradient and a zero weight gradient, as the reference loops do."""
+    C, F, H, W, k, s, p = case
+    x = np.zeros((0, C, H, W))
+    w = np.random.default_rng(0).standard_normal((F, C, k, k))
+    workspace = ConvWorkspace()
+    y = cpu.conv2d_forward(x, w, None, s, p, workspace)
+    assert y.shape == ref.conv2d_forward(x, w, None, s, p).shape
+    dy = np.zeros(y.shape)
+    assert cpu.conv2d_backward_input(dy, w, H, W, s, p, workspace).shape == x.shape
+    for made in (workspace, None):
+        dw = cpu.conv2d_backward_weight(dy, x, k, k, s, p, made)
+        assert dw.shape == w.shape and not dw.any()

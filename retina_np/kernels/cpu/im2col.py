@@ -33,6 +33,8 @@ def output_tiles(N: int, Ho: int, K: int, Wo: int, opts=None):
     (default ``options.current()``).
     """
     opts = opts if opts is not None else current()
+    if N == 0:  # no images: no tiles (and the loops over them do nothing)
+        return []
     limit = min(opts.cols_max_elements, K * opts.cols_max_columns)
     row_elements = K * Wo
     image_elements = row_elements * Ho
@@ -53,7 +55,7 @@ def tile_matrices(N: int, Ho: int, K: int, Wo: int, dtype, keep: bool = False, t
     tiles: some of ``output_tiles``' tiles (default: all of them)."""
     tiles = output_tiles(N, Ho, K, Wo) if tiles is None else tiles
     sizes = [K * (n1 - n0) * (oh1 - oh0) * Wo for n0, n1, oh0, oh1 in tiles]
-    buffer = np.empty(sum(sizes) if keep else max(sizes), dtype)
+    buffer = np.empty(sum(sizes) if keep else max(sizes, default=0), dtype)
     offset = 0
     for (n0, n1, oh0, oh1), size in zip(tiles, sizes):
         yield n0, n1, oh0, oh1, buffer[offset:offset + size].reshape(K, -1)
