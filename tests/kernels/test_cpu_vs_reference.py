@@ -347,3 +347,23 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(case):
     for made in (workspace, None):
         dw = cpu.conv2d_backward_weight(dy, x, k, k, s, p, made)
         assert dw.shape == w.shape and not dw.any()
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("n, h, w, oh0, oh1", [(1, 4, 3, 0, 1), (1, 4, 3, 3, 4), (1, 1, 1, 0, 1),
+                                               (2, 1, 2, 0, 1), (0, 3, 3, 0, 3)])
+def test_a_same_unfolding_writes_its_rows_only(k, n, h, w, oh0, oh1):
+    """Where a tap's whole row is padding (a band of one output row at the top or bottom of an
+    image, 1-row images, a 1x1 level, no images), the unfolding zeroes that row and nothing
+    past it: every column of
+    the matrix but the piece's keeps what it held (here NaN), and the piece's are the padded
+    unfolding's."""
+    c, L = 2, n * (oh1 - oh0) * w
+    x = np.random.default_rng(0).standard_normal((n, c, h, w))
+    geometry, keep = im2col.same_tables(((n, h, w, oh0, oh1, 0, 0),), k)
+    cols = np.full((c * k * k, L + 8), np.nan)  # 8 columns past the piece's
+    im2col.im2col_same(im2col.channel_major(x), k, geometry, keep, cols[:, :L])
+    assert np.isnan(cols[:, L:]).all()
+    want = np.empty((c * k * k, L))
+    im2col.im2col(im2col.phases(x, k // 2, 1), k, k, 1, oh0, oh1, w, want)
+    np.testing.assert_array_equal(cols[:, :L], want)

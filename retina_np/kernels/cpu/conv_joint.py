@@ -45,8 +45,8 @@ def join_levels(xs, kernel_size=None):
         return xs
     xc = np.empty((C, T), xs[0].dtype)
     joint = Joint(xc, N, hws)
-    for x, a, b in zip(xs, joint.starts, joint.starts[1:]):
-        xc[:, a:b].reshape(C, N, -1)[...] = x.reshape(N, C, -1).transpose(1, 0, 2)
+    for x, (h, w), a, b in zip(xs, hws, joint.starts, joint.starts[1:]):
+        xc[:, a:b].reshape(C, N, h * w)[...] = x.reshape(N, C, h * w).transpose(1, 0, 2)
     return joint
 
 

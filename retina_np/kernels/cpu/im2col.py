@@ -203,9 +203,12 @@ def from_channel_major(xc, n, H, W):
 def _shifted_range(n, H, W, oh0, oh1, di, dj):
     """For a row of n images' output rows oh0:oh1 and the tap offset (di, dj): entry t of the
     row reads entry t + shift of the channel-major plane, for t in t0:t1 (the entries whose
-    pixel exists at all). Returns (t0, t1, shift)."""
+    pixel exists at all; none, t0 = t1, where the tap reads only padding: then t0 is clipped
+    to the row, which the zeroing up to t0 must not leave). Returns (t0, t1, shift)."""
     shift = (oh0 + di) * W + dj
-    return max(0, -shift), min(n * (oh1 - oh0) * W, n * H * W - shift), shift
+    length = n * (oh1 - oh0) * W
+    t0 = min(max(0, -shift), length)
+    return t0, max(t0, min(length, n * H * W - shift)), shift
 
 
 @njit(cache=True, nogil=True)
