@@ -144,13 +144,13 @@ def test_phases_are_the_padded_input_cut_by_stride(n, c, h, w, p, s):
             np.testing.assert_array_equal(ph[:, a, b], want)
 
 
-@given(n=st.integers(1, 9), ho=st.integers(1, 40), K=st.integers(1, 600),
+@given(n=st.integers(0, 9), ho=st.integers(1, 40), K=st.integers(1, 600),
        wo=st.integers(1, 40), max_elements=st.integers(1, 5000), max_columns=st.integers(1, 300))
 def test_output_tiles_cover_the_output_within_both_bounds(n, ho, K, wo, max_elements,
                                                           max_columns):
-    """Every (image, output row) in exactly one tile, whole images or bands of rows of one;
-    a tile unfolds to at most one image (or one row, for bands) more than the smaller of
-    cols_max_elements and K x cols_max_columns."""
+    """Every (image, output row) in exactly one tile (no tiles for no images), whole images or
+    bands of rows of one; a tile unfolds to at most one image (or one row, for bands) more
+    than the smaller of cols_max_elements and K x cols_max_columns."""
     opts = kernels.Options(cols_max_elements=max_elements, cols_max_columns=max_columns)
     tiles = im2col.output_tiles(n, ho, K, wo, opts)
     covered = [(m, oh) for n0, n1, oh0, oh1 in tiles for m in range(n0, n1)
