@@ -49,14 +49,6 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 
-def median_us(fn, calls: int) -> float:
-    """The median time of ``fn()`` over ``calls`` back-to-back calls, in microseconds."""
-    from bench_inference import _timed_calls  # this folder's timing loop
-
-    times = sorted(_timed_calls(fn, 1, calls))
-    return 1e6 * times[len(times) // 2]
-
-
 def pin(caller, others) -> None:
     """This thread on the CPUs ``caller``, every other thread of the process (the pools'
     workers) on ``others``: Linux sets the affinity of one thread at a time."""
@@ -144,6 +136,7 @@ def main() -> None:
 
     import numba
     import numpy as np
+    from bench_inference import median_us  # this folder's timing loop
     from numba import njit, prange
 
     from retina_np.kernels import threads

@@ -68,6 +68,13 @@ def _timed_calls(fn, warmup: int, repeat: int) -> list[float]:
     return times
 
 
+def median_us(fn, repeat: int, warmup: int = 1) -> float:
+    """The median time of ``fn()`` over ``repeat`` calls (after ``warmup`` unrecorded), in
+    microseconds (the upper of the middle two for an even count)."""
+    times = sorted(_timed_calls(fn, warmup, repeat))
+    return 1e6 * times[len(times) // 2]
+
+
 def _image_path(folder: Path, size: int) -> Path:
     return folder / f"image_{size}.npy"
 

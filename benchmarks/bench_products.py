@@ -45,12 +45,11 @@ HEADS = (36, 64, 64, 184)  # Winograd terms, F, C, tiles of 8 images on P3..P7
 HEADS_CONVS = 8  # the two subnets' four 3x3 convolutions each
 
 
-def median_us(fn, repeat: int) -> float:
-    """The median time of ``fn()`` over ``repeat`` calls (after 5 unrecorded), in us."""
-    from bench_inference import _timed_calls  # this folder's timing loop
+def _median_us(fn, repeat: int) -> float:
+    """The median time of ``fn()`` over ``repeat`` calls, after 5 unrecorded, in us."""
+    from bench_inference import median_us  # this folder's timing loop
 
-    times = sorted(_timed_calls(fn, 5, repeat))
-    return 1e6 * times[len(times) // 2]
+    return median_us(fn, repeat, warmup=5)
 
 
 def stem_rows(repeat: int, rng):
@@ -64,12 +63,12 @@ def stem_rows(repeat: int, rng):
     tile = y[:, L:]
     macs = F * K * L
     rows = [("stem tile (16x147)@(147x2048), one product", macs,
-             median_us(lambda: np.matmul(w, cols, out=tile), repeat))]
+             _median_us(lambda: np.matmul(w, cols, out=tile), repeat))]
     for band in BANDS:
         bands = np.ascontiguousarray(cols.reshape(K, L // band, band).transpose(1, 0, 2))
         out = tile.reshape(F, L // band, band).transpose(1, 0, 2)  # a view of y
         rows.append((f"stem tile as {L // band} bands of {band} columns", macs,
-                     median_us(lambda b=bands, o=out: np.matmul(w, b, out=o), repeat)))
+                     _median_us(lambda b=bands, o=out: np.matmul(w, b, out=o), repeat)))
     return rows
 
 
@@ -91,10 +90,10 @@ def heads_rows(repeat: int, rng):
     }
     rows = []
     for name, fn in ways.items():
-        rows.append((f"heads {name}, hot", macs, median_us(lambda f=fn: f(0), repeat)))
+        rows.append((f"heads {name}, hot", macs, _median_us(lambda f=fn: f(0), repeat)))
         calls = itertools.count()  # each call the next convolution's arrays
         rows.append((f"heads {name}, cold", macs,
-                     median_us(lambda f=fn, c=calls: f(next(c) % HEADS_CONVS), repeat)))
+                     _median_us(lambda f=fn, c=calls: f(next(c) % HEADS_CONVS), repeat)))
     return rows
 
 

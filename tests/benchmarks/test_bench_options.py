@@ -3,7 +3,6 @@ and refuses a name the kernel options do not have before it runs anything;
 benchmarks/bench_handoff.py prints its three hand-overs on one CPU and across two, and the
 two spinning ones across two."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -11,20 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from _scripts import run_benchmark
+from _scripts import load_benchmark, run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_variants_are_options_and_environment():
-    parse = _load("bench_options")._parse
+    parse = load_benchmark("bench_options")._parse
     assert parse("") == ({}, {})
     assert parse("serial_max_elements=65536, winograd=False") == (
         {"serial_max_elements": 65536, "winograd": False}, {})

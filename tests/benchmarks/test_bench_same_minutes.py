@@ -1,7 +1,6 @@
 """benchmarks/bench_same_minutes.py: a run of the retina_np side writes its JSON line and the
 table; the torch sides are skipped, with a reason and exit status 0, where torch is missing."""
 
-import importlib.util
 import inspect
 import json
 import os
@@ -10,16 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _scripts import load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "bench_same_minutes.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_same_minutes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(args, pythonpath=(), timeout=120):
@@ -32,7 +25,8 @@ def test_the_recipe_is_the_demos():
     from retina_np.demo import run_demo
 
     demo = {k: v.default for k, v in inspect.signature(run_demo).parameters.items()}
-    assert {k: demo[k] for k in _load_script().DEMO} == _load_script().DEMO
+    recipe = load_benchmark("bench_same_minutes").DEMO
+    assert {k: demo[k] for k in recipe} == recipe
 
 
 def test_retina_np_run_writes_its_json_line_and_the_table(tmp_path):

@@ -355,9 +355,8 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(case):
 def test_a_same_unfolding_writes_its_rows_only(k, n, h, w, oh0, oh1):
     """Where a tap's whole row is padding (a band of one output row at the top or bottom of an
     image, 1-row images, a 1x1 level, no images), the unfolding zeroes that row and nothing
-    past it: every column of
-    the matrix but the piece's keeps what it held (here NaN), and the piece's are the padded
-    unfolding's."""
+    past it: every column of the matrix but the piece's keeps what it held (here NaN), and the
+    piece's are the padded unfolding's."""
     c, L = 2, n * (oh1 - oh0) * w
     x = np.random.default_rng(0).standard_normal((n, c, h, w))
     geometry, keep = im2col.same_tables(((n, h, w, oh0, oh1, 0, 0),), k)
