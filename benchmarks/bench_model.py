@@ -4,6 +4,8 @@
                                                 # so that peak memory is per part)
     python benchmarks/bench_model.py --quick    # fewer repeats
     python benchmarks/bench_model.py --skip-infer   # only the training step (and torch's)
+    python benchmarks/bench_model.py --one-core     # the step on two cores and on one, stage
+                                                    # by stage (how much the second core gives)
 
 Prints, for the shapes preset at batch 8 (128x128): seconds per training step (forward, loss,
 backward, SGD update), the time of its stages and per layer type, the conv FLOPs of the step
@@ -22,6 +24,7 @@ tensors (it is no conv cost); our step's time includes matching, in its loss sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -191,7 +194,34 @@ def _keep_freed_memory_as_older_train_did() -> None:
     keep_freed_memory()
 
 
-def bench_train(repeat: int) -> dict:
+@contextlib.contextmanager
+def _one_core():
+    """The step on one core: Numba's loops and the BLAS on one thread, and the tasks that
+    ``kernels.side_by_side`` would run at once run one after another."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    from retina_np import kernels
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"), kernels.options(side_by_side=False):
+            yield
+    finally:
+        numba.set_num_threads(before)
+
+
+def bench_train(repeat: int, one_core: bool = False) -> dict:
+    import numba
+
+    with _one_core() if one_core else contextlib.nullcontext():
+        result = _bench_train(repeat)
+        threads = numba.get_num_threads()
+    return {**result, "threads": threads}
+
+
+def _bench_train(repeat: int) -> dict:
     from retina_np.data import DataLoader, ShapesDataset
     from retina_np.models import RetinaNet, RetinaNetConfig
     from retina_np.optim import SGD
@@ -315,9 +345,10 @@ def bench_infer(size: int, repeat: int) -> dict:
     }
 
 
-def _run_part(part: str, quick: bool) -> dict:
+def _run_part(part: str, quick: bool, one_core: bool = False) -> dict:
     """One part in a fresh process (its own peak memory, no thread pools left by another)."""
     cmd = [sys.executable, __file__, "--only", part] + (["--quick"] if quick else [])
+    cmd += ["--one-core"] if one_core else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"part {part!r} failed:\n{proc.stderr}")
@@ -357,6 +388,29 @@ def _print_train(train: dict) -> None:
         print(f"    {name:40s} {sec * 1000:8.1f} ms")
 
 
+BACKWARD_STAGES = ("heads backward (input gradients)", "backbone + FPN backward (queue beside)",
+                   "rest of the weight-gradient queue")
+
+
+def _print_one_core(two: dict, one: dict) -> None:
+    """The step on one core beside the step on all of them, stage by stage."""
+    print("## the same step on one core (Numba and BLAS on one thread, no tasks side by side)")
+    print(f"  step {one['seconds_per_step'] * 1000:.1f} ms against "
+          f"{two['seconds_per_step'] * 1000:.1f} ms on {two['threads']} threads: "
+          f"{one['seconds_per_step'] / two['seconds_per_step']:.2f}x from the other cores")
+    print(f"    {'stage (mean per step)':40s} {'one core':>9} {'all':>9} {'one / all':>9}")
+    rows = [(name, sec, two["per_stage_seconds"].get(name, float("nan")))
+            for name, sec in one["per_stage_seconds"].items()]
+    # On one core the queue of weight gradients runs after the backbone's backward, not
+    # beside it: the backward's stages compare only together.
+    backward = [row for row in rows if row[0] in BACKWARD_STAGES]
+    if len(backward) == len(BACKWARD_STAGES):
+        rows.append(("the backward (the three stages above)", sum(r[1] for r in backward),
+                     sum(r[2] for r in backward)))
+    for name, sec, other in rows:
+        print(f"    {name:40s} {sec * 1000:6.1f} ms {other * 1000:6.1f} ms {sec / other:8.2f}x")
+
+
 def _print_torch(train: dict, torch_: dict) -> None:
     step, check = torch_["seconds_per_step"], torch_["check"]
     gflops = train["conv_gflop_per_step"] / step
@@ -394,10 +448,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--skip-infer", action="store_true", help="no resnet50_fpn inference")
     parser.add_argument("--only", choices=["train", "torch", "512", "800"])
+    parser.add_argument("--one-core", action="store_true",
+                        help="also the training step on one core, stage by stage")
     args = parser.parse_args()
     repeat = 3 if args.quick else 20
     if args.only == "train":
-        print(json.dumps(bench_train(repeat)))
+        print(json.dumps(bench_train(repeat, one_core=args.one_core)))
         return
     if args.only == "torch":
         print(json.dumps(bench_torch(repeat)))
@@ -408,6 +464,8 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     train = _run_part("train", args.quick)
     _print_train(train)
+    if args.one_core:
+        _print_one_core(train, _run_part("train", args.quick, one_core=True))
     if importlib.util.find_spec("torch") is None:
         print("## PyTorch comparison: torch is not installed")
     else:
