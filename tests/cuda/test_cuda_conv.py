@@ -106,3 +106,14 @@ def test_conv_levels_match_cpu(small_launches, rng, bias):
         assert_close(host(db), want_db, scale=10)
     else:
         assert db is None
+
+
+@pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (7, 2, 3), (1, 2, 0)])
+def test_an_empty_batch_gives_empty_outputs_and_zero_weight_gradients(small_launches, rng, k,
+                                                                      stride, padding):
+    """No images: empty outputs and input gradients, and weight gradients of zeros (no block
+    adds anything to them), as on the CPU."""
+    x, w, b, dy = _conv_case(rng, np.float32, k, stride, padding, N=0)
+    _check_all_three(x, w, b, dy, stride, padding)
+    dw = kcuda.conv2d_backward_weight(to_dev(dy), to_dev(x), k, k, stride, padding)
+    assert not host(dw).any()
